@@ -1,0 +1,182 @@
+"""Model bundles: a folder ``<model>/<version>/`` with artifacts, ``manifest.json`` and
+an optional detached signature.
+
+The manifest lists the sha256 of every artifact, so signing the manifest's exact bytes
+covers the whole bundle. Nothing is loaded from a bundle before :func:`verify_bundle`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from models.errors import NexusError
+
+FORMAT = "nexus-bundle/1"
+MANIFEST = "manifest.json"
+SIGNATURE = "signature.json"
+#: backend name -> artifact file name inside a bundle
+ARTIFACTS = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx", "tflite": "model.tflite"}
+BACKENDS = tuple(ARTIFACTS)
+_CHUNK = 1 << 20
+
+
+class BundleError(NexusError):
+    """A bundle is missing, malformed, tampered with or wrongly signed."""
+
+
+@dataclass(frozen=True)
+class Bundle:
+    path: Path
+    manifest: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return self.manifest["name"]
+
+    @property
+    def version(self) -> str:
+        return self.manifest["version"]
+
+    def artifact(self, backend: str) -> Path:
+        if backend not in ARTIFACTS:
+            raise BundleError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+        return self.path / ARTIFACTS[backend]
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def version_key(version: str) -> tuple[int, str]:
+    """Order versions numerically where they are integers (Triton's convention)."""
+    return (int(version), "") if version.isdigit() else (-1, version)
+
+
+def read_manifest(bundle_dir: Path) -> dict[str, Any]:
+    path = Path(bundle_dir) / MANIFEST
+    try:
+        manifest = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise BundleError(f"{bundle_dir}: no {MANIFEST}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{path}: manifest must be a JSON object")
+    for key in ("format", "name", "version", "files"):
+        if key not in manifest:
+            raise BundleError(f"{path}: manifest lacks {key!r}")
+    if manifest["format"] != FORMAT:
+        raise BundleError(f"{path}: unsupported format {manifest['format']!r} (expected {FORMAT})")
+    if not isinstance(manifest["files"], dict) or not manifest["files"]:
+        raise BundleError(f"{path}: manifest 'files' must name at least one file")
+    return manifest
+
+
+def verify_bundle(bundle_dir: str | os.PathLike[str], public_key: Ed25519PublicKey | None = None) -> Bundle:
+    """Check every listed file's size and sha256 (and the signature when a key is given)."""
+    bundle_dir = Path(bundle_dir)
+    manifest = read_manifest(bundle_dir)
+    for name, entry in manifest["files"].items():
+        if "/" in name or name in ("", ".", "..", MANIFEST, SIGNATURE):
+            raise BundleError(f"{bundle_dir}: manifest names an invalid file {name!r}")
+        path = bundle_dir / name
+        if not path.is_file():
+            raise BundleError(f"{bundle_dir}: {name} is missing")
+        if path.stat().st_size != entry.get("bytes"):
+            raise BundleError(f"{bundle_dir}: {name} has {path.stat().st_size} bytes, manifest says {entry.get('bytes')}")
+        if sha256_file(path) != entry.get("sha256"):
+            raise BundleError(f"{bundle_dir}: {name} sha256 mismatch (corrupt or tampered)")
+    if public_key is not None:
+        verify_signature(bundle_dir, public_key)
+    return Bundle(bundle_dir, manifest)
+
+
+def write_manifest(bundle_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Fill in ``files`` (sha256 and size of every artifact in the folder) and write it."""
+    bundle_dir = Path(bundle_dir)
+    files = {}
+    for path in sorted(bundle_dir.iterdir()):
+        if path.is_file() and path.name not in (MANIFEST, SIGNATURE):
+            files[path.name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+    manifest = {"format": FORMAT, **manifest, "files": files}
+    (bundle_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest
+
+
+def key_id(public_key: Ed25519PublicKey) -> str:
+    raw = public_key.public_bytes_raw()
+    return hashlib.sha256(raw).hexdigest()[:16]
+
+
+def sign_bundle(bundle_dir: Path, private_key: Ed25519PrivateKey) -> dict[str, str]:
+    manifest_bytes = (Path(bundle_dir) / MANIFEST).read_bytes()
+    signature = {
+        "alg": "ed25519",
+        "key_id": key_id(private_key.public_key()),
+        "signature": base64.b64encode(private_key.sign(manifest_bytes)).decode(),
+    }
+    (Path(bundle_dir) / SIGNATURE).write_text(json.dumps(signature, indent=2) + "\n")
+    return signature
+
+
+def verify_signature(bundle_dir: Path, public_key: Ed25519PublicKey) -> None:
+    bundle_dir = Path(bundle_dir)
+    try:
+        signature = json.loads((bundle_dir / SIGNATURE).read_text())
+        raw = base64.b64decode(signature["signature"], validate=True)
+    except FileNotFoundError:
+        raise BundleError(f"{bundle_dir}: unsigned bundle (no {SIGNATURE})") from None
+    except (ValueError, KeyError, TypeError) as exc:
+        raise BundleError(f"{bundle_dir}: malformed {SIGNATURE} ({exc})") from None
+    try:
+        public_key.verify(raw, (bundle_dir / MANIFEST).read_bytes())
+    except InvalidSignature:
+        raise BundleError(f"{bundle_dir}: signature does not verify against the pinned key") from None
+
+
+def install_bundle(src: Path, repository: Path, public_key: Ed25519PublicKey | None = None) -> Bundle:
+    """Verify ``src`` and move it into ``repository/<name>/<version>`` atomically.
+
+    The bundle is copied to a temporary sibling first and renamed into place, so a
+    reader scanning the repository never sees a half-written version.
+    """
+    bundle = verify_bundle(src, public_key)
+    target = Path(repository) / bundle.name / bundle.version
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists():
+        verify_bundle(target, public_key)
+        return Bundle(target, bundle.manifest)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{bundle.version}.", dir=target.parent))
+    try:
+        for item in Path(src).iterdir():
+            if item.is_file():
+                shutil.copy2(item, tmp / item.name)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return verify_bundle(target, public_key)
+
+
+def list_versions(repository: Path, name: str) -> list[str]:
+    """Versions of ``name`` in a model repository, oldest first (hidden temp dirs skipped)."""
+    folder = Path(repository) / name
+    if not folder.is_dir():
+        return []
+    versions = [p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
+    return sorted(versions, key=version_key)

@@ -1,0 +1,51 @@
+"""``nexus``: one console script; each package contributes its sub-commands.
+
+Errors the user can fix (:class:`models.errors.NexusError`) print one line and exit 2;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from models.errors import NexusError
+
+# Each module defines ``register(subparsers)`` and may define ``register_bench(bench_subparsers)``
+# for ``nexus bench ...``; every sub-command sets ``func(args) -> int``.
+_COMMAND_MODULES = ("models.cli", "edge_worker.cli", "hub.cli", "federated.cli", "nexus_demo")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="nexus", description="Nexus Edge: edge ML runtime for sales funnels")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    bench = sub.add_parser("bench", help="benchmarks that report medians and ratios measured in one run")
+    bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="TARGET")
+    for name in _COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name != name:  # a real missing dependency, not a not-yet-written module
+                raise
+            continue
+        module.register(sub)
+        if hasattr(module, "register_bench"):
+            module.register_bench(bench_sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except NexusError as exc:
+        print(f"nexus: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("nexus: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
