@@ -1,0 +1,113 @@
+"""Edge node settings: defaults < ``NEXUS_*`` environment variables < CLI arguments.
+
+Every field ``foo_bar`` reads ``NEXUS_FOO_BAR``. ``nexus edge serve`` writes its CLI
+arguments back into the environment, so uvicorn's worker processes (``--workers`` > 1)
+build the very same settings with :meth:`EdgeSettings.from_env`.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from models.cli import DEFAULT_REPOSITORY, FAMILIES
+from models.errors import NexusError
+
+ENV_PREFIX = "NEXUS_"
+# the artifact names of models.bundle.ARTIFACTS
+Backend = Literal["onnx", "onnx-int8", "tflite"]
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "nexus-edge"
+
+
+class EdgeSettings(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    models_dir: Path = DEFAULT_REPOSITORY
+    data_dir: Path = Field(default_factory=default_data_dir)
+    #: model names served from ``models_dir`` (a name is also the bundle's family)
+    models: tuple[str, ...] = FAMILIES
+    emotion_backend: Backend = "onnx"
+    funnel_backend: Backend = "onnx"
+    #: pin a version instead of serving the newest one
+    emotion_version: str | None = None
+    funnel_version: str | None = None
+    #: intra-op threads per model runner, and threads running batches (sized for 2 cores)
+    model_threads: int = Field(1, ge=1, le=64)
+    inference_threads: int = Field(2, ge=1, le=64)
+
+    batching: bool = True
+    max_batch: int = Field(32, ge=1, le=4096)
+    max_delay_ms: float = Field(2.0, ge=0, le=1000)
+
+    max_text_chars: int = Field(2000, ge=1)
+    max_texts: int = Field(64, ge=1)
+    max_sessions: int = Field(256, ge=1)
+    max_body_bytes: int = Field(1_000_000, ge=256)
+
+    retention_days: float = Field(30, gt=0)
+    retention_interval_s: float = Field(3600, gt=0)
+    #: rescan ``models_dir`` for new versions every N seconds (0: only on reload())
+    poll_interval_s: float = Field(0, ge=0)
+    #: when set, the lifespan starts the sync agent (edge_worker/sync.py) against this hub
+    hub_url: str | None = None
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    workers: int = Field(1, ge=1, le=64)
+
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split_models(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("models")
+    @classmethod
+    def _known_models(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [name for name in value if name not in FAMILIES]
+        if unknown or not value:
+            raise ValueError(f"models must be a non-empty subset of {', '.join(FAMILIES)}; got {', '.join(value) or 'none'}")
+        return value
+
+    def backend(self, model: str) -> str:
+        return getattr(self, f"{model}_backend")
+
+    def pinned_version(self, model: str) -> str | None:
+        return getattr(self, f"{model}_version")
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "EdgeSettings":
+        """Settings from ``NEXUS_*`` variables, then ``overrides`` (None values ignored)."""
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for name in cls.model_fields:
+            raw = environ.get(ENV_PREFIX + name.upper())
+            if raw is not None and raw != "":
+                values[name] = raw
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        try:
+            return cls(**values)
+        except ValidationError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
+            raise NexusError(f"invalid edge settings ({problems})") from None
+
+    def to_env(self) -> dict[str, str]:
+        """The ``NEXUS_*`` variables that rebuild these settings in another process."""
+        env = {}
+        for name, value in self.model_dump().items():
+            if value is None:
+                continue
+            if isinstance(value, tuple):
+                value = ",".join(value)
+            elif isinstance(value, bool):
+                value = "true" if value else "false"
+            env[ENV_PREFIX + name.upper()] = str(value)
+        return env
