@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from ai_edge_litert.interpreter import Interpreter
 from onnx import TensorProto, helper
 
 from models.errors import NexusError
@@ -113,8 +114,8 @@ def test_emotion_onnx_interface(emotion_weights):
 def test_emotion_tflite_interface(emotion_files):
     data = emotion_files["tflite"].read_bytes()
     assert data[4:8] == b"TFL3"
-    runner = LiteRTRunner(emotion_files["tflite"])
-    details = {d["name"]: d for d in runner._interp.get_input_details() + runner._interp.get_output_details()}
+    interp = Interpreter(model_path=str(emotion_files["tflite"]))
+    details = {d["name"]: d for d in interp.get_input_details() + interp.get_output_details()}
     assert set(details) == {"ids", "weights", "scores"}
     assert details["ids"]["dtype"] == np.int64
     assert details["weights"]["dtype"] == np.float32
@@ -243,8 +244,10 @@ def test_funnel_onnx_interface_and_round_trip(funnel_layers, tmp_path):
         np.testing.assert_array_equal(weights[f"b{i}"], b)
 
 
-def test_funnel_tflite_interface(funnel_runners):
-    interp = funnel_runners["tflite"]._interp
+def test_funnel_tflite_interface(funnel_layers, tmp_path):
+    path = tmp_path / "model.tflite"
+    path.write_bytes(tflite_graphs.funnel_tflite(funnel_layers))
+    interp = Interpreter(model_path=str(path))
     (inp,) = interp.get_input_details()
     (out,) = interp.get_output_details()
     assert (inp["name"], list(inp["shape_signature"])) == ("features", [-1, F])

@@ -1,0 +1,1 @@
+"""ONNX and TFLite graph writers (see docs/DEVELOPING.md, "Graphs")."""

@@ -127,12 +127,14 @@ class _Graph:
         return bytes(builder.Output())
 
 
-def _fully_connected(g: _Graph, x: int, w: np.ndarray, b: np.ndarray, out: int, relu: bool) -> None:
+def _fully_connected(
+    g: _Graph, x: int, weights: tuple[str, np.ndarray], bias: tuple[str, np.ndarray], out: int, relu: bool
+) -> None:
     options = fb.FullyConnectedOptionsT()
     options.fusedActivationFunction = fb.ActivationFunctionType.RELU if relu else fb.ActivationFunctionType.NONE
-    # TFLite stores FC weights as [out, in].
-    w_t = g.const(f"{g.tensors[out].name}/w", np.asarray(w, dtype=np.float32).T)
-    b_t = g.const(f"{g.tensors[out].name}/b", np.asarray(b, dtype=np.float32))
+    # TFLite stores FC weights as [out, in], the transpose of our [in, out].
+    w_t = g.const(weights[0], np.asarray(weights[1], dtype=np.float32).T)
+    b_t = g.const(bias[0], np.asarray(bias[1], dtype=np.float32))
     g.op(fb.BuiltinOperator.FULLY_CONNECTED, [x, w_t, b_t], [out], fb.BuiltinOptions.FullyConnectedOptions, options)
 
 
@@ -158,7 +160,8 @@ def emotion_tflite(embedding: np.ndarray, dense_w: np.ndarray, dense_b: np.ndarr
     g.op(fb.BuiltinOperator.GATHER, [scales, ids], [gathered_scale], fb.BuiltinOptions.GatherOptions, gather)
 
     bag_weights = g.tensor("bag_weights", np.float32, [-1, -1])
-    g.op(fb.BuiltinOperator.MUL, [weights, gathered_scale], [bag_weights], fb.BuiltinOptions.MulOptions, fb.MulOptionsT())
+    mul = fb.MulOptionsT()
+    g.op(fb.BuiltinOperator.MUL, [weights, gathered_scale], [bag_weights], fb.BuiltinOptions.MulOptions, mul)
     last_axis = g.const("last_axis", np.array(2, dtype=np.int32))
     bag_weights_3d = g.tensor("bag_weights_3d", np.float32, [-1, -1, 1])
     g.op(
@@ -169,7 +172,7 @@ def emotion_tflite(embedding: np.ndarray, dense_w: np.ndarray, dense_b: np.ndarr
         fb.ExpandDimsOptionsT(),
     )
     weighted = g.tensor("weighted_rows", np.float32, [-1, -1, dim])
-    g.op(fb.BuiltinOperator.MUL, [rows, bag_weights_3d], [weighted], fb.BuiltinOptions.MulOptions, fb.MulOptionsT())
+    g.op(fb.BuiltinOperator.MUL, [rows, bag_weights_3d], [weighted], fb.BuiltinOptions.MulOptions, mul)
     length_axis = g.const("length_axis", np.array([1], dtype=np.int32))
     reducer = fb.ReducerOptionsT()
     reducer.keepDims = False
@@ -177,7 +180,7 @@ def emotion_tflite(embedding: np.ndarray, dense_w: np.ndarray, dense_b: np.ndarr
     g.op(fb.BuiltinOperator.SUM, [weighted, length_axis], [bag], fb.BuiltinOptions.ReducerOptions, reducer)
 
     logits = g.tensor("logits", np.float32, [-1, classes])
-    _fully_connected(g, bag, dense_w, dense_b, logits, relu=False)
+    _fully_connected(g, bag, ("dense_w", dense_w), ("dense_b", dense_b), logits, relu=False)
     scores = g.tensor("scores", np.float32, [-1, classes])
     g.op(fb.BuiltinOperator.LOGISTIC, [logits], [scores])
     return g.serialize("emotion", [ids, weights], [scores])
@@ -193,7 +196,7 @@ def funnel_tflite(layers: list[tuple[np.ndarray, np.ndarray]]) -> bytes:
     for i, (w, b) in enumerate(layers):
         last = i == len(layers) - 1
         out = g.tensor("logits" if last else f"h{i}", np.float32, [-1, np.asarray(w).shape[1]])
-        _fully_connected(g, x, w, b, out, relu=not last)
+        _fully_connected(g, x, (f"w{i}", w), (f"b{i}", b), out, relu=not last)
         x = out
     probability = g.tensor("probability", np.float32, [-1, np.asarray(layers[-1][0]).shape[1]])
     g.op(fb.BuiltinOperator.LOGISTIC, [x], [probability])
