@@ -1,0 +1,1 @@
+"""Funnel model family: session features -> P(purchase) with a small numpy-trained MLP."""

@@ -17,10 +17,10 @@ from models.metrics import log_loss, roc_auc
 from models.progress import Progress
 
 HIDDEN = 32
-EPOCHS = 30
-LR = 3e-3
+EPOCHS = 20
+LR = 2e-3
 BATCH_SIZE = 128
-L2 = 1e-4
+L2 = 1e-3
 _BETAS = (0.9, 0.999)
 _EPS = 1e-8
 
