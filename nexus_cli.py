@@ -14,7 +14,7 @@ from models.errors import NexusError
 
 # Each module defines ``register(subparsers)`` and may define ``register_bench(bench_subparsers)``
 # for ``nexus bench ...``; every sub-command sets ``func(args) -> int``.
-_COMMAND_MODULES = ("models.cli", "edge_worker.cli", "hub.cli", "federated.cli", "nexus_demo")
+_COMMAND_MODULES = ("models.cli", "edge_worker.cli", "edge_worker.audit_cli", "hub.cli", "federated.cli", "nexus_demo")
 
 
 def build_parser() -> argparse.ArgumentParser:
