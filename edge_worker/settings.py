@@ -38,9 +38,10 @@ class EdgeSettings(BaseModel):
     #: pin a version instead of serving the newest one
     emotion_version: str | None = None
     funnel_version: str | None = None
-    #: intra-op threads per model runner, and threads running batches (sized for 2 cores)
+    #: intra-op threads per model runner
     model_threads: int = Field(1, ge=1, le=64)
-    inference_threads: int = Field(2, ge=1, le=64)
+    #: threads running batches per worker process (default: usable cores / workers, at least 1)
+    inference_threads: int | None = Field(None, ge=1, le=64)
 
     batching: bool = True
     max_batch: int = Field(32, ge=1, le=4096)
@@ -57,6 +58,8 @@ class EdgeSettings(BaseModel):
     poll_interval_s: float = Field(0, ge=0)
     #: when set, the lifespan starts the sync agent (edge_worker/sync.py) against this hub
     hub_url: str | None = None
+    #: one-time enrollment token for the hub, read by the sync agent
+    enroll_token_file: Path | None = None
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
@@ -76,6 +79,12 @@ class EdgeSettings(BaseModel):
         if unknown or not value:
             raise ValueError(f"models must be a non-empty subset of {', '.join(FAMILIES)}; got {', '.join(value) or 'none'}")
         return value
+
+    def pool_threads(self) -> int:
+        # More threads than cores per process only adds GIL hand-offs: the featurizers are Python.
+        if self.inference_threads is not None:
+            return self.inference_threads
+        return max(1, len(os.sched_getaffinity(0)) // self.workers)
 
     def backend(self, model: str) -> str:
         return getattr(self, f"{model}_backend")

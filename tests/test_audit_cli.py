@@ -20,13 +20,6 @@ SUPERLINK = "127.0.0.1:9092"
 DAY = 86400.0
 
 
-@pytest.fixture(autouse=True)
-def audit_commands(monkeypatch):
-    """``nexus audit`` whether or not nexus_cli lists the module yet."""
-    modules = tuple(dict.fromkeys((*nexus_cli._COMMAND_MODULES, "edge_worker.audit_cli")))
-    monkeypatch.setattr(nexus_cli, "_COMMAND_MODULES", modules)
-
-
 @pytest.fixture
 def node(tmp_path) -> Path:
     """A data dir with a local store, sends with receipts, a refusal, an erasure, a retention

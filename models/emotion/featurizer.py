@@ -24,6 +24,8 @@ DEFAULT_SPEC: dict[str, Any] = {
     "normalize": "NFKC+lower",
     "token_pattern": r"\w+(?:'\w+)*|[^\w\s]",
     "max_tokens": 64,
+    "max_token_chars": 24,
+    "max_ids": 256,
     "word_ngrams": [1, 2],
     "char_ngrams": [3, 5],
     "char_boundary": ["<", ">"],
@@ -44,6 +46,8 @@ class FeaturizerSpec:
     normalize: str
     token_pattern: str
     max_tokens: int
+    max_token_chars: int
+    max_ids: int
     word_ngrams: tuple[int, int]
     char_ngrams: tuple[int, int]
     char_boundary: tuple[str, str]
@@ -61,6 +65,8 @@ class FeaturizerSpec:
                 normalize=str(spec["normalize"]),
                 token_pattern=str(spec["token_pattern"]),
                 max_tokens=int(spec["max_tokens"]),
+                max_token_chars=int(spec["max_token_chars"]),
+                max_ids=int(spec["max_ids"]),
                 word_ngrams=(int(spec["word_ngrams"][0]), int(spec["word_ngrams"][1])),
                 char_ngrams=(int(spec["char_ngrams"][0]), int(spec["char_ngrams"][1])),
                 char_boundary=(str(spec["char_boundary"][0]), str(spec["char_boundary"][1])),
@@ -83,8 +89,8 @@ class FeaturizerSpec:
             problems.append(f"buckets must be a power of two, got {self.buckets}")
         if self.weighting not in _WEIGHTINGS:
             problems.append(f"weighting must be one of {_WEIGHTINGS}, got {self.weighting!r}")
-        if self.length_buckets != "power-of-two" or self.min_length < 1:
-            problems.append("length_buckets must be 'power-of-two' with min_length >= 1")
+        if self.length_buckets != "power-of-two" or self.min_length < 1 or self.max_ids < 1:
+            problems.append("length_buckets must be 'power-of-two' with min_length >= 1 and max_ids >= 1")
         if not 1 <= self.word_ngrams[0] <= self.word_ngrams[1]:
             problems.append(f"bad word_ngrams {self.word_ngrams}")
         if not 1 <= self.char_ngrams[0] <= self.char_ngrams[1] and self.char_ngrams != (0, 0):
@@ -119,7 +125,8 @@ class Featurizer:
 
     def tokens(self, text: str) -> list[str]:
         text = unicodedata.normalize("NFKC", text).lower()
-        return self._token_re.findall(text)[: self.spec.max_tokens]
+        cut = self.spec.max_token_chars  # bounds the char n-grams of URLs and key mashing
+        return [tok[:cut] for tok in self._token_re.findall(text)[: self.spec.max_tokens]]
 
     def _word_ids(self, word: str) -> list[int]:
         """The word's unigram id followed by its boundary-marked char n-gram ids."""
@@ -149,41 +156,42 @@ class Featurizer:
     def features(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         """Ids of one text in text order (repeats kept: the bag sums them) and their weights.
 
-        Every id gets 1/n or 1/sqrt(n) for a text of n ids, so the bag is a mean or a
-        length-damped sum; an empty text has no ids.
+        Token by token: its word id, its char n-gram ids, then the word n-grams ending at
+        it; cut after ``max_ids`` so a long text keeps its beginning. Every id weighs 1/n
+        or 1/sqrt(n) for the n ids kept; an empty text has no ids.
         """
         toks = self.tokens(text)
         raw: list[int] = []
+        lo, hi = self.spec.word_ngrams
+        longer = range(max(lo, 2), hi + 1)
         # Cache look-ups inlined: this loop is the serving hot path.
         word_cache, gram_cache = self._word_cache, self._gram_cache
-        for tok in toks:
+        for i, tok in enumerate(toks):
             ids = word_cache.get(tok)
             raw.extend(ids if ids is not None else self._word_ids(tok))
-        lo, hi = self.spec.word_ngrams
-        for n in range(max(lo, 2), hi + 1):
-            for i in range(len(toks) - n + 1):
-                gram = " ".join(toks[i : i + n])
-                found = gram_cache.get(gram)
-                raw.append(found if found is not None else self._gram_id(gram))
+            for n in longer:
+                if i + 1 >= n:
+                    gram = " ".join(toks[i + 1 - n : i + 1])
+                    found = gram_cache.get(gram)
+                    raw.append(found if found is not None else self._gram_id(gram))
+        del raw[self.spec.max_ids :]
         ids = np.array(raw, dtype=np.int64)
         if not raw:
             return ids, np.zeros(0, np.float32)
         weight = 1.0 / (np.sqrt(len(raw)) if self._sqrt else len(raw))
         return ids, np.full(len(raw), weight, dtype=np.float32)
 
-    def batch(self, texts: Sequence[str], length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """``ids`` int64 [B, L] and ``weights`` float32 [B, L]; padding is id 0 with weight 0.
 
         L is the longest text's id count rounded up to a power of two (at least
-        ``min_length``) unless ``length`` is given; longer texts are then cut at ``length``.
+        ``min_length``, at most ``max_ids`` rounded up likewise).
         """
         feats = [self.features(t) for t in texts]
-        longest = max((len(i) for i, _ in feats), default=0)
-        width = length if length is not None else padded_length(longest, self.spec.min_length)
+        width = padded_length(max((len(i) for i, _ in feats), default=0), self.spec.min_length)
         ids = np.zeros((len(feats), width), dtype=np.int64)
         weights = np.zeros((len(feats), width), dtype=np.float32)
         for row, (i, w) in enumerate(feats):
-            k = min(len(i), width)
-            ids[row, :k] = i[:k]
-            weights[row, :k] = w[:k]
+            ids[row, : len(i)] = i
+            weights[row, : len(w)] = w
         return ids, weights
