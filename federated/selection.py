@@ -1,0 +1,74 @@
+"""Node selection by tag (``region=1,2``): ask every node for its node config, keep the matches.
+
+Flower's ``grid.get_nodes()`` carries no node config, so the ServerApp sends each online
+node a ``query`` message (answered by the ClientApp with its ``node_config``) and hands
+the strategy a :class:`SelectedGrid` that only lists the matching nodes.
+"""
+
+from __future__ import annotations
+
+from logging import INFO, WARNING
+from typing import Iterable
+
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
+from flwr.supercore.run import Run
+from flwr.serverapp import Grid
+from flwr.supercore import log
+
+from federated.settings import parse_select
+
+NODE_CONFIG = "node-config"
+
+
+class SelectedGrid(Grid):
+    """A Grid that shows the strategy only ``node_ids``; everything else goes to ``inner``."""
+
+    def __init__(self, inner: Grid, node_ids: Iterable[int]) -> None:
+        self.inner = inner
+        self.node_ids = list(node_ids)
+
+    def set_run(self, run: Run) -> None:
+        self.inner.set_run(run)
+
+    @property
+    def run(self) -> Run:
+        return self.inner.run
+
+    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None) -> Message:
+        return self.inner.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.node_ids)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self.inner.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self.inner.pull_messages(message_ids)
+
+    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
+        return self.inner.send_and_receive(messages, timeout=timeout)
+
+
+def node_configs(grid: Grid, timeout: float) -> dict[int, dict[str, str]]:
+    """node id -> its node config (values as strings), for the nodes that answered in time."""
+    queries = [Message(RecordDict(), dst_node_id=node, message_type=MessageType.QUERY) for node in grid.get_node_ids()]
+    out: dict[int, dict[str, str]] = {}
+    for reply in grid.send_and_receive(queries, timeout=timeout):
+        if reply.has_error():
+            log(WARNING, "node %s did not answer the selection query: %s", reply.metadata.src_node_id, reply.error.reason)
+            continue
+        config = reply.content.config_records.get(NODE_CONFIG, ConfigRecord())
+        out[reply.metadata.src_node_id] = {k: str(v) for k, v in config.items()}
+    return out
+
+
+def select_nodes(grid: Grid, select: str, timeout: float) -> Grid:
+    """``grid`` itself without a selection, else a :class:`SelectedGrid` of the matching nodes."""
+    tags = parse_select(select)
+    if not tags:
+        return grid
+    configs = node_configs(grid, timeout)
+    chosen = sorted(node for node, config in configs.items() if all(config.get(k) in allowed for k, allowed in tags.items()))
+    log(INFO, "selection %r: nodes %s of %d online", select, chosen, len(configs))
+    return SelectedGrid(grid, chosen)

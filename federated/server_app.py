@@ -1,0 +1,106 @@
+"""The ServerApp the hub's SuperLink runs: rounds of a strategy over the online nodes.
+
+Run config (``flwr run ... --run-config``) names the model, the base it starts from, the
+strategy and the output path. The final arrays go to ``output-path`` (.npz) and the run
+summary with one record per round beside it (.json, rewritten after every round so the
+hub can follow a run); the hub turns them into a registered bundle.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from flwr.app import ConfigRecord, Context
+from flwr.serverapp import Grid, ServerApp
+
+from federated import codec
+from federated.selection import select_nodes
+from federated.settings import RunSettings
+from federated.strategy import RoundRecord, build_strategy
+from federated.tasks import ModelSpec, task_for
+from models.errors import NexusError
+from models.export.onnx_graphs import read_initializers
+
+
+@dataclass
+class RunResult:
+    weights: codec.Weights
+    rounds: list[RoundRecord]
+
+
+def load_base(settings: RunSettings) -> tuple[ModelSpec, codec.Weights]:
+    """The starting point: a bundle folder (its manifest + fp32 weights), or a JSON spec (fresh weights)."""
+    path = Path(settings.base)
+    if not settings.base or not path.exists():
+        raise NexusError(f"run config base={settings.base!r}: expected a bundle folder or a model spec JSON file")
+    if path.is_dir():
+        manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+        weights = read_initializers(path / "model.onnx")
+        labels = tuple(manifest.get("labels", ()))
+        shape = {"buckets": weights["embedding"].shape[0], "dim": weights["embedding"].shape[1], "n_labels": len(labels)} if "embedding" in weights else {"hidden": weights["w0"].shape[1]}
+        spec = ModelSpec(manifest["family"], manifest["featurizer"], labels, shape)
+    else:
+        spec = ModelSpec.from_json(path.read_text(encoding="utf-8"))
+        weights = task_for(spec.family).init_weights(spec, settings.seed)
+    if spec.family != settings.model:
+        raise NexusError(f"base {path} is a {spec.family} model, the run trains {settings.model}")
+    return spec, weights
+
+
+def _write_json(path: Path, payload: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(payload, indent=2), encoding="utf-8")
+    os.replace(tmp, path)  # readers never see half a file
+
+
+def run_rounds(grid: Grid, settings: RunSettings, spec: ModelSpec, initial: codec.Weights, on_round: Callable[[RoundRecord], None] | None = None) -> RunResult:
+    """Every round of the run; writes the outputs when ``settings.output_path`` is set."""
+    task = task_for(spec.family)
+    rounds: list[RoundRecord] = []
+    summary: dict[str, Any] = {"status": "running", "model": spec.family, "strategy": settings.strategy, "settings": settings.__dict__, "score_name": task.score_name, "rounds": []}
+    metrics_path = settings.metrics_path
+    if metrics_path is not None:
+        metrics_path.parent.mkdir(parents=True, exist_ok=True)
+
+    def record(r: RoundRecord) -> None:
+        rounds.append(r)
+        summary["rounds"].append(r.to_dict())
+        if metrics_path is not None:
+            _write_json(metrics_path, summary)
+        if on_round is not None:
+            on_round(r)
+
+    strategy = build_strategy(settings, task.score_name, record)
+    grid = select_nodes(grid, settings.select, settings.timeout)
+    train_config = ConfigRecord(
+        {"model-spec": spec.to_json(), "local-epochs": settings.local_epochs, "lr": settings.lr, "seed": settings.seed, "compression": settings.compression}
+    )
+    evaluate_config = ConfigRecord({"model-spec": spec.to_json(), "seed": settings.seed})
+    started = time.time()
+    result = strategy.start(grid, codec.to_record(initial), settings.num_rounds, settings.timeout, train_config, evaluate_config)
+    weights = codec.from_record(result.arrays) if result.arrays is not None and len(result.arrays) else initial
+    if settings.output_path:
+        out = Path(settings.output_path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(out, "wb") as fh:  # a file object: np.savez would otherwise append ".npz"
+            np.savez(fh, **weights)
+        participants = sorted({node for r in rounds for node in r.nodes})
+        summary.update(status="finished", seconds=round(time.time() - started, 3), model_spec=json.loads(spec.to_json()), participants=participants)
+        _write_json(metrics_path, summary)
+    return RunResult(weights, rounds)
+
+
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    settings = RunSettings.from_run_config(context.run_config)
+    spec, initial = load_base(settings)
+    run_rounds(grid, settings, spec, initial)

@@ -1,0 +1,148 @@
+"""Flower strategies with our update decoding, validation and per-round accounting.
+
+Every strategy (FedAvg, FedProx, FedAdam, FedTrimmedAvg, Krum) is Flower's own class
+with :class:`RoundGuard` in front of it: the guard decodes each node's (possibly sparse)
+update against the global model of the round, drops and logs malformed or absurd ones,
+hands the rest to the aggregator, and records one :class:`RoundRecord` per round.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from logging import INFO, WARNING
+from typing import Any, Callable, Iterable
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, FedTrimmedAvg, Krum, Strategy
+from flwr.supercore import log
+
+from federated import codec, validation
+from federated.settings import RunSettings
+
+ARRAYS, METRICS, CONFIG = "arrays", "metrics", "config"
+
+
+@dataclass
+class RoundRecord:
+    round: int
+    started_at: float
+    participants: int = 0  # nodes whose update was aggregated
+    nodes: list[int] = field(default_factory=list)  # their node ids
+    train_failures: int = 0  # nodes that replied with an error
+    rejected: list[dict[str, Any]] = field(default_factory=list)  # {"node", "reason"}
+    train_loss: float | None = None
+    eval_nodes: int = 0
+    loss: float | None = None  # weighted by held-out examples
+    score: float | None = None  # roc_auc (funnel) or macro_f1 (emotion), weighted likewise
+    bytes_out: int = 0
+    bytes_in: int = 0
+    update_bytes: list[int] = field(default_factory=list)  # per accepted or rejected update
+    duration_s: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _arrays_of(content: RecordDict) -> ArrayRecord | None:
+    return next(iter(content.array_records.values()), None)
+
+
+def _sent_bytes(messages: Iterable[Message]) -> int:
+    return sum(rec.count_bytes() for m in messages for rec in m.content.array_records.values())
+
+
+class RoundGuard:
+    """Mixin placed before a Flower strategy class in the MRO (see :func:`build_strategy`)."""
+
+    score_name: str = "score"
+    max_update_norm: float = validation.MAX_UPDATE_NORM
+    on_round: Callable[[RoundRecord], None] = staticmethod(lambda record: None)
+    _global: codec.Weights
+    _record: RoundRecord
+
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        self._record = RoundRecord(server_round, time.time())
+        self._global = codec.from_record(arrays)
+        messages = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
+        self._record.bytes_out += _sent_bytes(messages)
+        return messages
+
+    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        replies = list(replies)
+        record = self._record
+        record.train_failures = sum(1 for m in replies if m.has_error())
+        decoded: list[tuple[Message, codec.Weights]] = []
+        for msg in (m for m in replies if not m.has_error()):
+            arrays = _arrays_of(msg.content)
+            size = arrays.count_bytes() if arrays is not None else 0
+            record.bytes_in += size
+            record.update_bytes.append(size)
+            try:
+                if arrays is None:
+                    raise codec.UpdateError("reply carries no arrays")
+                decoded.append((msg, codec.decode(arrays, self._global)))
+            except codec.UpdateError as exc:
+                self._reject(msg, str(exc))
+        accepted: list[Message] = []
+        for (msg, weights), verdict in zip(decoded, validation.judge([w for _, w in decoded], self._global, self.max_update_norm)):
+            if verdict.reason is not None:
+                self._reject(msg, verdict.reason)
+                continue
+            metrics = next(iter(msg.content.metric_records.values()))
+            msg.content = RecordDict({ARRAYS: codec.to_record(weights), METRICS: metrics})
+            accepted.append(msg)
+        record.participants = len(accepted)
+        record.nodes = sorted(m.metadata.src_node_id for m in accepted)
+        arrays, metrics = super().aggregate_train(server_round, accepted)  # type: ignore[misc]
+        if metrics is not None and "train-loss" in metrics:
+            record.train_loss = float(metrics["train-loss"])
+        return arrays, metrics
+
+    def _reject(self, msg: Message, reason: str) -> None:
+        node = msg.metadata.src_node_id
+        log(WARNING, "round %d: rejected the update of node %s: %s", self._record.round, node, reason)
+        self._record.rejected.append({"node": node, "reason": reason})
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        messages = list(super().configure_evaluate(server_round, arrays, config, grid))  # type: ignore[misc]
+        self._record.bytes_out += _sent_bytes(messages)
+        return messages
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        replies = list(replies)
+        metrics = super().aggregate_evaluate(server_round, replies)  # type: ignore[misc]
+        record = self._record
+        record.eval_nodes = sum(1 for m in replies if not m.has_error())
+        if metrics is not None:
+            record.loss = float(metrics["loss"]) if "loss" in metrics else None
+            record.score = float(metrics[self.score_name]) if self.score_name in metrics else None
+        record.duration_s = round(time.time() - record.started_at, 3)
+        log(INFO, "round %d: %d participants, loss %s, %s %s, %.1fs", server_round, record.participants, record.loss, self.score_name, record.score, record.duration_s)
+        self.on_round(record)
+        return metrics
+
+
+_BASES: dict[str, type[Strategy]] = {"fedavg": FedAvg, "fedprox": FedProx, "fedadam": FedAdam, "fedtrimmedavg": FedTrimmedAvg, "krum": Krum}
+
+
+def build_strategy(settings: RunSettings, score_name: str, on_round: Callable[[RoundRecord], None]) -> Strategy:
+    base = _BASES[settings.strategy]
+    kwargs: dict[str, Any] = {
+        "fraction_train": settings.fraction,
+        "fraction_evaluate": settings.fraction,
+        "min_train_nodes": settings.min_nodes,
+        "min_evaluate_nodes": settings.min_nodes,
+        "min_available_nodes": settings.min_nodes,
+    }
+    if settings.strategy == "fedprox":
+        kwargs["proximal_mu"] = settings.proximal_mu
+    if settings.strategy == "krum":
+        # Krum needs n > 2f + 2 to pick a reliable update; assume one bad node when affordable
+        kwargs["num_malicious_nodes"] = 1 if settings.min_nodes >= 4 else 0
+    strategy = type(f"Guarded{base.__name__}", (RoundGuard, base), {})(**kwargs)
+    strategy.score_name = score_name
+    strategy.max_update_norm = settings.max_update_norm
+    strategy.on_round = on_round
+    return strategy
