@@ -1,0 +1,54 @@
+"""Serving side of the emotion family: texts -> featurizer -> exported artifact -> scores."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from models.bundle import Bundle, BundleError
+from models.emotion.featurizer import Featurizer
+from models.errors import NexusError
+from models.runtime import Runner
+
+
+class EmotionPredictor:
+    """Scores [B, labels] for a batch of texts; ``thresholds`` turn them into label sets."""
+
+    def __init__(self, bundle: Bundle, runner: Runner) -> None:
+        manifest = bundle.manifest
+        try:
+            self.featurizer = Featurizer(manifest["featurizer"])
+            self._labels = [str(name) for name in manifest["labels"]]
+            self._thresholds = np.array([float(manifest["thresholds"][name]) for name in self._labels])
+        except NexusError as exc:
+            raise BundleError(f"{bundle.path}: {exc}") from None
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"{bundle.path}: emotion manifest lacks or garbles labels/thresholds/featurizer ({exc!r})") from None
+        self.bundle = bundle
+        self.backend = runner.backend
+        self._runner = runner
+
+    @property
+    def name(self) -> str:
+        return self.bundle.name
+
+    @property
+    def version(self) -> str:
+        return self.bundle.version
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self._labels)
+
+    @property
+    def thresholds(self) -> np.ndarray:
+        """Per-label decision thresholds (float64 [C], in ``labels`` order): positive when score >= threshold."""
+        return self._thresholds.copy()
+
+    def predict(self, texts: Sequence[str]) -> np.ndarray:
+        """float32 [B, C] sigmoid scores; the batch is padded to one power-of-two length."""
+        if not texts:
+            return np.zeros((0, len(self._labels)), np.float32)
+        ids, weights = self.featurizer.batch(texts)
+        return self._runner.run({"ids": ids, "weights": weights})["scores"]
