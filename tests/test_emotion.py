@@ -13,6 +13,7 @@ import pytest
 
 import nexus_cli
 from models.bundle import BACKENDS, verify_bundle
+from models.build import target_version
 from models.cli import DEFAULT_REPOSITORY
 from models.emotion import pipeline, train
 from models.emotion.data import read_labels, read_tsv
@@ -223,8 +224,8 @@ def test_pipeline_writes_a_complete_bundle_whose_backends_agree(trained_repo, da
 
 
 def test_retraining_into_another_repository_takes_the_next_version(trained_repo, data_dir):
-    assert pipeline._version_for(trained_repo) == "2"
-    assert pipeline._version_for(DEFAULT_REPOSITORY) == "1"
+    assert target_version(trained_repo, "emotion", DEFAULT_REPOSITORY) == "2"
+    assert target_version(DEFAULT_REPOSITORY, "emotion", DEFAULT_REPOSITORY) == "1"
 
 
 def test_eval_cli_on_a_bundle_and_on_a_tampered_copy(trained_repo, data_dir, tmp_path):

@@ -6,10 +6,6 @@ Versions: training into the default repository (the committed bundles) replaces 
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -17,7 +13,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from models.bundle import ARTIFACTS, BACKENDS, Bundle, BundleError, list_versions, sha256_file, verify_bundle, write_manifest
+from models.bundle import ARTIFACTS, BACKENDS, Bundle, BundleError, sha256_file, verify_bundle, write_manifest
+from models.build import git_revision, staged_bundle, target_version
 from models.cli import DEFAULT_REPOSITORY
 from models.emotion import train as trainer
 from models.emotion.data import read_labels, read_tsv
@@ -28,39 +25,11 @@ from models.predictor import Predictor, load_predictor
 from models.progress import Progress
 
 NAME = "emotion"
-DEFAULT_VERSION = "1"
 #: thresholds are tuned on this backend's dev scores and shared by all backends
 REFERENCE_BACKEND = "onnx"
 #: stated max |score_backend - score_onnx| on any text; the pipeline refuses a bundle beyond it
 TOLERANCE = {"onnx-int8": 1e-2, "tflite": 1e-2}
 _EVAL_BATCH = 256
-
-
-def _git_revision() -> str | None:
-    try:
-        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    revision = done.stdout.strip()
-    return revision if done.returncode == 0 and revision else None
-
-
-def _version_for(out: Path) -> str:
-    if out.resolve() == DEFAULT_REPOSITORY.resolve():
-        return DEFAULT_VERSION
-    numbered = [int(v) for v in list_versions(out, NAME) if v.isdigit()]
-    return str(max(numbered) + 1) if numbered else "1"
-
-
-def _install(staging: Path, target: Path) -> None:
-    """Rename the finished bundle into place, replacing an older copy of the same version."""
-    old = None
-    if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-        os.replace(target, old / target.name)
-    os.replace(staging, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def export(weights: dict[str, np.ndarray], folder: Path) -> None:
@@ -130,11 +99,8 @@ def train(data: Path, out: Path, seed: int = 0, show_progress: bool = True) -> B
     progress.close()
     seconds = time.monotonic() - started
 
-    version = _version_for(out)
-    (out / NAME).mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{version}.staging.", dir=out / NAME))
-    staging.chmod(0o755)  # mkdtemp makes it private; a bundle is served to other users
-    try:
+    version = target_version(out, NAME, DEFAULT_REPOSITORY)
+    with staged_bundle(out, NAME, version) as staging:
         export(result.weights, staging)
         manifest: dict[str, Any] = {
             "name": NAME,
@@ -166,7 +132,7 @@ def train(data: Path, out: Path, seed: int = 0, show_progress: bool = True) -> B
                     "train_loss": round(result.metrics["train_loss"], 5),
                     "seconds": round(seconds, 1),
                 },
-                "git_revision": _git_revision(),
+                "git_revision": git_revision(),
             },
         }
         write_manifest(staging, manifest)
@@ -175,10 +141,6 @@ def train(data: Path, out: Path, seed: int = 0, show_progress: bool = True) -> B
         manifest["metrics"] = metrics
         manifest["tolerance"] = {"reference": REFERENCE_BACKEND, "max_abs_diff": TOLERANCE, "measured_on_dev": deviation}
         write_manifest(staging, manifest)
-        _install(staging, out / NAME / version)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return verify_bundle(out / NAME / version)
 
 

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -13,7 +9,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from models.bundle import ARTIFACTS, BACKENDS, Bundle, BundleError, list_versions, sha256_file, verify_bundle, write_manifest
+from models.bundle import ARTIFACTS, BACKENDS, Bundle, BundleError, sha256_file, verify_bundle, write_manifest
+from models.build import git_revision, staged_bundle, target_version
 from models.cli import DEFAULT_REPOSITORY
 from models.export import onnx_graphs, tflite_graphs
 from models.funnel import train as trainer
@@ -25,28 +22,10 @@ from models.predictor import Predictor, load_predictor
 from models.progress import Progress
 
 NAME = "funnel"
-#: the committed default; retraining into the default repository replaces it
-DEFAULT_VERSION = "1"
 REFERENCE_BACKEND = "onnx"
 #: stated max |P_backend - P_onnx| on any session; the pipeline refuses a bundle beyond it
 TOLERANCE = {"onnx-int8": 2e-2, "tflite": 1e-5}
 _EVAL_BATCH = 1024
-
-
-def _git_revision() -> str | None:
-    try:
-        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    revision = done.stdout.strip()
-    return revision if done.returncode == 0 and revision else None
-
-
-def _version_for(out: Path) -> str:
-    if out.resolve() == DEFAULT_REPOSITORY.resolve():
-        return DEFAULT_VERSION
-    numbered = [int(v) for v in list_versions(out, NAME) if v.isdigit()]
-    return str(max(numbered) + 1) if numbered else "1"
 
 
 def _export(weights: dict[str, np.ndarray], folder: Path) -> None:
@@ -77,17 +56,6 @@ def _measure(folder: Path, sessions: list[dict[str, Any]], labels: np.ndarray) -
     return metrics, deviation
 
 
-def _install(staging: Path, target: Path) -> None:
-    """Rename the finished bundle into place, replacing an older copy of the same version."""
-    old = None
-    if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-        os.replace(target, old / target.name)
-    os.replace(staging, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def train(data: Path, out: Path, seed: int = 0, show_progress: bool = True) -> Bundle:
     """Train on the training split of ``data``, export all backends, write ``out/funnel/<version>/``."""
     dataset = read_sessions(data)
@@ -106,11 +74,8 @@ def train(data: Path, out: Path, seed: int = 0, show_progress: bool = True) -> B
     progress.close()
 
     out = Path(out)
-    version = _version_for(out)
-    (out / NAME).mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{version}.staging.", dir=out / NAME))
-    staging.chmod(0o755)  # mkdtemp makes it private; a bundle is served to other users
-    try:
+    version = target_version(out, NAME, DEFAULT_REPOSITORY)
+    with staged_bundle(out, NAME, version) as staging:
         _export(result.weights, staging)
         manifest: dict[str, Any] = {
             "name": NAME,
@@ -137,7 +102,7 @@ def train(data: Path, out: Path, seed: int = 0, show_progress: bool = True) -> B
                     "train_loss": result.metrics["train_loss"],
                     "seconds": round(seconds, 3),
                 },
-                "git_revision": _git_revision(),
+                "git_revision": git_revision(),
             },
         }
         # The artifacts can only be loaded once the manifest lists them: write it, measure, rewrite.
@@ -146,10 +111,6 @@ def train(data: Path, out: Path, seed: int = 0, show_progress: bool = True) -> B
         manifest["metrics"] = {"held_out": metrics}
         manifest["tolerance"] = {"reference": REFERENCE_BACKEND, "max_abs_diff": TOLERANCE, "measured_on_held_out": deviation}
         write_manifest(staging, manifest)
-        _install(staging, out / NAME / version)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return verify_bundle(out / NAME / version)
 
 
