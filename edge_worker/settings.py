@@ -60,6 +60,9 @@ class EdgeSettings(BaseModel):
     hub_url: str | None = None
     #: one-time enrollment token for the hub, read by the sync agent
     enroll_token_file: Path | None = None
+    #: False when the Flower SuperNode runs beside the node (deploy/) rather than as its
+    #: child; the lifespan hook that starts a child SuperNode belongs to the Flower issue
+    supernode: bool = True
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)

@@ -1,0 +1,162 @@
+"""The edge node's ASGI app: ``create_app(settings)`` wires state, routes and lifespan.
+
+Background work started in the lifespan: retention of the local store, optional
+polling of the model repository, and, when ``settings.hub_url`` is set, the sync agent:
+``edge_worker.sync.run(state: EdgeState)``, a coroutine run as a task and cancelled at
+shutdown (see :mod:`edge_worker.state` for what it may use).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from edge_worker import routes
+from edge_worker.batcher import MicroBatcher
+from edge_worker.errors import EXCEPTION_HANDLERS
+from edge_worker.metrics import Registry, edge_registry
+from edge_worker.openapi import build_openapi
+from edge_worker.outputs import ROW_MAKERS
+from edge_worker.repository import ModelRepository
+from edge_worker.schemas import build_schemas
+from edge_worker.settings import EdgeSettings
+from edge_worker.state import EdgeState
+from edge_worker.store import LocalStore
+
+log = logging.getLogger("nexus.edge")
+DESCRIPTION = "Nexus Edge inference node: emotion and funnel models, Open Inference Protocol v2, local labelled store."
+
+
+class MetricsMiddleware:
+    """Counts and times every HTTP request by route template (pure ASGI: no per-request task)."""
+
+    def __init__(self, app: ASGIApp, metrics: Registry, templates: dict[Any, str]) -> None:
+        self.app = app
+        self.metrics = metrics
+        self.templates = templates
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = 500
+
+        async def send_status(message: dict[str, Any]) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            # The router writes the matched endpoint into the shared scope.
+            route = self.templates.get(scope.get("endpoint"), "unmatched")
+            self.metrics.inc("nexus_edge_requests_total", (("route", route), ("method", scope["method"]), ("status", str(status))))
+            self.metrics.observe("nexus_edge_request_duration_seconds", (("route", route),), time.perf_counter() - start)
+
+
+def create_app(settings: EdgeSettings) -> Starlette:
+    metrics = edge_registry()
+    repository = ModelRepository(
+        settings.models_dir,
+        settings.models,
+        backends={m: settings.backend(m) for m in settings.models},
+        pins={m: settings.pinned_version(m) for m in settings.models},
+        threads=settings.model_threads,
+        metrics=metrics,
+    )
+    threads = settings.pool_threads()
+    pool = ThreadPoolExecutor(threads, thread_name_prefix="nexus-infer")
+    batchers = {
+        m: MicroBatcher(
+            m,
+            repository.batch_fn(m, ROW_MAKERS[m]),
+            pool,
+            slots=threads,
+            metrics=metrics,
+            enabled=settings.batching,
+            max_batch=settings.max_batch,
+            max_delay_s=settings.max_delay_ms / 1000,
+        )
+        for m in settings.models
+    }
+    schemas = build_schemas(settings)
+    state = EdgeState(settings, metrics, repository, schemas, batchers, pool)
+    table = routes.operations(schemas, settings.models)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        state.store = await state.in_store(LocalStore, settings.data_dir)
+        await state.reload()
+        await _enforce_retention(state)  # expired rows go before the node takes requests
+        state.tasks.append(asyncio.create_task(_retention_loop(state), name="nexus-retention"))
+        if settings.poll_interval_s > 0:
+            state.tasks.append(asyncio.create_task(_poll_loop(state), name="nexus-model-poll"))
+        if settings.hub_url:
+            from edge_worker.sync import run as run_sync  # the seam: see the module docstring
+
+            state.tasks.append(asyncio.create_task(run_sync(state), name="nexus-sync"))
+        for task in state.tasks:
+            task.add_done_callback(_report_exit)
+        try:
+            yield
+        finally:
+            for task in state.tasks:
+                task.cancel()
+            await asyncio.gather(*state.tasks, return_exceptions=True)
+            state.tasks.clear()
+            await state.in_store(state.store.close)
+            pool.shutdown(wait=True)
+            state.store_pool.shutdown(wait=True)
+
+    app = Starlette(routes=routes.routes(table), exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
+    app.add_middleware(MetricsMiddleware, metrics=metrics, templates={handler: op.path for op, handler in table})
+    app.state.edge = state
+    app.state.openapi = build_openapi([op for op, _ in table], "Nexus Edge node", routes.SERVER_VERSION, DESCRIPTION)
+    return app
+
+
+def create_app_from_env() -> Starlette:
+    """uvicorn factory (``edge_worker.app:create_app_from_env``) for ``--workers`` > 1."""
+    return create_app(EdgeSettings.from_env())
+
+
+def _report_exit(task: asyncio.Task[Any]) -> None:
+    """A background task must run until shutdown; say so loudly if one ends early."""
+    if not task.cancelled() and task.exception() is not None:
+        log.error("background task %s stopped: %s", task.get_name(), task.exception(), exc_info=task.exception())
+
+
+async def _enforce_retention(state: EdgeState) -> None:
+    try:
+        removed = await state.in_store(state.store.purge_older_than, state.settings.retention_days)
+    except Exception:  # a locked or full disk must not end retention for good
+        log.exception("retention pass failed; retrying in %.0f s", state.settings.retention_interval_s)
+        return
+    if removed:
+        state.metrics.inc("nexus_edge_store_rows_erased_total", (("reason", "retention"),), removed)
+        log.info("retention removed %d rows older than %s days", removed, state.settings.retention_days)
+
+
+async def _retention_loop(state: EdgeState) -> None:
+    while True:
+        await asyncio.sleep(state.settings.retention_interval_s)
+        await _enforce_retention(state)
+
+
+async def _poll_loop(state: EdgeState) -> None:
+    while True:
+        await asyncio.sleep(state.settings.poll_interval_s)
+        try:
+            await state.reload()
+        except Exception:
+            log.exception("model repository poll failed")
