@@ -344,3 +344,10 @@ def test_shipped_bundle_reaches_the_target_on_the_held_out_split(tmp_path):
         assert result["n"] == test_idx.size
         assert result["roc_auc"] >= 0.91, (backend, result)
         assert abs(result["roc_auc"] - manifest["metrics"]["held_out"][backend]["roc_auc"]) < 1e-9
+
+
+
+def test_integer_beyond_float_range_is_a_data_error(synthetic, featurizer):
+    session = dict(synthetic[0][0], PageValues=10**400)
+    with pytest.raises(DataError, match="session 0: a numeric field is out of range"):
+        featurizer.transform([session])

@@ -100,6 +100,8 @@ def _read(sessions: Sequence[Mapping[str, Any]], numeric: Sequence[str], categor
             flags[i] = [_flag(i, name, s[name]) for name in boolean]
         except KeyError as exc:
             raise DataError(f"session {i}: required field {exc.args[0]!r} is missing") from None
+        except OverflowError:  # an integer beyond float64's range
+            raise DataError(f"session {i}: a numeric field is out of range") from None
     finite = np.isfinite(numbers)
     if not finite.all():
         i, j = np.argwhere(~finite)[0]
