@@ -21,6 +21,7 @@ def _serve(args: argparse.Namespace) -> int:
         port=args.port,
         workers=args.workers,
         hub_url=args.hub,
+        enroll_token=args.enroll_token,
         enroll_token_file=args.enroll_token_file,
         supernode=False if args.no_supernode else None,
     )
@@ -45,6 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--port", type=int, help="port (default 8000)")
     serve.add_argument("--workers", type=int, help="server processes (default 1)")
     serve.add_argument("--hub", help="hub URL: sync models and counters with it (default: standalone)")
+    serve.add_argument("--enroll-token", help="the hub's one-time enrollment token (used once; the node then keeps its identity)")
     serve.add_argument("--enroll-token-file", type=Path, help="file holding the hub's one-time enrollment token")
     serve.add_argument("--no-supernode", action="store_true", help="the Flower SuperNode runs beside this node, not as its child")
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))

@@ -58,7 +58,8 @@ class EdgeSettings(BaseModel):
     poll_interval_s: float = Field(0, ge=0)
     #: when set, the lifespan starts the sync agent (edge_worker/sync.py) against this hub
     hub_url: str | None = None
-    #: one-time enrollment token for the hub, read by the sync agent
+    #: one-time enrollment token for the hub, read by the sync agent (given directly, or in a file)
+    enroll_token: str | None = None
     enroll_token_file: Path | None = None
     #: False when the Flower SuperNode runs beside the node (deploy/) rather than as its
     #: child; the lifespan hook that starts a child SuperNode belongs to the Flower issue

@@ -1,0 +1,428 @@
+"""The edge's sync agent: enroll once, heartbeat, poll assignments with ETag, download
+assigned bundles file by file, verify them against the pinned hub key, install them
+atomically and ask the repository to serve them.
+
+Nothing from the hub is trusted before it verifies: the manifest's signature is checked
+before any artifact is fetched, every artifact's sha256 as it arrives, and
+``install_bundle`` checks the whole bundle again before the atomic rename. A refused
+bundle is remembered (by its archive digest) so a bad version is not fetched in a loop,
+and the model already served keeps serving.
+
+While the hub is unreachable the agent backs off exponentially with jitter; serving
+never depends on it. Its state (ETag, assignments, what was applied, what was refused)
+and half-downloaded bundles live in the data dir, so a restart resumes where it was.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import logging
+import os
+import random
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Callable, Collection
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from edge_worker.egress import HeartbeatPayload, HubGateway, HubUnreachable
+from edge_worker.identity import NodeIdentity, load_identity, save_identity, write_private_json
+from models.bundle import MANIFEST, SIGNATURE, BundleError, install_bundle, read_manifest, sha256_file, verify_bundle, verify_signature
+from models.errors import NexusError
+
+if TYPE_CHECKING:
+    from edge_worker.state import EdgeState
+
+log = logging.getLogger("nexus.edge.sync")
+STATE_FILE = "hub-sync.json"
+STAGING_DIR = "hub-staging"
+LOCK_FILE = "hub-sync.lock"
+_META_MAX_BYTES = 1 << 20
+
+
+@dataclass(frozen=True)
+class NodeStatus:
+    """What the heartbeat reports, read from the running node."""
+
+    models: dict[str, str]
+    health: str = "ok"
+    request_rate: float = 0.0
+    queue_depth: int = 0
+
+
+@dataclass
+class SyncState:
+    etag: str | None = None
+    #: model -> {"version", "archive_sha256"} as last received from the hub
+    assignments: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: model -> version installed and handed to the repository
+    applied: dict[str, str] = field(default_factory=dict)
+    #: model -> {"version", "archive_sha256", "reason"} of the last refused bundle
+    refused: dict[str, dict[str, str]] = field(default_factory=dict)
+
+
+@dataclass
+class SyncStats:
+    cycles: int = 0
+    sync_errors: int = 0
+    consecutive_failures: int = 0
+    installs: int = 0
+    refusals: int = 0
+    last_success_at: float | None = None
+    last_error: str | None = None
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff with jitter: ``base * 2^(n-1)`` capped, times a random 0.5..1."""
+
+    base_s: float = 0.5
+    max_s: float = 60.0
+
+    def delay(self, failures: int, rng: random.Random) -> float:
+        return min(self.max_s, self.base_s * 2 ** max(failures - 1, 0)) * rng.uniform(0.5, 1.0)
+
+
+class Refused(NexusError):
+    """A bundle from the hub failed verification: never installed, old model kept."""
+
+
+class _LeaderLock:
+    """An exclusive ``flock`` on a file in the data dir, held until the process exits."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fh: IO[str] | None = None
+
+    def acquire(self) -> bool:
+        if self._fh is not None:
+            return True
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.close()
+            return False
+        self._fh = fh
+        return True
+
+    def release(self) -> None:
+        if self._fh is not None:
+            self._fh.close()  # closing the file drops the flock
+            self._fh = None
+
+
+def _verifies(bundle_dir: Path, key: Ed25519PublicKey) -> bool:
+    try:
+        verify_bundle(bundle_dir, key)
+    except BundleError:
+        return False
+    return True
+
+
+def _adopt(target: Path, staging: Path, key: Ed25519PublicKey) -> None:
+    """A local copy of the hub's bundle without its signature (a shipped default bundle
+    the operator also pushed): same manifest bytes, so the hub's signature covers it."""
+    if (target / MANIFEST).read_bytes() != (staging / MANIFEST).read_bytes():
+        raise Refused(f"{target} holds another bundle than the hub's version {target.name}; remove it to install the hub's")
+    verify_bundle(target)
+    tmp = target / f".{SIGNATURE}.tmp"
+    shutil.copyfile(staging / SIGNATURE, tmp)
+    os.replace(tmp, target / SIGNATURE)
+    verify_bundle(target, key)
+
+
+def load_state(data_dir: Path) -> SyncState:
+    try:
+        raw = json.loads((Path(data_dir) / STATE_FILE).read_text())
+        return SyncState(**raw)
+    except FileNotFoundError:
+        return SyncState()
+    except (ValueError, TypeError) as exc:
+        # Losing the state only costs a re-poll: the repository still holds the bundles.
+        log.warning("ignoring corrupt %s (%s)", STATE_FILE, exc)
+        return SyncState()
+
+
+class SyncAgent:
+    def __init__(
+        self,
+        gateway: HubGateway,
+        data_dir: Path,
+        repository_dir: Path,
+        activate: Callable[[str, str], None],
+        status: Callable[[], NodeStatus],
+        enroll_token: str | None = None,
+        models: Collection[str] | None = None,
+        poll_interval_s: float | None = None,
+        backoff: Backoff = Backoff(),
+        rng: random.Random | None = None,
+    ) -> None:
+        """``activate(model, version)`` is blocking (called in a thread) and makes the
+        repository serve exactly that version; ``models`` limits what this node takes."""
+        self.gateway = gateway
+        self.data_dir = Path(data_dir)
+        self.repository_dir = Path(repository_dir)
+        self.activate = activate
+        self.status = status
+        self.enroll_token = enroll_token
+        self.models = set(models) if models is not None else None
+        self._poll_override = poll_interval_s
+        self.poll_interval_s = poll_interval_s or 5.0
+        self.backoff = backoff
+        self.rng = rng or random.Random()
+        self.state = load_state(self.data_dir)
+        self.stats = SyncStats()
+        self.identity: NodeIdentity | None = load_identity(self.data_dir)
+        gateway.identity = self.identity
+        #: model -> version this process's repository was told to serve
+        self._activated: dict[str, str] = {}
+        self._leader = _LeaderLock(self.data_dir / LOCK_FILE)
+
+    # -- loop ------------------------------------------------------------------------------
+    async def run(self, after_cycle: Callable[["SyncAgent"], None] | None = None) -> None:
+        """Until cancelled: restore what was applied, then sync on the poll interval.
+
+        Several server processes of one node share its data dir: the one holding the
+        leader lock talks to the hub; the others follow the state file it writes and
+        switch their own repositories (a follower takes over if the leader dies).
+        """
+        await self.follow()
+        try:
+            await self._loop(after_cycle)
+        finally:
+            self._leader.release()
+
+    async def _loop(self, after_cycle: Callable[["SyncAgent"], None] | None) -> None:
+        while True:
+            if self._leader.acquire():
+                try:
+                    await self.sync_once()
+                    delay = self.poll_interval_s
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # the agent must outlive any one failure
+                    self._failed(exc)
+                    delay = self.backoff.delay(self.stats.consecutive_failures, self.rng)
+            else:
+                await self.follow()
+                delay = self.poll_interval_s
+            if after_cycle is not None:
+                after_cycle(self)
+            await asyncio.sleep(delay)
+
+    def _failed(self, exc: Exception) -> None:
+        self.stats.sync_errors += 1
+        self.stats.consecutive_failures += 1
+        self.stats.last_error = str(exc)
+        if isinstance(exc, HubUnreachable):
+            log.warning("hub unreachable (%d in a row), serving the last good models: %s", self.stats.consecutive_failures, exc)
+        elif isinstance(exc, NexusError):
+            log.error("sync failed: %s", exc)
+        else:
+            log.exception("sync failed unexpectedly")
+
+    async def follow(self) -> None:
+        """Serve what the state file says was applied: after a restart (before the hub is
+        even reachable) and in follower processes."""
+        self.state = load_state(self.data_dir)
+        for model, version in sorted(self.state.applied.items()):
+            if self._activated.get(model) != version and (self.repository_dir / model / version).is_dir():
+                self._activated[model] = version  # tried once: a failure is logged, not repeated
+                try:
+                    await asyncio.to_thread(self.activate, model, version)
+                except NexusError as exc:
+                    log.error("cannot serve %s version %s: %s", model, version, exc)
+
+    async def sync_once(self) -> dict[str, str]:
+        """One cycle: enroll if needed, heartbeat, poll, apply. Returns model -> version applied now."""
+        self.stats.cycles += 1
+        identity = await self._ensure_enrolled()
+        status = self.status()
+        reply = await self.gateway.heartbeat(
+            HeartbeatPayload(
+                models=status.models,
+                health=status.health,
+                request_rate=status.request_rate,
+                queue_depth=status.queue_depth,
+                bundle_refusals=len(self.state.refused),
+                sync_errors=self.stats.sync_errors,
+            )
+        )
+        if self._poll_override is None and isinstance(reply.get("poll_interval_s"), (int, float)):
+            self.poll_interval_s = float(reply["poll_interval_s"])
+        polled = await self.gateway.poll_assignments(self.state.etag)
+        if polled is not None:
+            etag, body = polled
+            self.state.assignments = {m: dict(a) for m, a in body.get("models", {}).items() if self._wanted(m)}
+            self.state.etag = etag
+            self._save()
+        applied = await self._apply(identity)
+        self.stats.consecutive_failures = 0
+        self.stats.last_success_at = time.time()
+        self.stats.last_error = None
+        return applied
+
+    def _wanted(self, model: str) -> bool:
+        return self.models is None or model in self.models
+
+    async def _ensure_enrolled(self) -> NodeIdentity:
+        if self.identity is None:
+            # a leader that died may have enrolled after this process started
+            self.identity = self.gateway.identity = load_identity(self.data_dir)
+        if self.identity is not None:
+            return self.identity
+        if not self.enroll_token:
+            raise NexusError("this node is not enrolled: start it once with --enroll-token")
+        reply = await self.gateway.enroll(self.enroll_token)
+        identity = NodeIdentity(reply["node_id"], reply["node_secret"], reply["public_key"], dict(reply.get("tags", {})))
+        identity.public_key()
+        save_identity(self.data_dir, identity)
+        self.identity = self.gateway.identity = identity
+        log.info("enrolled with %s as %s tags=%s", self.gateway.hub_url, identity.node_id, identity.tags)
+        return identity
+
+    # -- applying assignments --------------------------------------------------------------
+    async def _apply(self, identity: NodeIdentity) -> dict[str, str]:
+        applied: dict[str, str] = {}
+        for model, assignment in sorted(self.state.assignments.items()):
+            version, digest = str(assignment["version"]), str(assignment["archive_sha256"])
+            if self.state.applied.get(model) == version:
+                continue
+            refused = self.state.refused.get(model)
+            if refused and refused["version"] == version and refused["archive_sha256"] == digest:
+                continue
+            try:
+                await self._install(identity, model, version, digest)
+            except (Refused, BundleError) as exc:
+                self._refuse(model, version, digest, str(exc))
+                continue
+            try:
+                await asyncio.to_thread(self.activate, model, version)
+            except NexusError as exc:  # verified but cannot be served here (the repository says why)
+                self._refuse(model, version, digest, f"cannot serve it: {exc}")
+                continue
+            self._activated[model] = version
+            self.state.applied[model] = version
+            self.state.refused.pop(model, None)
+            self.stats.installs += 1
+            self._save()
+            applied[model] = version
+            log.info("now serving %s version %s from the hub", model, version)
+        return applied
+
+    async def _install(self, identity: NodeIdentity, model: str, version: str, digest: str) -> None:
+        key = identity.public_key()
+        target = self.repository_dir / model / version
+        if target.is_dir() and await asyncio.to_thread(_verifies, target, key):
+            return  # installed before (a rollback to it), and still intact and signed
+        staging = self.data_dir / STAGING_DIR / f"{model}-{version}-{digest[:16]}"
+        staging.mkdir(parents=True, exist_ok=True)
+        for name in (MANIFEST, SIGNATURE):
+            if not (staging / name).is_file():
+                await self.gateway.download_file(model, version, name, staging / name, _META_MAX_BYTES)
+        # The signature first: nothing the manifest says is believed before it verifies.
+        verify_signature(staging, key)
+        manifest = read_manifest(staging)
+        if manifest["name"] != model or manifest["version"] != version:
+            raise Refused(f"hub sent {manifest['name']} {manifest['version']} for {model} {version}")
+        if target.is_dir():
+            await asyncio.to_thread(_adopt, target, staging, key)
+        else:
+            for name, entry in manifest["files"].items():
+                path = staging / name
+                if path.is_file() and path.stat().st_size == entry["bytes"] and sha256_file(path) == entry["sha256"]:
+                    continue  # finished before an interruption
+                got = await self.gateway.download_file(model, version, name, path, int(entry["bytes"]))
+                if got != entry["sha256"]:
+                    raise Refused(f"{model} {version}: {name} sha256 mismatch (corrupt or tampered)")
+            await asyncio.to_thread(install_bundle, staging, self.repository_dir, key)
+        shutil.rmtree(staging, ignore_errors=True)
+
+    def _refuse(self, model: str, version: str, digest: str, reason: str) -> None:
+        self.stats.refusals += 1
+        self.state.refused[model] = {"version": version, "archive_sha256": digest, "reason": reason}
+        shutil.rmtree(self.data_dir / STAGING_DIR / f"{model}-{version}-{digest[:16]}", ignore_errors=True)
+        self._save()
+        log.error("refused %s version %s from the hub, keeping %s: %s", model, version, self.state.applied.get(model, "the current model"), reason)
+
+    def _save(self) -> None:
+        write_private_json(self.data_dir / STATE_FILE, asdict(self.state))
+
+
+# -- the edge app's seam (edge_worker/app.py starts ``run(state)`` when hub_url is set) -------
+
+_METRICS = (
+    ("nexus_edge_hub_sync_errors_total", "counter", "sync cycles that failed (hub unreachable, refused, ...)"),
+    ("nexus_edge_hub_consecutive_failures", "gauge", "failed sync cycles in a row (0 when the hub answers)"),
+    ("nexus_edge_hub_last_sync_timestamp_seconds", "gauge", "unix time of the last successful sync"),
+    ("nexus_edge_hub_bundles_installed_total", "counter", "hub bundles verified, installed and served"),
+    ("nexus_edge_hub_bundles_refused_total", "counter", "hub bundles refused (bad sha256 or signature); old model kept"),
+    ("nexus_edge_hub_refused_bundle_info", "gauge", "1 for each assigned model/version currently refused"),
+    ("nexus_edge_egress_messages_total", "counter", "requests sent to the hub per payload kind"),
+    ("nexus_edge_egress_bytes_total", "counter", "bytes exchanged with the hub per payload kind and direction"),
+)
+
+
+async def run(state: "EdgeState") -> None:
+    """The sync agent of a running edge node, exporting its state to ``/metrics``."""
+    settings = state.settings
+    token = settings.enroll_token or (settings.enroll_token_file.read_text().strip() if settings.enroll_token_file else None)
+    gateway = HubGateway(str(settings.hub_url))
+    metrics = state.metrics
+    for name, kind, help_text in _METRICS:
+        metrics.declare(name, kind, help_text)
+    rate = _RequestRate(state)
+
+    def status() -> NodeStatus:
+        ready = state.repository.ready()
+        return NodeStatus(models=state.served_versions(), health="ok" if ready else "starting", request_rate=rate.per_second(), queue_depth=state.queue_depth())
+
+    def export(agent: SyncAgent) -> None:
+        metrics.set("nexus_edge_hub_sync_errors_total", (), agent.stats.sync_errors)
+        metrics.set("nexus_edge_hub_consecutive_failures", (), agent.stats.consecutive_failures)
+        metrics.set("nexus_edge_hub_last_sync_timestamp_seconds", (), agent.stats.last_success_at or 0)
+        metrics.set("nexus_edge_hub_bundles_installed_total", (), agent.stats.installs)
+        metrics.set("nexus_edge_hub_bundles_refused_total", (), agent.stats.refusals)
+        for model, refused in agent.state.refused.items():
+            metrics.set("nexus_edge_hub_refused_bundle_info", (("model", model), ("version", refused["version"])), 1)
+        for kind, count in gateway.messages.items():
+            metrics.set("nexus_edge_egress_messages_total", (("kind", kind),), count)
+            metrics.set("nexus_edge_egress_bytes_total", (("kind", kind), ("direction", "out")), gateway.bytes_out[kind])
+            metrics.set("nexus_edge_egress_bytes_total", (("kind", kind), ("direction", "in")), gateway.bytes_in[kind])
+
+    agent = SyncAgent(
+        gateway,
+        settings.data_dir,
+        settings.models_dir,
+        state.repository.activate,
+        status,
+        enroll_token=token,
+        models=settings.models,
+    )
+    try:
+        await agent.run(after_cycle=export)
+    finally:
+        await gateway.aclose()
+
+
+class _RequestRate:
+    """Items scored per second since the previous heartbeat, from the inference counters."""
+
+    def __init__(self, state: "EdgeState") -> None:
+        self.state = state
+        self._last = (time.monotonic(), self._total())
+
+    def _total(self) -> float:
+        return sum(self.state.metrics.value("nexus_edge_inference_items_total", (("model", m),)) for m in self.state.settings.models)
+
+    def per_second(self) -> float:
+        now, total = time.monotonic(), self._total()
+        then, before = self._last
+        self._last = (now, total)
+        return max(total - before, 0.0) / max(now - then, 1e-9)

@@ -1,0 +1,85 @@
+"""Who is calling: the operator (admin token) or an enrolled node (node id + secret).
+
+The admin token is created on first start in a 0600 file of the data dir and never
+logged. Node secrets and enrollment tokens are random 256-bit strings, so the store
+keeps only their sha256 (a slow hash buys nothing against guessing 2^256).
+Missing or unknown credentials are 401; a valid credential without the role is 403.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from hub.secrets_file import read_or_create
+from hub.store.base import NodeRecord, Store
+from models.errors import NexusError
+
+ADMIN_TOKEN_FILE = "admin.token"
+NODE_PREFIX = "node."
+Role = Literal["admin", "node"]
+
+
+class AuthError(NexusError):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True)
+class Principal:
+    role: Role
+    node: NodeRecord | None = None
+
+
+def new_secret() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def load_or_create_admin_token(data_dir: Path) -> str:
+    return read_or_create(Path(data_dir) / ADMIN_TOKEN_FILE, lambda: new_secret().encode()).decode().strip()
+
+
+def node_credential(node_id: str, secret: str) -> str:
+    return f"{NODE_PREFIX}{node_id}.{secret}"
+
+
+def check_store_admin(store: Store, admin_token: str) -> None:
+    """Replicas of one store must share the admin token file, like the signing key."""
+    if store.claim_meta("admin_token_sha256", hash_secret(admin_token)) != hash_secret(admin_token):
+        raise NexusError(f"this store belongs to a hub with another admin token; copy {ADMIN_TOKEN_FILE} from its data dir")
+
+
+class Authenticator:
+    def __init__(self, store: Store, admin_token: str) -> None:
+        self.store = store
+        self._admin_hash = hash_secret(admin_token)
+
+    def identify(self, authorization: str | None) -> Principal:
+        """Blocking (reads the store for node credentials); raise 401 when unknown."""
+        if not authorization or not authorization.startswith("Bearer "):
+            raise AuthError(401, "missing bearer token")
+        token = authorization.removeprefix("Bearer ").strip()
+        if token.startswith(NODE_PREFIX):
+            node_id, _, secret = token.removeprefix(NODE_PREFIX).partition(".")
+            node = self.store.get_node(node_id) if node_id and secret else None
+            if node is None or not hmac.compare_digest(node.secret_hash, hash_secret(secret)):
+                raise AuthError(401, "unknown node credential")
+            return Principal("node", node)
+        if hmac.compare_digest(self._admin_hash, hash_secret(token)):
+            return Principal("admin")
+        raise AuthError(401, "invalid token")
+
+    def require(self, authorization: str | None, *roles: Role) -> Principal:
+        principal = self.identify(authorization)
+        if principal.role not in roles:
+            raise AuthError(403, f"this endpoint needs the {' or '.join(roles)} role")
+        return principal

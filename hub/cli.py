@@ -1,0 +1,174 @@
+"""``nexus hub serve|token|nodes|models`` and ``nexus bench hub``.
+
+Operator commands talk HTTP to a running hub with the admin token (never read the
+store directly), so they work the same against one hub or a replica set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from hub.client import DEFAULT_URL, OperatorClient, resolve_token
+from hub.settings import DEFAULT_PORT, HubSettings
+from models.errors import NexusError
+
+
+def parse_tags(items: list[str] | None) -> dict[str, str]:
+    """``["region=3", "tier=gold"]`` or ``["region=3,tier=gold"]`` -> dict."""
+    tags: dict[str, str] = {}
+    for item in items or []:
+        for pair in filter(None, item.split(",")):
+            key, sep, value = pair.partition("=")
+            if not sep or not key or not value:
+                raise NexusError(f"tag {pair!r} must look like key=value")
+            tags[key.strip()] = value.strip()
+    return tags
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from hub.app import create_app
+
+    settings = HubSettings(
+        data_dir=Path(args.data_dir), store=args.store, host=args.host, port=args.port, offline_after_s=args.offline_after, poll_interval_s=args.poll_interval
+    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)
+    # The token itself is never printed: only where to read it.
+    print(f"nexus hub on http://{settings.host}:{settings.port} store={settings.store_url()} admin token in {settings.data_dir / 'admin.token'}", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
+    return 0
+
+
+def _client(args: argparse.Namespace) -> OperatorClient:
+    return OperatorClient(args.hub, resolve_token(args.token, args.data_dir))
+
+
+def _print(args: argparse.Namespace, result: Any, table: list[str] | None = None) -> None:
+    if args.json or table is None:
+        print(json.dumps(result, indent=None if args.json else 2))
+    else:
+        print("\n".join(table))
+
+
+def _token_create(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        result = client.create_token(parse_tags(args.tags), args.ttl)
+    # Printed because the operator asked for it; it is one-time and expires.
+    _print(args, result, [result["token"]])
+    return 0
+
+
+def _nodes_list(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        nodes = client.nodes()
+    rows = [f"{'NODE':<20} {'STATUS':<8} {'TAGS':<24} MODELS"]
+    for n in nodes:
+        models = ",".join(f"{m}:{v}" for m, v in ((n.get("heartbeat") or {}).get("models") or {}).items())
+        tags = ",".join(f"{k}={v}" for k, v in n["tags"].items())
+        rows.append(f"{n['node_id']:<20} {n['status']:<8} {tags:<24} {models}")
+    _print(args, nodes, rows)
+    return 0
+
+
+def _models(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        action = args.models_command
+        if action == "push":
+            _print(args, client.push(Path(args.bundle_dir)))
+        elif action == "list":
+            models = client.models()
+            rows = [f"{'MODEL':<16} {'STABLE':<8} {'CANARY':<12} VERSIONS"]
+            rows += [f"{m['model']:<16} {m['stable'] or '-':<8} {','.join(m['canary']) or '-':<12} {','.join(m['versions'])}" for m in models]
+            _print(args, models, rows)
+        elif action == "show":
+            _print(args, client.show(args.model))
+        elif action == "promote":
+            _print(args, client.promote(args.model, args.version, args.stage, args.percent))
+        elif action == "assign":
+            _print(args, client.assign(args.model, args.version, parse_tags(args.select), args.percent))
+        elif action == "rollback":
+            _print(args, client.rollback(args.model))
+    return 0
+
+
+def _operator_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--hub", default=DEFAULT_URL, help=f"hub URL (default {DEFAULT_URL})")
+    parser.add_argument("--token", help="admin token (default: $NEXUS_HUB_TOKEN, then DATA_DIR/admin.token)")
+    parser.add_argument("--data-dir", help="the hub's data dir, to read its admin token")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    hub = sub.add_parser("hub", help="run the hub and manage nodes, tokens and the model registry")
+    hsub = hub.add_subparsers(dest="hub_command", required=True, metavar="ACTION")
+
+    serve = hsub.add_parser("serve", help="run the hub")
+    serve.add_argument("--data-dir", required=True, help="keys, admin token and the default SQLite store")
+    serve.add_argument("--store", help="sqlite:///PATH (default: DATA_DIR/hub.sqlite3) or redis://HOST:PORT/DB")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT)
+    serve.add_argument("--offline-after", type=float, default=30.0, help="seconds of silence before a node shows offline")
+    serve.add_argument("--poll-interval", type=float, default=5.0, help="heartbeat/poll interval asked of edges (s)")
+    serve.set_defaults(func=_serve)
+
+    token = hsub.add_parser("token", help="enrollment tokens")
+    tsub = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
+    create = tsub.add_parser("create", help="make a one-time enrollment token")
+    create.add_argument("--tags", action="append", help="key=value[,key=value] given to the node that enrolls")
+    create.add_argument("--ttl", type=float, help="seconds until the token expires (default one day)")
+    _operator_args(create)
+    create.set_defaults(func=_token_create)
+
+    nodes = hsub.add_parser("nodes", help="enrolled nodes")
+    nsub = nodes.add_subparsers(dest="nodes_command", required=True, metavar="ACTION")
+    nlist = nsub.add_parser("list", help="nodes with status, tags and loaded models")
+    _operator_args(nlist)
+    nlist.set_defaults(func=_nodes_list)
+
+    models = hsub.add_parser("models", help="model registry and rollout")
+    msub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
+    push = msub.add_parser("push", help="upload a bundle dir; the hub verifies, versions and signs it")
+    push.add_argument("bundle_dir")
+    mlist = msub.add_parser("list", help="models with stable and canary versions")
+    show = msub.add_parser("show", help="versions, stages and rollout history of a model")
+    show.add_argument("model")
+    promote = msub.add_parser("promote", help="make a version canary (a share of all nodes) or stable (all nodes)")
+    promote.add_argument("model")
+    promote.add_argument("version")
+    promote.add_argument("--stage", required=True, choices=("canary", "stable"))
+    promote.add_argument("--percent", type=int, help="canary share of nodes, 1..100 (default 10)")
+    assign = msub.add_parser("assign", help="send a version to the nodes whose tags match")
+    assign.add_argument("model")
+    assign.add_argument("version")
+    assign.add_argument("--select", action="append", help="key=value[,key=value] the node's tags must have")
+    assign.add_argument("--percent", type=int, default=100, help="share of the matching nodes, 1..100")
+    rollback = msub.add_parser("rollback", help="undo the newest promote or assign of a model")
+    rollback.add_argument("model")
+    for parser in (push, mlist, show, promote, assign, rollback):
+        _operator_args(parser)
+        parser.set_defaults(func=_models)
+
+
+def register_bench(bench_sub: argparse._SubParsersAction) -> None:
+    bench = bench_sub.add_parser("hub", help="heartbeats/s with 200 nodes and rollout time to 20 edges, per store")
+    bench.add_argument("--nodes", type=int, default=200)
+    bench.add_argument("--edges", type=int, default=20)
+    bench.add_argument("--seconds", type=float, default=5.0, help="heartbeat phase length per store")
+    bench.add_argument("--redis", default="redis://127.0.0.1:6379/15", help="Redis URL for the Redis run ('' to skip)")
+    bench.add_argument("--json", action="store_true")
+    bench.set_defaults(func=_bench)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from hub.bench import run_bench
+
+    result = run_bench(nodes=args.nodes, edges=args.edges, seconds=args.seconds, redis_url=args.redis or None, show_progress=not args.json)
+    print(json.dumps(result, indent=None if args.json else 2))
+    return 0

@@ -1,0 +1,97 @@
+"""Operator client of the hub's HTTP API (the CLI, the benchmark and tests use it)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from hub.archive import pack
+from hub.auth import ADMIN_TOKEN_FILE
+from hub.settings import DEFAULT_PORT
+from models.errors import NexusError
+
+DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
+
+
+class HubError(NexusError):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"hub answered {status}: {message}")
+        self.status = status
+
+
+def resolve_token(token: str | None, data_dir: str | None) -> str:
+    """--token, then $NEXUS_HUB_TOKEN, then the admin token file of --data-dir."""
+    if token:
+        return token
+    if os.environ.get("NEXUS_HUB_TOKEN"):
+        return os.environ["NEXUS_HUB_TOKEN"]
+    if data_dir:
+        path = Path(data_dir) / ADMIN_TOKEN_FILE
+        try:
+            return path.read_text().strip()
+        except FileNotFoundError:
+            raise NexusError(f"{path} does not exist; has the hub been started with this --data-dir?") from None
+    raise NexusError("no admin token: pass --token, set NEXUS_HUB_TOKEN, or --data-dir of the hub")
+
+
+class OperatorClient:
+    def __init__(self, url: str, token: str, timeout: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self._http = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> "OperatorClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise NexusError(f"cannot reach the hub at {self.url} ({exc})") from None
+        if response.status_code >= 400:
+            try:
+                message = response.json()["error"]
+            except (ValueError, KeyError, TypeError):
+                message = response.text[:200]
+            raise HubError(response.status_code, message)
+        return response.json()
+
+    def create_token(self, tags: dict[str, str], ttl_s: float | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"tags": tags}
+        if ttl_s is not None:
+            body["ttl_s"] = ttl_s
+        return self._request("POST", "/v1/tokens", json=body)
+
+    def nodes(self) -> list[dict[str, Any]]:
+        return self._request("GET", "/v1/nodes")["nodes"]
+
+    def push(self, bundle_dir: Path) -> dict[str, Any]:
+        if not Path(bundle_dir).is_dir():
+            raise NexusError(f"{bundle_dir} is not a bundle directory")
+        return self._request("POST", "/v1/models", content=pack(Path(bundle_dir)), headers={"Content-Type": "application/x-tar"})
+
+    def models(self) -> list[dict[str, Any]]:
+        return self._request("GET", "/v1/models")["models"]
+
+    def show(self, model: str) -> dict[str, Any]:
+        return self._request("GET", f"/v1/models/{model}")
+
+    def promote(self, model: str, version: str, stage: str, percent: int | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"version": version, "stage": stage}
+        if percent is not None:
+            body["percent"] = percent
+        return self._request("POST", f"/v1/models/{model}/promote", json=body)
+
+    def assign(self, model: str, version: str, select: dict[str, str], percent: int = 100) -> dict[str, Any]:
+        return self._request("POST", f"/v1/models/{model}/assign", json={"version": version, "select": select, "percent": percent})
+
+    def rollback(self, model: str) -> dict[str, Any]:
+        return self._request("POST", f"/v1/models/{model}/rollback")

@@ -1,0 +1,50 @@
+"""Request bodies of the hub's HTTP API (pydantic only here, at the system edge)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+TagKey = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.-]{0,31}$")]
+TagValue = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+ModelName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
+Version = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,9}$")]
+Tags = Annotated[dict[TagKey, TagValue], Field(max_length=16)]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TokenCreate(_Body):
+    tags: Tags = {}
+    ttl_s: float = Field(24 * 3600.0, gt=0, le=30 * 24 * 3600.0)
+
+
+class Enroll(_Body):
+    token: Annotated[str, StringConstraints(min_length=1, max_length=128)]
+
+
+class Heartbeat(_Body):
+    """Node metadata from a fixed set of fields: numbers, enums and model ids only."""
+
+    models: Annotated[dict[ModelName, Version], Field(max_length=64)] = {}
+    health: Literal["ok", "degraded", "starting", "unhealthy"]
+    request_rate: float = Field(0.0, ge=0)
+    queue_depth: int = Field(0, ge=0)
+    #: assigned bundles this node currently refuses (failed verification)
+    bundle_refusals: int = Field(0, ge=0)
+    sync_errors: int = Field(0, ge=0)
+
+
+class Promote(_Body):
+    version: Version
+    stage: Literal["canary", "stable"]
+    percent: int | None = Field(None, ge=1, le=100)
+
+
+class Assign(_Body):
+    version: Version
+    select: Tags = {}
+    percent: int = Field(100, ge=1, le=100)

@@ -1,0 +1,145 @@
+"""The hub's one storage interface; :mod:`hub.store.sqlite` and :mod:`hub.store.redis`
+implement it and one test suite runs against both.
+
+Records are plain dataclasses. Everything that must stay consistent across several hub
+replicas lives here (never in a replica's memory): nodes, one-time enrollment tokens,
+the registry (version records and their signed bundle archives) and the rollout log.
+Later features add their own small groups of methods (funnel config and counters,
+federated rounds) rather than widening these.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from models.errors import NexusError
+
+ActionKind = Literal["stable", "assign"]
+
+
+class StoreUnavailable(NexusError):
+    """The backing database cannot be reached (the HTTP layer answers 503 and callers retry)."""
+
+
+@dataclass(frozen=True)
+class NodeRecord:
+    node_id: str
+    secret_hash: str
+    tags: dict[str, str]
+    enrolled_at: float
+    last_seen: float | None = None
+    heartbeat: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    model: str
+    version: str
+    manifest: dict[str, Any]
+    signature: dict[str, str]
+    #: sha256 and size of the signed tar archive edges download
+    archive_sha256: str
+    archive_bytes: int
+    pushed_at: float
+
+
+@dataclass(frozen=True)
+class RolloutAction:
+    """One entry of a model's rollout log; rollback deactivates the newest active one.
+
+    ``stable`` makes ``version`` the default for every node; ``assign`` sends it to the
+    nodes whose tags match ``selector`` and whose hash bucket is below ``percent``.
+    """
+
+    model: str
+    action_id: int
+    kind: ActionKind
+    version: str
+    selector: dict[str, str] = field(default_factory=dict)
+    percent: int = 100
+    created_at: float = 0.0
+    active: bool = True
+
+
+class Store(ABC):
+    #: True when calls may wait on the network: the HTTP layer then runs them in threads
+    network_io: bool = False
+
+    # -- lifecycle ---------------------------------------------------------------------
+    @abstractmethod
+    def ping(self) -> None:
+        """Raise :class:`StoreUnavailable` when the database cannot be reached."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    # -- hub metadata ------------------------------------------------------------------
+    @abstractmethod
+    def claim_meta(self, key: str, value: str) -> str:
+        """Set ``key`` unless it is set; return the stored value (first writer wins)."""
+
+    # -- enrollment --------------------------------------------------------------------
+    @abstractmethod
+    def add_enroll_token(self, token_hash: str, tags: dict[str, str], expires_at: float) -> None: ...
+
+    @abstractmethod
+    def take_enroll_token(self, token_hash: str, now: float) -> dict[str, str] | None:
+        """Consume a token atomically: its tags the first time, ``None`` afterwards or once expired."""
+
+    # -- nodes -------------------------------------------------------------------------
+    @abstractmethod
+    def add_node(self, node: NodeRecord) -> None: ...
+
+    @abstractmethod
+    def get_node(self, node_id: str) -> NodeRecord | None: ...
+
+    @abstractmethod
+    def list_nodes(self) -> list[NodeRecord]: ...
+
+    @abstractmethod
+    def record_heartbeat(self, node_id: str, at: float, heartbeat: dict[str, Any]) -> None: ...
+
+    # -- registry ----------------------------------------------------------------------
+    @abstractmethod
+    def add_version(self, record: VersionRecord, archive: bytes) -> bool:
+        """Store a version and its archive; ``False`` (and nothing written) if it exists."""
+
+    @abstractmethod
+    def get_version(self, model: str, version: str) -> VersionRecord | None: ...
+
+    @abstractmethod
+    def list_versions(self, model: str) -> list[VersionRecord]:
+        """Oldest first (numeric order)."""
+
+    @abstractmethod
+    def list_models(self) -> list[str]: ...
+
+    @abstractmethod
+    def read_archive(self, model: str, version: str) -> bytes | None: ...
+
+    # -- rollout log -------------------------------------------------------------------
+    @abstractmethod
+    def add_action(self, model: str, kind: ActionKind, version: str, selector: dict[str, str], percent: int, at: float) -> RolloutAction: ...
+
+    @abstractmethod
+    def list_actions(self, model: str) -> list[RolloutAction]:
+        """Oldest first, inactive ones included (the history the dashboard shows)."""
+
+    @abstractmethod
+    def deactivate_action(self, model: str, action_id: int) -> bool:
+        """``False`` when it was already inactive (two replicas racing a rollback)."""
+
+
+def open_store(url: str) -> Store:
+    """``sqlite:///PATH`` or ``redis://HOST:PORT/DB[?prefix=P]``."""
+    if url.startswith("sqlite:///"):
+        from hub.store.sqlite import SqliteStore
+
+        return SqliteStore(url.removeprefix("sqlite:///"))
+    if url.startswith(("redis://", "rediss://")):
+        from hub.store.redis import RedisStore
+
+        return RedisStore.from_url(url)
+    raise NexusError(f"unknown store URL {url!r}; expected sqlite:///PATH or redis://HOST:PORT/DB")

@@ -1,0 +1,208 @@
+"""Redis store: for production and for several hub replicas sharing one state.
+
+Bundle archives live in Redis next to their records, so any replica can serve any
+download without a shared filesystem. The cost is memory: each version's archive
+(a few MB) stays resident; that is the trade-off we take for stateless replicas.
+
+Keys (all under a prefix, ``nexus:hub:`` unless the URL says ``?prefix=``):
+``meta`` hash; ``enroll:<hash>`` string with a TTL; ``nodes`` set, ``node:<id>`` hash;
+``models`` set, ``versions:<model>`` hash version -> record JSON,
+``archive:<model>:<version>`` bytes; ``actions:<model>`` hash id -> record JSON,
+``action_seq`` counter.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from functools import wraps
+from typing import Any, Callable, TypeVar
+from urllib.parse import parse_qs, urlsplit, urlunsplit
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from models.bundle import version_key
+from hub.store.base import ActionKind, NodeRecord, RolloutAction, Store, StoreUnavailable, VersionRecord
+
+T = TypeVar("T")
+_HEARTBEAT_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('HSET', KEYS[1], 'last_seen', ARGV[1], 'heartbeat', ARGV[2])
+end
+"""
+DEFAULT_PREFIX = "nexus:hub:"
+
+
+def _unavailable(fn: Callable[..., T]) -> Callable[..., T]:
+    @wraps(fn)
+    def wrapper(self: "RedisStore", *args: Any, **kwargs: Any) -> T:
+        try:
+            return fn(self, *args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
+            raise StoreUnavailable(f"Redis store {self.where}: {exc}") from None
+
+    return wrapper
+
+
+class RedisStore(Store):
+    network_io = True
+
+    def __init__(self, client: redis.Redis, prefix: str = DEFAULT_PREFIX, where: str = "") -> None:
+        self.r = client
+        self.p = prefix
+        self.where = where
+        self._heartbeat = client.register_script(_HEARTBEAT_LUA)
+
+    @classmethod
+    def from_url(cls, url: str) -> "RedisStore":
+        parts = urlsplit(url)
+        prefix = parse_qs(parts.query).get("prefix", [DEFAULT_PREFIX])[0]
+        # A short retry hides a Redis failover blip; a longer outage surfaces as 503s.
+        client = redis.Redis.from_url(
+            urlunsplit(parts._replace(query="")),
+            socket_timeout=2.0,
+            socket_connect_timeout=1.0,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 3),
+            retry_on_error=[redis.ConnectionError, redis.TimeoutError],
+            health_check_interval=30,
+        )
+        return cls(client, prefix, where=f"{parts.hostname}:{parts.port or 6379}")
+
+    def _k(self, *parts: str) -> str:
+        return self.p + ":".join(parts)
+
+    @_unavailable
+    def ping(self) -> None:
+        self.r.ping()
+
+    def close(self) -> None:
+        self.r.close()
+
+    @_unavailable
+    def claim_meta(self, key: str, value: str) -> str:
+        self.r.hsetnx(self._k("meta"), key, value)
+        return self.r.hget(self._k("meta"), key).decode()
+
+    @_unavailable
+    def add_enroll_token(self, token_hash: str, tags: dict[str, str], expires_at: float) -> None:
+        # The expiry check compares with the caller's clock; the Redis TTL only collects
+        # garbage, a day after the token could have been used.
+        ttl = max(int(expires_at - time.time()), 0) + 86400
+        self.r.set(self._k("enroll", token_hash), json.dumps({"tags": tags, "expires_at": expires_at}), ex=ttl)
+
+    @_unavailable
+    def take_enroll_token(self, token_hash: str, now: float) -> dict[str, str] | None:
+        raw = self.r.getdel(self._k("enroll", token_hash))
+        if raw is None:
+            return None
+        body = json.loads(raw)
+        return body["tags"] if body["expires_at"] >= now else None
+
+    @_unavailable
+    def add_node(self, node: NodeRecord) -> None:
+        fields = {"secret_hash": node.secret_hash, "tags": json.dumps(node.tags), "enrolled_at": repr(node.enrolled_at)}
+        pipe = self.r.pipeline()
+        pipe.hset(self._k("node", node.node_id), mapping=fields)
+        pipe.sadd(self._k("nodes"), node.node_id)
+        pipe.execute()
+
+    @staticmethod
+    def _node(node_id: str, h: dict[bytes, bytes]) -> NodeRecord:
+        last_seen = h.get(b"last_seen")
+        heartbeat = h.get(b"heartbeat")
+        return NodeRecord(
+            node_id=node_id,
+            secret_hash=h[b"secret_hash"].decode(),
+            tags=json.loads(h[b"tags"]),
+            enrolled_at=float(h[b"enrolled_at"]),
+            last_seen=float(last_seen) if last_seen else None,
+            heartbeat=json.loads(heartbeat) if heartbeat else None,
+        )
+
+    @_unavailable
+    def get_node(self, node_id: str) -> NodeRecord | None:
+        h = self.r.hgetall(self._k("node", node_id))
+        return self._node(node_id, h) if h else None
+
+    @_unavailable
+    def list_nodes(self) -> list[NodeRecord]:
+        ids = sorted(i.decode() for i in self.r.smembers(self._k("nodes")))
+        pipe = self.r.pipeline()
+        for node_id in ids:
+            pipe.hgetall(self._k("node", node_id))
+        nodes = [self._node(i, h) for i, h in zip(ids, pipe.execute()) if h]
+        return sorted(nodes, key=lambda n: (n.enrolled_at, n.node_id))
+
+    @_unavailable
+    def record_heartbeat(self, node_id: str, at: float, heartbeat: dict[str, Any]) -> None:
+        # One round trip, and only for enrolled nodes: never resurrect a deleted hash.
+        self._heartbeat(keys=[self._k("node", node_id)], args=[repr(at), json.dumps(heartbeat)])
+
+    @_unavailable
+    def add_version(self, record: VersionRecord, archive: bytes) -> bool:
+        # Archive first: a record is only visible once its bytes are downloadable.
+        archive_key = self._k("archive", record.model, record.version)
+        if not self.r.set(archive_key, archive, nx=True):
+            return False
+        if not self.r.hsetnx(self._k("versions", record.model), record.version, json.dumps(asdict(record))):
+            return False
+        self.r.sadd(self._k("models"), record.model)
+        return True
+
+    @_unavailable
+    def get_version(self, model: str, version: str) -> VersionRecord | None:
+        raw = self.r.hget(self._k("versions", model), version)
+        return VersionRecord(**json.loads(raw)) if raw else None
+
+    @_unavailable
+    def list_versions(self, model: str) -> list[VersionRecord]:
+        records = [VersionRecord(**json.loads(v)) for v in self.r.hvals(self._k("versions", model))]
+        return sorted(records, key=lambda r: version_key(r.version))
+
+    @_unavailable
+    def list_models(self) -> list[str]:
+        return sorted(m.decode() for m in self.r.smembers(self._k("models")))
+
+    @_unavailable
+    def read_archive(self, model: str, version: str) -> bytes | None:
+        return self.r.get(self._k("archive", model, version))
+
+    @_unavailable
+    def add_action(self, model: str, kind: ActionKind, version: str, selector: dict[str, str], percent: int, at: float) -> RolloutAction:
+        action = RolloutAction(model, int(self.r.incr(self._k("action_seq"))), kind, version, selector, percent, at, True)
+        self.r.hset(self._k("actions", model), str(action.action_id), json.dumps(asdict(action)))
+        return action
+
+    @_unavailable
+    def list_actions(self, model: str) -> list[RolloutAction]:
+        actions = [RolloutAction(**json.loads(v)) for v in self.r.hvals(self._k("actions", model))]
+        return sorted(actions, key=lambda a: a.action_id)
+
+    @_unavailable
+    def deactivate_action(self, model: str, action_id: int) -> bool:
+        key = self._k("actions", model)
+        # WATCH/MULTI: of two replicas rolling back the same action, exactly one wins.
+        with self.r.pipeline() as pipe:
+            try:
+                pipe.watch(key)
+                raw = pipe.hget(key, str(action_id))
+                if raw is None:
+                    return False
+                action = json.loads(raw)
+                if not action["active"]:
+                    return False
+                action["active"] = False
+                pipe.multi()
+                pipe.hset(key, str(action_id), json.dumps(action))
+                pipe.execute()
+                return True
+            except redis.WatchError:
+                return False
+
+    def delete_all(self) -> None:
+        """Drop every key under this store's prefix (tests and the benchmark clean up with it)."""
+        for key in self.r.scan_iter(match=self.p + "*", count=500):
+            self.r.delete(key)

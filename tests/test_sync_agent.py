@@ -1,0 +1,232 @@
+"""The edge sync agent against a real hub on 127.0.0.1 (a stand-in for the repository)."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import random
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from conftest import free_port
+from edge_worker.egress import DECLARED, HeartbeatPayload, HubGateway, HubUnreachable, PayloadKind, PayloadRefused
+from edge_worker.identity import IDENTITY_FILE, load_identity
+from edge_worker.sync import STATE_FILE, Backoff, SyncAgent
+from hub.archive import pack
+from hub.keys import load_or_create_key
+from hub.store.base import Store, VersionRecord
+from models.bundle import read_manifest, sign_bundle
+from test_hub_support import RunningHub, StandInRepository, make_bundle, store_for
+
+
+@pytest.fixture
+def hub(tmp_path: Path) -> Iterator[RunningHub]:
+    running = RunningHub(tmp_path / "hub", store_for("sqlite", tmp_path, None))
+    yield running
+    running.stop()
+
+
+def _agent(hub_url: str, edge: Path, repo: StandInRepository, token: str | None = None) -> SyncAgent:
+    return SyncAgent(HubGateway(hub_url, timeout=5.0), edge, repo.root, repo.activate, repo.status, enroll_token=token, backoff=Backoff(0.05, 0.2))
+
+
+def _sync(agent: SyncAgent) -> dict[str, str]:
+    async def once() -> dict[str, str]:
+        try:
+            return await agent.sync_once()
+        finally:
+            await agent.gateway.aclose()
+
+    return asyncio.run(once())
+
+
+def _push_and_stabilise(hub: RunningHub, tmp_path: Path) -> None:
+    hub.admin.push(make_bundle(tmp_path, "funnel", "1", b"v1"))
+    hub.admin.promote("funnel", "1", "stable")
+
+
+def test_enroll_install_assign_rollback_and_restart(hub: RunningHub, tmp_path: Path) -> None:
+    _push_and_stabilise(hub, tmp_path)
+    edge, repo = tmp_path / "edge", StandInRepository(tmp_path / "edge" / "models")
+    token = hub.admin.create_token({"region": "2"})["token"]
+    assert _sync(_agent(hub.url, edge, repo, token)) == {"funnel": "1"}
+    assert repo.served == {"funnel": "1"}
+    assert (edge / IDENTITY_FILE).stat().st_mode & 0o777 == 0o600
+    assert (edge / STATE_FILE).stat().st_mode & 0o777 == 0o600
+    identity = load_identity(edge)
+    assert identity is not None and identity.tags == {"region": "2"}
+
+    hub.admin.push(make_bundle(tmp_path, "funnel", "2", b"v2"))
+    hub.admin.assign("funnel", "2", {"region": "2"})
+    # a restarted agent: no token any more, identity and state come from the data dir
+    assert _sync(_agent(hub.url, edge, repo)) == {"funnel": "2"}
+    [node] = hub.admin.nodes()
+    assert node["node_id"] == identity.node_id and node["heartbeat"]["models"] == {"funnel": "1"}
+    assert _sync(_agent(hub.url, edge, repo)) == {}  # 304: nothing to do
+    assert hub.admin.nodes()[0]["heartbeat"]["models"] == {"funnel": "2"}
+
+    hub.admin.rollback("funnel")
+    assert _sync(_agent(hub.url, edge, repo)) == {"funnel": "1"}
+    assert repo.activations == [("funnel", "1"), ("funnel", "2"), ("funnel", "1")]
+
+    # restart while the hub is down: the hub's last choice is served again at once
+    restarted = StandInRepository(repo.root)
+    agent = _agent(f"http://127.0.0.1:{free_port()}", edge, restarted)
+    asyncio.run(agent.follow())
+    assert restarted.served == {"funnel": "1"}
+    with pytest.raises(HubUnreachable):
+        _sync(agent)
+    assert restarted.served == {"funnel": "1"}
+
+
+def store_forged(store: Store, tmp_path: Path, version: str, key: Ed25519PrivateKey, flip: bool) -> None:
+    """A bundle the hub's storage holds but did not produce (a compromised store or disk)."""
+    folder = make_bundle(tmp_path, "funnel", version, b"forged-" + version.encode(), size=1000)
+    sign_bundle(folder, key)
+    if flip:
+        data = bytearray((folder / "model.onnx").read_bytes())
+        data[500] ^= 0x01
+        (folder / "model.onnx").write_bytes(bytes(data))
+    archive = pack(folder)
+    signature = json.loads((folder / "signature.json").read_text())
+    record = VersionRecord("funnel", version, read_manifest(folder), signature, hashlib.sha256(archive).hexdigest(), len(archive), 0.0)
+    assert store.add_version(record, archive)
+
+
+@pytest.mark.parametrize("fault", ["flipped-byte", "wrong-signature"])
+def test_tampered_or_wrongly_signed_bundle_is_refused_old_model_kept(hub: RunningHub, tmp_path: Path, fault: str) -> None:
+    _push_and_stabilise(hub, tmp_path)
+    edge, repo = tmp_path / "edge", StandInRepository(tmp_path / "edge" / "models")
+    agent = _agent(hub.url, edge, repo, hub.admin.create_token({"region": "1"})["token"])
+    _sync(agent)
+    if fault == "flipped-byte":
+        store_forged(hub.store, tmp_path, "2", load_or_create_key(hub.data_dir), flip=True)
+    else:
+        store_forged(hub.store, tmp_path, "2", Ed25519PrivateKey.generate(), flip=False)
+    hub.admin.promote("funnel", "2", "stable")
+
+    agent = _agent(hub.url, edge, repo)
+    assert _sync(agent) == {}
+    assert repo.served == {"funnel": "1"} and not (repo.root / "funnel" / "2").exists()
+    assert agent.stats.refusals == 1
+    assert agent.state.refused["funnel"]["version"] == "2"
+    assert ("sha256 mismatch" if fault == "flipped-byte" else "signature does not verify") in agent.state.refused["funnel"]["reason"]
+    if fault == "wrong-signature":
+        # refused on the manifest's signature, before any artifact was fetched
+        assert agent.gateway.messages[PayloadKind.BUNDLE_DOWNLOAD.value] == 2
+    assert not list((edge / "hub-staging").iterdir())
+
+    # the refusal is remembered across restarts (no download loop) and reported to the hub
+    again = _agent(hub.url, edge, repo)
+    assert _sync(again) == {} and again.gateway.messages[PayloadKind.BUNDLE_DOWNLOAD.value] == 0
+    assert hub.admin.nodes()[0]["heartbeat"]["bundle_refusals"] == 1
+
+    # a good version afterwards installs normally
+    hub.admin.push(make_bundle(tmp_path, "funnel", "3", b"v3"))
+    hub.admin.promote("funnel", "3", "stable")
+    assert _sync(_agent(hub.url, edge, repo)) == {"funnel": "3"}
+
+
+def test_unreachable_hub_backs_off_with_jitter_and_keeps_serving(tmp_path: Path) -> None:
+    backoff = Backoff(base_s=0.5, max_s=8.0)
+    rng = random.Random(1)
+    for failures, ceiling in ((1, 0.5), (2, 1.0), (3, 2.0), (5, 8.0), (30, 8.0)):
+        delays = [backoff.delay(failures, rng) for _ in range(50)]
+        assert all(ceiling / 2 <= d <= ceiling for d in delays)
+        assert len(set(delays)) > 1  # jittered, so edges do not stampede a returning hub
+
+    repo = StandInRepository(tmp_path / "models")
+    repo.served = {"funnel": "1"}
+    agent = SyncAgent(HubGateway(f"http://127.0.0.1:{free_port()}", timeout=1.0), tmp_path / "edge", repo.root, repo.activate, repo.status, enroll_token="x" * 43, backoff=Backoff(0.02, 0.05))
+
+    async def run_briefly() -> None:
+        task = asyncio.create_task(agent.run())
+        await asyncio.sleep(0.6)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await agent.gateway.aclose()
+
+    asyncio.run(run_briefly())
+    assert agent.stats.consecutive_failures >= 3 and agent.stats.sync_errors == agent.stats.consecutive_failures
+    assert "127.0.0.1" in (agent.stats.last_error or "")
+    assert repo.served == {"funnel": "1"}
+
+
+def test_gateway_refuses_undeclared_payloads(tmp_path: Path) -> None:
+    gateway = HubGateway(f"http://127.0.0.1:{free_port()}")
+    with pytest.raises(ValueError):
+        HeartbeatPayload(health="ok", note="free text about a visitor")  # type: ignore[call-arg]
+    smuggled = HeartbeatPayload.model_construct(health="ok", models={"funnel": "my name is Bob"})
+    with pytest.raises(PayloadRefused):
+        gateway._check(PayloadKind.HEARTBEAT, smuggled)
+    with pytest.raises(PayloadRefused):
+        gateway._check(PayloadKind.ASSIGNMENT_POLL, smuggled)
+    with pytest.raises(PayloadRefused):
+        asyncio.run(gateway.download_file("funnel", "1", "../../etc/passwd", tmp_path / "x", 10))
+    assert set(DECLARED) == set(PayloadKind)
+    assert sum(gateway.messages.values()) == 0
+    asyncio.run(gateway.aclose())
+
+
+def test_local_unsigned_copy_is_adopted_a_different_one_refused(hub: RunningHub, tmp_path: Path) -> None:
+    import shutil
+
+    shipped = make_bundle(tmp_path, "funnel", "1", b"shipped")
+    hub.admin.push(shipped)
+    hub.admin.promote("funnel", "1", "stable")
+    edge, repo = tmp_path / "edge", StandInRepository(tmp_path / "edge" / "models")
+    shutil.copytree(shipped, repo.root / "funnel" / "1")  # the node was shipped with it, unsigned
+    agent = _agent(hub.url, edge, repo, hub.admin.create_token({})["token"])
+    assert _sync(agent) == {"funnel": "1"}
+    assert (repo.root / "funnel" / "1" / "signature.json").is_file()
+    assert agent.gateway.messages[PayloadKind.BUNDLE_DOWNLOAD.value] == 2  # manifest + signature only
+
+    other = make_bundle(tmp_path, "funnel", "2", b"local build")
+    shutil.copytree(other, repo.root / "funnel" / "2")
+    hub.admin.push(make_bundle(tmp_path, "funnel", "2", b"hub build"))
+    hub.admin.promote("funnel", "2", "stable")
+    agent = _agent(hub.url, edge, repo)
+    assert _sync(agent) == {}
+    assert "another bundle" in agent.state.refused["funnel"]["reason"] and repo.served == {"funnel": "1"}
+
+
+def test_processes_sharing_a_data_dir_enroll_once_and_all_switch(hub: RunningHub, tmp_path: Path) -> None:
+    """Two server processes of one node (``--workers 2``): one leader talks to the hub."""
+    _push_and_stabilise(hub, tmp_path)
+    edge = tmp_path / "edge"
+    token = hub.admin.create_token({"region": "1"})["token"]
+    repos = [StandInRepository(edge / "models") for _ in range(2)]
+    agents = [
+        SyncAgent(HubGateway(hub.url), edge, r.root, r.activate, r.status, enroll_token=token, poll_interval_s=0.1, backoff=Backoff(0.05, 0.1))
+        for r in repos
+    ]
+
+    async def converge_on(version: str) -> None:
+        for _ in range(200):
+            if all(r.served == {"funnel": version} for r in repos):
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"agents did not converge on {version}")
+
+    async def scenario() -> None:
+        tasks = [asyncio.create_task(a.run()) for a in agents]
+        try:
+            await converge_on("1")
+            assert len(hub.admin.nodes()) == 1
+            assert sum(a.stats.cycles > 0 for a in agents) == 1  # only the leader talks to the hub
+            await asyncio.to_thread(hub.admin.push, make_bundle(tmp_path, "funnel", "2", b"v2"))
+            await asyncio.to_thread(hub.admin.promote, "funnel", "2", "stable")
+            await converge_on("2")
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for agent in agents:
+                await agent.gateway.aclose()
+
+    asyncio.run(scenario())
