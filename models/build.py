@@ -7,8 +7,9 @@ import shutil
 import subprocess
 import tempfile
 from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from models.bundle import list_versions
 
@@ -57,3 +58,14 @@ def staged_bundle(out: Path, name: str, version: str) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def manifest_header(name: str, version: str, parent_version: str | None = None) -> dict[str, Any]:
+    """The identity part of a manifest; each family adds its tensors, spec and metrics."""
+    return {
+        "name": name,
+        "family": name,
+        "version": version,
+        "parent_version": parent_version,
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }

@@ -9,7 +9,24 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from models.bundle import Bundle, BundleError, verify_bundle
-from models.runtime import open_runner
+from models.runtime import Runner, open_runner
+
+
+class BundlePredictor:
+    """What every family's predictor shares: the verified bundle and the runner of its artifact."""
+
+    def __init__(self, bundle: Bundle, runner: Runner) -> None:
+        self.bundle = bundle
+        self.runner = runner
+        self.backend = runner.backend
+
+    @property
+    def name(self) -> str:
+        return self.bundle.name
+
+    @property
+    def version(self) -> str:
+        return self.bundle.version
 
 
 class Predictor(Protocol):

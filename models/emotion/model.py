@@ -9,10 +9,11 @@ import numpy as np
 from models.bundle import Bundle, BundleError
 from models.emotion.featurizer import Featurizer
 from models.errors import NexusError
+from models.predictor import BundlePredictor
 from models.runtime import Runner
 
 
-class EmotionPredictor:
+class EmotionPredictor(BundlePredictor):
     """Scores [B, labels] for a batch of texts; ``thresholds`` turn them into label sets."""
 
     def __init__(self, bundle: Bundle, runner: Runner) -> None:
@@ -25,17 +26,7 @@ class EmotionPredictor:
             raise BundleError(f"{bundle.path}: {exc}") from None
         except (KeyError, TypeError, ValueError) as exc:
             raise BundleError(f"{bundle.path}: emotion manifest lacks or garbles labels/thresholds/featurizer ({exc!r})") from None
-        self.bundle = bundle
-        self.backend = runner.backend
-        self._runner = runner
-
-    @property
-    def name(self) -> str:
-        return self.bundle.name
-
-    @property
-    def version(self) -> str:
-        return self.bundle.version
+        super().__init__(bundle, runner)
 
     @property
     def labels(self) -> list[str]:
@@ -51,4 +42,4 @@ class EmotionPredictor:
         if not texts:
             return np.zeros((0, len(self._labels)), np.float32)
         ids, weights = self.featurizer.batch(texts)
-        return self._runner.run({"ids": ids, "weights": weights})["scores"]
+        return self.runner.run({"ids": ids, "weights": weights})["scores"]

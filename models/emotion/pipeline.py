@@ -7,14 +7,13 @@ Versions: training into the default repository (the committed bundles) replaces 
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from models.bundle import ARTIFACTS, BACKENDS, Bundle, BundleError, sha256_file, verify_bundle, write_manifest
-from models.build import git_revision, staged_bundle, target_version
+from models.build import git_revision, manifest_header, staged_bundle, target_version
 from models.cli import DEFAULT_REPOSITORY
 from models.emotion import train as trainer
 from models.emotion.data import read_labels, read_tsv
@@ -103,11 +102,7 @@ def train(data: Path, out: Path, seed: int = 0, show_progress: bool = True) -> B
     with staged_bundle(out, NAME, version) as staging:
         export(result.weights, staging)
         manifest: dict[str, Any] = {
-            "name": NAME,
-            "family": NAME,
-            "version": version,
-            "parent_version": None,
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **manifest_header(NAME, version),
             "labels": labels,
             "inputs": [
                 {"name": "ids", "dtype": "int64", "shape": [-1, -1]},

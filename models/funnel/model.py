@@ -6,28 +6,25 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from models.bundle import Bundle
+from models.bundle import Bundle, BundleError
+from models.errors import NexusError
 from models.funnel.featurizer import Featurizer
+from models.predictor import BundlePredictor
 from models.runtime import Runner
 
 INPUT = "features"
 OUTPUT = "probability"
 
 
-class FunnelPredictor:
+class FunnelPredictor(BundlePredictor):
     def __init__(self, bundle: Bundle, runner: Runner) -> None:
-        self.bundle = bundle
-        self.runner = runner
-        self.backend = runner.backend
-        self.featurizer = Featurizer.from_spec(bundle.manifest["featurizer"])
-
-    @property
-    def name(self) -> str:
-        return self.bundle.name
-
-    @property
-    def version(self) -> str:
-        return self.bundle.version
+        try:
+            self.featurizer = Featurizer.from_spec(bundle.manifest["featurizer"])
+        except NexusError as exc:
+            raise BundleError(f"{bundle.path}: {exc}") from None
+        except (KeyError, TypeError, ValueError) as exc:
+            raise BundleError(f"{bundle.path}: funnel manifest lacks or garbles its featurizer spec ({exc!r})") from None
+        super().__init__(bundle, runner)
 
     def predict(self, sessions: Sequence[Mapping[str, Any]]) -> np.ndarray:
         """P(purchase) float32 [B]; raises DataError naming the first invalid field."""

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
 from models.bundle import ARTIFACTS, BACKENDS, Bundle, BundleError, sha256_file, verify_bundle, write_manifest
-from models.build import git_revision, staged_bundle, target_version
+from models.build import git_revision, manifest_header, staged_bundle, target_version
 from models.cli import DEFAULT_REPOSITORY
 from models.export import onnx_graphs, tflite_graphs
 from models.funnel import train as trainer
@@ -78,11 +77,7 @@ def train(data: Path, out: Path, seed: int = 0, show_progress: bool = True) -> B
     with staged_bundle(out, NAME, version) as staging:
         _export(result.weights, staging)
         manifest: dict[str, Any] = {
-            "name": NAME,
-            "family": NAME,
-            "version": version,
-            "parent_version": None,
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            **manifest_header(NAME, version),
             "labels": ["purchase"],
             "inputs": [{"name": INPUT, "dtype": "float32", "shape": [-1, featurizer.n_features]}],
             "outputs": [{"name": OUTPUT, "dtype": "float32", "shape": [-1, 1]}],
