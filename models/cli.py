@@ -79,3 +79,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     show.add_argument("family", choices=FAMILIES)
     show.add_argument("--bundle")
     show.set_defaults(func=_show)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from models.bench import run
+
+    result = run(Path(args.models), args.repeats)
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    for family in FAMILIES:
+        print(f"{family} {result[family]['version']}: sizes {result[family]['sizes_bytes']}")
+        for backend, figures in result[family]["backends"].items():
+            print(f"  {backend:>10}: single p50 {figures['single_p50_us']} us, batch of 32 {figures['batch32_per_item_p50_us']} us/item")
+    return 0
+
+
+def register_bench(bench_sub: argparse._SubParsersAction) -> None:
+    bench = bench_sub.add_parser("models", help="in-process latency (featurize + run) of each backend, and artifact sizes")
+    bench.add_argument("--models", default=str(DEFAULT_REPOSITORY), help="model repository (default: the shipped bundles)")
+    bench.add_argument("--repeats", type=int, default=2000)
+    bench.add_argument("--json", action="store_true")
+    bench.set_defaults(func=_bench)
