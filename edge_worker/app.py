@@ -13,13 +13,16 @@ import contextlib
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any, AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from edge_worker import routes
+from edge_worker import funnels, routes
+from edge_worker.audit import AuditLog, load_or_create_operator_token
 from edge_worker.batcher import MicroBatcher
+from edge_worker.dp_budget import PrivacyBudget
 from edge_worker.errors import EXCEPTION_HANDLERS
 from edge_worker.metrics import Registry, edge_registry
 from edge_worker.openapi import build_openapi
@@ -91,7 +94,7 @@ def create_app(settings: EdgeSettings) -> Starlette:
     }
     schemas = build_schemas(settings)
     state = EdgeState(settings, metrics, repository, schemas, batchers, pool)
-    table = routes.operations(schemas, settings.models)
+    table = routes.operations(schemas, settings.models) + funnels.operations()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -105,6 +108,11 @@ def create_app(settings: EdgeSettings) -> Starlette:
             from edge_worker.sync import run as run_sync  # the seam: see the module docstring
 
             state.tasks.append(asyncio.create_task(run_sync(state), name="nexus-sync"))
+            state.tasks.append(asyncio.create_task(funnels.run_sync(state, app.state.funnels), name="nexus-funnel-sync"))
+            if settings.supernode and settings.superlink:
+                from edge_worker.federation import run as run_supernode
+
+                state.tasks.append(asyncio.create_task(run_supernode(state), name="nexus-supernode"))
         for task in state.tasks:
             task.add_done_callback(_report_exit)
         try:
@@ -121,6 +129,10 @@ def create_app(settings: EdgeSettings) -> Starlette:
     app = Starlette(routes=routes.routes(table), exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
     app.add_middleware(MetricsMiddleware, metrics=metrics, templates={handler: op.path for op, handler in table})
     app.state.edge = state
+    app.state.operator_token = load_or_create_operator_token(settings.data_dir)  # GET /v1/privacy/audit
+    if settings.privacy_epsilon is not None or settings.privacy_delta is not None:
+        PrivacyBudget(settings.data_dir, settings.privacy_epsilon, settings.privacy_delta)  # before the SuperNode starts
+    app.state.funnels = funnels.FunnelConfig(settings.data_dir)  # the hub's funnel config, cached
     app.state.openapi = build_openapi([op for op, _ in table], "Nexus Edge node", routes.SERVER_VERSION, DESCRIPTION)
     return app
 
@@ -136,9 +148,17 @@ def _report_exit(task: asyncio.Task[Any]) -> None:
         log.error("background task %s stopped: %s", task.get_name(), task.exception(), exc_info=task.exception())
 
 
+def _purge_and_log(store: LocalStore, data_dir: Path, days: float) -> int:
+    """One retention run, logged in the audit log even when nothing was old enough."""
+    cutoff, rows = store.purge_rows_older_than(days)
+    with AuditLog(data_dir) as audit:
+        audit.record_retention(cutoff, days, rows)
+    return sum(rows.values())
+
+
 async def _enforce_retention(state: EdgeState) -> None:
     try:
-        removed = await state.in_store(state.store.purge_older_than, state.settings.retention_days)
+        removed = await state.in_store(_purge_and_log, state.store, state.settings.data_dir, state.settings.retention_days)
     except Exception:  # a locked or full disk must not end retention for good
         log.exception("retention pass failed; retrying in %.0f s", state.settings.retention_interval_s)
         return

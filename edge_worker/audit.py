@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import json
 import os
+import secrets
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping
@@ -34,10 +35,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from models.bundle import key_id
 from models.errors import NexusError
+# canonical_json, sign_receipt and utc_now are also used from here by the log's tools and tests
+from models.receipts import canonical_json, sign_receipt, signature_verifies, utc_now  # noqa: F401
 
 DB_NAME = "audit.sqlite3"
 KEY_FILE = "node-audit-key.pem"
 SALT_FILE = "audit-salt"
+OPERATOR_TOKEN_FILE = "operator.token"
 TREE_HEAD_FORMAT = "nexus-audit-sth/1"
 
 SEND, REFUSAL, ERASURE, RETENTION, HUB_KEY = "send", "refusal", "erasure", "retention", "hub-key"
@@ -79,14 +83,6 @@ _TRIGGERS = "".join(
 
 class AuditError(NexusError):
     """The audit log is missing, unreadable or cannot take an entry."""
-
-
-def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 # ---------------------------------------------------------------- RFC 6962 Merkle tree
@@ -174,6 +170,12 @@ def _read_or_create(path: Path, make: Callable[[], bytes]) -> bytes:
     with os.fdopen(fd, "wb") as fh:
         fh.write(make())
     return path.read_bytes()
+
+
+def load_or_create_operator_token(data_dir: Path) -> str:
+    """The edge's operator token (``Authorization: Bearer`` for ``GET /v1/privacy/audit``),
+    created on first start, 0600, never logged."""
+    return _read_or_create(Path(data_dir) / OPERATOR_TOKEN_FILE, lambda: secrets.token_urlsafe(32).encode()).decode().strip()
 
 
 def load_or_create_key(path: Path) -> Ed25519PrivateKey:
@@ -288,18 +290,6 @@ class InclusionProof:
 # ---------------------------------------------------------------- hub receipts
 
 
-def receipt_message(receipt: Mapping[str, Any]) -> bytes:
-    """What the hub signs: canonical JSON of the receipt without its ``signature`` member."""
-    return canonical_json({k: v for k, v in receipt.items() if k != "signature"}).encode("utf-8")
-
-
-def sign_receipt(private_key: Ed25519PrivateKey, sha256: str, nbytes: int, time: str) -> dict[str, Any]:
-    """The receipt format the hub returns (the hub implements the same five lines)."""
-    receipt: dict[str, Any] = {"sha256": sha256, "bytes": nbytes, "time": time, "key_id": key_id(private_key.public_key())}
-    receipt["signature"] = base64.b64encode(private_key.sign(receipt_message(receipt))).decode()
-    return receipt
-
-
 def check_receipt(entry: Entry, receipt: Mapping[str, Any], hub_key: Ed25519PublicKey | None) -> str | None:
     """Why ``receipt`` does not prove the hub got exactly ``entry``'s bytes, or None."""
     if entry.event != SEND:
@@ -308,9 +298,7 @@ def check_receipt(entry: Entry, receipt: Mapping[str, Any], hub_key: Ed25519Publ
         return "receipt cannot be checked: no hub key pinned"
     if receipt.get("sha256") != entry.sha256 or receipt.get("bytes") != entry.bytes:
         return "receipt sha256/bytes do not match the entry"
-    try:
-        hub_key.verify(base64.b64decode(str(receipt.get("signature", "")), validate=True), receipt_message(receipt))
-    except (InvalidSignature, ValueError):
+    if not signature_verifies(receipt, hub_key):
         return "receipt signature does not verify against the pinned hub key"
     return None
 
@@ -352,6 +340,13 @@ class AuditLog:
     @property
     def public_key(self) -> Ed25519PublicKey:
         return self._key.public_key()
+
+    def pinned_hub_key(self) -> str | None:
+        """The newest pinned hub key (raw base64), None before the first pin."""
+        with self._lock:
+            row = self._conn.execute("SELECT summary FROM entries WHERE event = ? ORDER BY id DESC LIMIT 1", (HUB_KEY,)).fetchone()
+        key = None if row is None else _hub_key_from_summary(row["summary"])
+        return None if key is None else public_key_b64(key)
 
     def close(self) -> None:
         self._conn.close()
@@ -449,9 +444,11 @@ class AuditLog:
 
 
 def _pinned_hub_key(conn: sqlite3.Connection, before_entry: int) -> Ed25519PublicKey | None:
+    """The newest key pinned before the entry; before the first pin, the first one: the
+    enrollment reply carries the key its own receipt is signed with (trust on first use)."""
     row = conn.execute(
         "SELECT summary FROM entries WHERE event = ? AND id < ? ORDER BY id DESC LIMIT 1", (HUB_KEY, before_entry)
-    ).fetchone()
+    ).fetchone() or conn.execute("SELECT summary FROM entries WHERE event = ? ORDER BY id LIMIT 1", (HUB_KEY,)).fetchone()
     return None if row is None else _hub_key_from_summary(row["summary"])
 
 
@@ -546,7 +543,9 @@ def verify(data_dir: Path, node_key: Ed25519PublicKey | None = None, hub_key: Ed
         return Verification(False, len(entries), len(heads), len(receipts), None, key_id(node_key), entry_id, reason)
 
     frontier: Frontier = []
-    pinned = hub_key
+    # before the first pin, receipts are checked against it (see _pinned_hub_key)
+    first_pin = next((e for e in entries if e.event == HUB_KEY), None)
+    pinned = hub_key or (None if first_pin is None else _hub_key_from_summary(first_pin.summary_json))
     for expected, entry in enumerate(entries, start=1):
         if entry.id != expected:
             return bad(expected, f"entry missing (ids jump from {expected - 1} to {entry.id})")

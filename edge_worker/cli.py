@@ -24,6 +24,8 @@ def _serve(args: argparse.Namespace) -> int:
         enroll_token=args.enroll_token,
         enroll_token_file=args.enroll_token_file,
         supernode=False if args.no_supernode else None,
+        superlink=args.superlink,
+        supernode_port=args.supernode_port,
     )
     # Worker processes rebuild the settings from the environment (see EdgeSettings.from_env).
     os.environ.update(settings.to_env())
@@ -49,5 +51,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--enroll-token", help="the hub's one-time enrollment token (used once; the node then keeps its identity)")
     serve.add_argument("--enroll-token-file", type=Path, help="file holding the hub's one-time enrollment token")
     serve.add_argument("--no-supernode", action="store_true", help="the Flower SuperNode runs beside this node, not as its child")
+    serve.add_argument("--superlink", metavar="HOST:PORT", help="the hub's Flower SuperLink: run a SuperNode joining it once enrolled")
+    serve.add_argument("--supernode-port", type=int, help="port of the child SuperNode's app API (default: a free one)")
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     serve.set_defaults(func=_serve)

@@ -1,76 +1,58 @@
 """The egress gateway: the one module of the edge that opens connections to the hub.
 
-Every request names a declared payload kind; a body must validate against that kind's
-schema (numbers, enums, ids; no free text) or it is refused before a byte leaves the
-node. Per-kind message and byte counters feed ``/metrics``; the audit log (issue 7)
-hooks in at :meth:`HubGateway._send`, the single place bytes go out.
+Every request names a payload kind declared in :mod:`edge_worker.payloads` and must pass
+its :func:`~edge_worker.payloads.check_payload` (numbers, enums, ids; no free text), or it
+is refused, logged as a ``refusal`` in the node's audit log, and never sent. All bytes go
+out through :meth:`HubGateway._send` (JSON bodies) or :meth:`HubGateway.download_file`
+(bundle files), which write the exact body to the audit log *before* it leaves and keep
+the hub's signed receipt (``Nexus-Receipt`` header) beside that entry. A new kind declares
+its schema in payloads.py and calls ``_send``: it inherits the check, the log and the
+receipt. Counter keys come from the funnel config: whoever fetches it sets
+``gateway.declared``. Per-kind message and byte counters feed ``/metrics``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import hashlib
+import logging
 import os
 from collections import Counter
-from enum import Enum
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from edge_worker.audit import AuditLog, Entry, canonical_json
 from edge_worker.identity import NodeIdentity
+from edge_worker.payloads import (
+    ASSIGNMENT_POLL, BUNDLE_DOWNLOAD, COUNTERS, ENROLLMENT, HEARTBEAT, Declarations, PayloadRefused, check_payload,
+)
 from models.errors import NexusError
+from models.receipts import HEADER as RECEIPT_HEADER
+from models.receipts import decode_header
 
-ModelName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
-Version = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,9}$")]
-FileName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")]
+log = logging.getLogger("nexus.edge.egress")
 _CHUNK = 1 << 16
+#: audit channel per payload kind (default "sync")
+CHANNELS = {COUNTERS: "counters"}
 
 
-class PayloadKind(str, Enum):
-    ENROLLMENT = "enrollment"
-    HEARTBEAT = "heartbeat"
-    ASSIGNMENT_POLL = "assignment-poll"
-    BUNDLE_DOWNLOAD = "bundle-download"
+@dataclass(frozen=True)
+class HeartbeatPayload:
+    """Typed builder of the heartbeat body; ``check_payload`` is what judges it."""
 
-
-class _Payload(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class EnrollmentPayload(_Payload):
-    token: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_-]{16,128}$")]
-
-
-class HeartbeatPayload(_Payload):
-    models: Annotated[dict[ModelName, Version], Field(max_length=64)] = {}
-    health: Literal["ok", "degraded", "starting", "unhealthy"]
-    request_rate: float = Field(0.0, ge=0)
-    queue_depth: int = Field(0, ge=0)
+    health: str
+    models: dict[str, str] = field(default_factory=dict)
+    request_rate: float = 0.0
+    queue_depth: int = 0
     #: assigned bundles this node currently refuses (failed verification)
-    bundle_refusals: int = Field(0, ge=0)
-    sync_errors: int = Field(0, ge=0)
-
-
-class BundleFileRequest(_Payload):
-    """Not sent as a body: it is the URL path, validated like one."""
-
-    model: ModelName
-    version: Version
-    name: FileName
-
-
-#: kind -> the schema its body must match (None: the request carries no body)
-DECLARED: dict[PayloadKind, type[_Payload] | None] = {
-    PayloadKind.ENROLLMENT: EnrollmentPayload,
-    PayloadKind.HEARTBEAT: HeartbeatPayload,
-    PayloadKind.ASSIGNMENT_POLL: None,
-    PayloadKind.BUNDLE_DOWNLOAD: BundleFileRequest,
-}
-
-
-class PayloadRefused(NexusError):
-    """A payload that is not of a declared kind and schema; nothing was sent."""
+    bundle_refusals: int = 0
+    sync_errors: int = 0
 
 
 class HubUnreachable(NexusError):
@@ -86,33 +68,66 @@ class HubRejected(NexusError):
 
 
 class HubGateway:
-    def __init__(self, hub_url: str, timeout: float = 10.0, transport: httpx.AsyncBaseTransport | None = None) -> None:
+    def __init__(
+        self, hub_url: str, audit: AuditLog, declared: Declarations | None = None, timeout: float = 10.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
         self.hub_url = hub_url.rstrip("/")
+        self.audit = audit
+        self.declared = declared or Declarations()
         self.identity: NodeIdentity | None = None
         self.messages: Counter[str] = Counter()
         self.bytes_out: Counter[str] = Counter()
         self.bytes_in: Counter[str] = Counter()
+        #: answers without a receipt, or with one that does not verify (kept in the log regardless)
+        self.receipt_problems = 0
+        self._pinned: str | None = None
         self._http = httpx.AsyncClient(base_url=self.hub_url, timeout=timeout, transport=transport)
 
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    def _check(self, kind: PayloadKind, payload: _Payload | None) -> bytes | None:
-        if kind not in DECLARED:
-            raise PayloadRefused(f"undeclared payload kind {kind!r}")
-        schema = DECLARED[kind]
-        if schema is None:
-            if payload is not None:
-                raise PayloadRefused(f"{kind.value} carries no payload")
-            return None
-        if type(payload) is not schema:
-            raise PayloadRefused(f"{kind.value} needs a {schema.__name__}, got {type(payload).__name__}")
+    async def _admit(self, kind: str, method: str, path: str, payload: Mapping[str, Any] | None, in_path: bool = False) -> tuple[bytes, Entry]:
+        """Check ``payload`` and log it: the refusal (then raise), or the send of its exact
+        body (none when the payload travels ``in_path``)."""
+        channel = CHANNELS.get(kind, "sync")
+        if self.identity is not None:
+            await self._pin(self.identity.hub_public_key)  # a node enrolled before the audit log existed
         try:
-            # re-validate: a frozen model can still be built with model_construct()
-            schema.model_validate(payload.model_dump())
-        except ValidationError as exc:
-            raise PayloadRefused(f"{kind.value} payload refused: {exc.errors()[0]['msg']}") from None
-        return payload.model_dump_json().encode()
+            summary = check_payload(kind, {} if payload is None else payload, self.declared)
+            body = b"" if payload is None or in_path else canonical_json(dict(payload)).encode("utf-8")
+        except PayloadRefused as exc:
+            # the reason names the field, never its value: the log keeps no free text either
+            await asyncio.to_thread(self.audit.record_refusal, channel, self.hub_url, kind, exc.reason)
+            raise
+        except (TypeError, ValueError) as exc:  # passed the schema but is not plain JSON
+            await asyncio.to_thread(self.audit.record_refusal, channel, self.hub_url, kind, f"not JSON: {exc}")
+            raise PayloadRefused(kind, f"not JSON: {exc}") from None
+        entry = await asyncio.to_thread(self.audit.record_send, channel, self.hub_url, kind, body, {**summary, "request": f"{method} {path}"})
+        return body, entry
+
+    async def _receipt(self, entry: Entry, response: httpx.Response) -> None:
+        receipt = decode_header(response.headers.get(RECEIPT_HEADER, ""))
+        if receipt is None:
+            self.receipt_problems += 1
+            log.warning("the hub sent no receipt for audit entry %d (%s)", entry.id, entry.kind)
+            return
+        problem = await asyncio.to_thread(self.audit.attach_receipt, entry.id, receipt)
+        if problem:
+            self.receipt_problems += 1
+            log.warning("the hub's receipt for audit entry %d does not verify: %s", entry.id, problem)
+
+    async def _pin(self, hub_public_key: str) -> None:
+        """Pin the key receipts are checked against: once, not on every request."""
+        if self._pinned == hub_public_key:
+            return
+        if await asyncio.to_thread(self.audit.pinned_hub_key) != hub_public_key:
+            try:
+                key = Ed25519PublicKey.from_public_bytes(base64.b64decode(hub_public_key, validate=True))
+            except ValueError:
+                raise NexusError(f"{self.hub_url} sent a malformed public key") from None
+            await asyncio.to_thread(self.audit.pin_hub_key, key, self.hub_url)
+        self._pinned = hub_public_key
 
     def _headers(self, authenticated: bool, extra: dict[str, str] | None = None) -> dict[str, str]:
         headers = dict(extra or {})
@@ -123,53 +138,72 @@ class HubGateway:
         return headers
 
     async def _send(
-        self, kind: PayloadKind, method: str, path: str, payload: _Payload | None, authenticated: bool = True, headers: dict[str, str] | None = None
+        self, kind: str, method: str, path: str, payload: Mapping[str, Any] | None, authenticated: bool = True, headers: dict[str, str] | None = None
     ) -> httpx.Response:
-        body = self._check(kind, payload)
-        request = self._http.build_request(
-            method, path, content=body, headers=self._headers(authenticated, {**(headers or {}), **({"Content-Type": "application/json"} if body else {})})
-        )
+        """The one place a request body leaves the node: check, log, send, keep the receipt."""
+        request_headers = self._headers(authenticated, headers)
+        body, entry = await self._admit(kind, method, path, payload)
+        if body:
+            request_headers["Content-Type"] = "application/json"
+        request = self._http.build_request(method, path, content=body or None, headers=request_headers)
         try:
             response = await self._http.send(request)
         except httpx.HTTPError as exc:
             raise HubUnreachable(f"{self.hub_url}: {type(exc).__name__}: {exc}") from None
-        self._count(kind, len(body or b""), len(response.content))
+        self._count(kind, len(body), len(response.content))
+        if kind == ENROLLMENT and response.status_code < 400:
+            # the enrollment reply carries the key its own receipt is signed with
+            await self._pin(str(response.json().get("public_key", "")))
+        await self._receipt(entry, response)
         _raise_for_status(response)
         return response
 
-    def _count(self, kind: PayloadKind, sent: int, received: int) -> None:
-        self.messages[kind.value] += 1
-        self.bytes_out[kind.value] += sent
-        self.bytes_in[kind.value] += received
+    def _count(self, kind: str, sent: int, received: int) -> None:
+        self.messages[kind] += 1
+        self.bytes_out[kind] += sent
+        self.bytes_in[kind] += received
 
     # -- the declared calls ----------------------------------------------------------------
     async def enroll(self, token: str) -> dict[str, Any]:
-        response = await self._send(PayloadKind.ENROLLMENT, "POST", "/v1/enroll", EnrollmentPayload(token=token), authenticated=False)
+        response = await self._send(ENROLLMENT, "POST", "/v1/enroll", {"token": token}, authenticated=False)
         return response.json()
 
     async def heartbeat(self, payload: HeartbeatPayload) -> dict[str, Any]:
-        return (await self._send(PayloadKind.HEARTBEAT, "POST", "/v1/nodes/me/heartbeat", payload)).json()
+        return (await self._send(HEARTBEAT, "POST", "/v1/nodes/me/heartbeat", asdict(payload))).json()
 
     async def poll_assignments(self, etag: str | None) -> tuple[str, dict[str, Any]] | None:
         """``(etag, body)`` when assignments changed since ``etag``, ``None`` on 304."""
         headers = {"If-None-Match": etag} if etag else {}
-        response = await self._send(PayloadKind.ASSIGNMENT_POLL, "GET", "/v1/nodes/me/assignments", None, headers=headers)
+        response = await self._send(ASSIGNMENT_POLL, "GET", "/v1/nodes/me/assignments", None, headers=headers)
         if response.status_code == 304:
             return None
         return response.headers.get("ETag", ""), response.json()
 
+    async def poll_funnel_config(self, etag: str | None) -> tuple[str, dict[str, Any]] | None:
+        """``(etag, config)`` when the funnel config changed since ``etag``, ``None`` on 304.
+        A body-less poll like the assignments one, so it shares that payload kind."""
+        headers = {"If-None-Match": etag} if etag else {}
+        response = await self._send(ASSIGNMENT_POLL, "GET", "/v1/nodes/me/funnel-config", None, headers=headers)
+        if response.status_code == 304:
+            return None
+        return response.headers.get("ETag", ""), response.json()
+
+    async def report_counters(self, node_id: str, counts: Mapping[tuple[str, str, str], int]) -> dict[str, Any]:
+        """Absolute per-node counts (hub.funnel_schemas.NodeReportIn): a retry can never double-count."""
+        rows = [{"experiment": e, "variant": v, "step": s, "count": c} for (e, v, s), c in sorted(counts.items())]
+        return (await self._send(COUNTERS, "POST", "/v1/nodes/me/counters", {"node_id": node_id, "counts": rows})).json()
+
     async def download_file(self, model: str, version: str, name: str, dest: Path, max_bytes: int) -> str:
-        """Stream one bundle file to ``dest`` (via ``dest.part``); return its sha256."""
-        try:
-            request = BundleFileRequest(model=model, version=version, name=name)
-        except ValidationError as exc:
-            raise PayloadRefused(f"bundle file request refused: {exc.errors()[0]['msg']}") from None
-        self._check(PayloadKind.BUNDLE_DOWNLOAD, request)
+        """Stream one bundle file to ``dest`` (via ``dest.part``); return its sha256. The
+        request carries no body: its path is checked and logged like one."""
         path = f"/v1/models/{model}/versions/{version}/files/{name}"
+        headers = self._headers(True)
+        _, entry = await self._admit(BUNDLE_DOWNLOAD, "GET", path, {"model": model, "version": version, "name": name}, in_path=True)
         part = dest.with_name(dest.name + ".part")
         digest, size = hashlib.sha256(), 0
         try:
-            async with self._http.stream("GET", path, headers=self._headers(True)) as response:
+            async with self._http.stream("GET", path, headers=headers) as response:
+                await self._receipt(entry, response)
                 if response.status_code >= 400:
                     await response.aread()
                     _raise_for_status(response)
@@ -183,7 +217,7 @@ class HubGateway:
         except httpx.HTTPError as exc:
             raise HubUnreachable(f"{self.hub_url}: download of {model}/{version}/{name} broke off: {type(exc).__name__}") from None
         finally:
-            self._count(PayloadKind.BUNDLE_DOWNLOAD, 0, size)
+            self._count(BUNDLE_DOWNLOAD, 0, size)
         os.replace(part, dest)
         return digest.hexdigest()
 

@@ -26,7 +26,7 @@ from models.bundle import ARTIFACTS
 from models.errors import NexusError
 from models.export.onnx_graphs import read_initializers
 
-# Kind names follow edge_worker/egress.py's PayloadKind where both declare a kind.
+# The one list of payload kinds: the egress gateway (edge_worker/egress.py) sends nothing else.
 MODEL_UPDATE, COUNTERS, HEARTBEAT = "model-update", "counters", "heartbeat"
 ENROLLMENT, ASSIGNMENT_POLL, BUNDLE_DOWNLOAD = "enrollment", "assignment-poll", "bundle-download"
 KINDS = (MODEL_UPDATE, COUNTERS, HEARTBEAT, ENROLLMENT, ASSIGNMENT_POLL, BUNDLE_DOWNLOAD)

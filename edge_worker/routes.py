@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,6 +14,8 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from edge_worker import oip
+from edge_worker.audit import OPERATOR_TOKEN_FILE, AuditLog
+from edge_worker.audit_report import build_report
 from edge_worker.errors import ApiError, parse_body
 from edge_worker.openapi import Operation
 from edge_worker.outputs import FastJSONResponse, emotion_view
@@ -31,6 +36,7 @@ from edge_worker.schemas import (
     VISITOR_ID_PATTERN,
 )
 from edge_worker.state import EdgeState
+from edge_worker.store import LocalStore
 
 SERVER_NAME = "nexus-edge"
 SERVER_VERSION = "0.1.0"
@@ -94,9 +100,27 @@ async def erase_visitor(request: Request) -> Response:
     visitor_id = request.path_params["visitor_id"]
     if not _VISITOR_RE.match(visitor_id):
         raise ApiError(422, f"visitor_id must match {VISITOR_ID_PATTERN}")
-    erased = await state.in_store(state.store.erase_visitor, visitor_id)
+    erased = await state.in_store(_erase_and_log, state.store, state.settings.data_dir, visitor_id)
     state.metrics.inc("nexus_edge_store_rows_erased_total", (("reason", "erasure"),), erased)
     return JSONResponse({"visitor_id": visitor_id, "erased": erased})
+
+
+def _erase_and_log(store: LocalStore, data_dir: Path, visitor_id: str) -> int:
+    rows = store.erase_visitor_rows(visitor_id)
+    with AuditLog(data_dir) as audit:  # rare: a connection of its own per erasure
+        audit.record_erasure(visitor_id, rows)
+    return sum(rows.values())
+
+
+async def privacy_audit(request: Request) -> Response:
+    """The report ``nexus audit report`` prints, for the operator token only (it lists the
+    node's tables and egress; no rows)."""
+    expected = f"Bearer {request.app.state.operator_token}"
+    if not hmac.compare_digest(request.headers.get("authorization", "").encode(), expected.encode()):
+        raise ApiError(401, f"this endpoint needs the edge's operator token (the {OPERATOR_TOKEN_FILE} file in its data dir)")
+    settings = _state(request).settings
+    report = await asyncio.to_thread(build_report, settings.data_dir, retention_days=settings.retention_days)
+    return JSONResponse(report)
 
 
 # --- Open Inference Protocol v2 ------------------------------------------------------------
@@ -163,7 +187,8 @@ def operations(schemas: Schemas, models: tuple[str, ...]) -> list[tuple[Operatio
         (Operation("post", "/v1/funnel/score", "P(purchase) of one or more sessions", "inference", schemas.FunnelRequest, {200: FunnelResponse, **unavailable}), funnel_score),
         (Operation("post", "/v1/feedback", "store a text with its true emotion labels (kept on this node)", "local store", schemas.FeedbackRequest, {201: StoredResponse, **unavailable}), feedback),
         (Operation("post", "/v1/funnel/outcome", "store a session and whether it converted (kept on this node)", "local store", schemas.OutcomeRequest, {201: StoredResponse, **unavailable}), funnel_outcome),
-        (Operation("delete", "/v1/privacy/visitors/{visitor_id}", "erase every stored row of a visitor", "local store", None, {200: EraseResponse, 422: ErrorResponse}, visitor), erase_visitor),
+        (Operation("delete", "/v1/privacy/visitors/{visitor_id}", "erase every stored row of a visitor (logged in the audit log)", "local store", None, {200: EraseResponse, 422: ErrorResponse}, visitor), erase_visitor),
+        (Operation("get", "/v1/privacy/audit", "privacy audit report: data inventory, egress ledger, DP budget, refusals, erasures, verification (operator token)", "privacy", None, {200: "application/json", 401: ErrorResponse}), privacy_audit),
         (Operation("get", "/v2", "server metadata (Open Inference Protocol v2)", "v2", None, {200: ServerMetadata}), server_metadata),
         (Operation("get", "/v2/health/live", "liveness", "v2", None, {200: Live}), live),
         (Operation("get", "/v2/health/ready", "readiness: every configured model is loaded", "v2", None, {200: Ready, 503: Ready}), ready),

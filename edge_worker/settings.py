@@ -61,9 +61,20 @@ class EdgeSettings(BaseModel):
     #: one-time enrollment token for the hub, read by the sync agent (given directly, or in a file)
     enroll_token: str | None = None
     enroll_token_file: Path | None = None
+    #: seconds between funnel syncs with the hub (config pull, counter report; edge_worker/funnels.py)
+    funnel_sync_s: float = Field(5.0, gt=0)
     #: False when the Flower SuperNode runs beside the node (deploy/) rather than as its
-    #: child; the lifespan hook that starts a child SuperNode belongs to the Flower issue
+    #: child (edge_worker/federation.py starts it once the node is enrolled)
     supernode: bool = True
+    #: ``HOST:PORT`` of the hub's Flower SuperLink the child SuperNode joins
+    superlink: str | None = None
+    #: the child SuperNode's own (loopback) port; default: a free one
+    supernode_port: int | None = Field(None, ge=1, le=65535)
+
+    #: this node's differential-privacy budget for federated updates (written to the data
+    #: dir's privacy-budget.json at start, read by federated/audit_mod.py); unset: keep the file's
+    privacy_epsilon: float | None = Field(None, gt=0)
+    privacy_delta: float | None = Field(None, gt=0, lt=1)
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)

@@ -15,11 +15,14 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import numpy as np
 
+from edge_worker.assignment import ASSIGNED, sticky_assign
+
 DB_NAME = "edge.sqlite3"
+T = TypeVar("T")
 _DAY = 86400.0
 
 _SCHEMA = """
@@ -41,8 +44,26 @@ CREATE INDEX IF NOT EXISTS feedback_visitor ON feedback (visitor_id);
 CREATE INDEX IF NOT EXISTS feedback_created ON feedback (created_at);
 CREATE INDEX IF NOT EXISTS outcome_visitor ON funnel_outcome (visitor_id);
 CREATE INDEX IF NOT EXISTS outcome_created ON funnel_outcome (created_at);
+-- funnels (edge_worker/funnels.py): per-visitor rows fall under retention and erasure;
+-- funnel_count holds aggregates only, so it never shrinks and its counts stay absolute.
+CREATE TABLE IF NOT EXISTS funnel_assignment (
+    experiment TEXT NOT NULL, visitor_id TEXT NOT NULL, variant TEXT NOT NULL, created_at REAL NOT NULL,
+    PRIMARY KEY (experiment, visitor_id));
+CREATE TABLE IF NOT EXISTS funnel_event (
+    funnel TEXT NOT NULL, experiment TEXT NOT NULL, visitor_id TEXT NOT NULL, step TEXT NOT NULL, created_at REAL NOT NULL,
+    PRIMARY KEY (funnel, experiment, visitor_id, step));
+CREATE INDEX IF NOT EXISTS assignment_visitor ON funnel_assignment (visitor_id);
+CREATE INDEX IF NOT EXISTS assignment_created ON funnel_assignment (created_at);
+CREATE INDEX IF NOT EXISTS event_visitor ON funnel_event (visitor_id);
+CREATE INDEX IF NOT EXISTS event_created ON funnel_event (created_at);
+CREATE TABLE IF NOT EXISTS funnel_count (
+    experiment TEXT NOT NULL, variant TEXT NOT NULL, step TEXT NOT NULL,
+    count INTEGER NOT NULL, synced INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (experiment, variant, step));
 """
 _TABLES = ("feedback", "funnel_outcome")
+#: every table holding visitor ids: retention and erasure clear them all
+_VISITOR_TABLES = (*_TABLES, "funnel_assignment", "funnel_event")
+CounterKey = tuple[str, str, str]  # (experiment, variant, step), as hub/counters.py
 
 
 class LocalStore:
@@ -92,18 +113,26 @@ class LocalStore:
 
     def erase_visitor(self, visitor_id: str) -> int:
         """Delete every row of one visitor; returns how many went."""
+        return sum(self.erase_visitor_rows(visitor_id).values())
+
+    def erase_visitor_rows(self, visitor_id: str) -> dict[str, int]:
+        """:meth:`erase_visitor`, counted per table (what the audit log records)."""
         return self._delete("visitor_id = ?", (visitor_id,))
 
     def purge_older_than(self, days: float, now: float | None = None) -> int:
         """Retention: delete rows created more than ``days`` ago; returns how many went."""
-        cutoff = (time.time() if now is None else now) - days * _DAY
-        return self._delete("created_at < ?", (cutoff,))
+        return sum(self.purge_rows_older_than(days, now)[1].values())
 
-    def _delete(self, where: str, params: tuple[Any, ...]) -> int:
+    def purge_rows_older_than(self, days: float, now: float | None = None) -> tuple[float, dict[str, int]]:
+        """:meth:`purge_older_than` as ``(cutoff, rows deleted per table)`` for the audit log."""
+        cutoff = (time.time() if now is None else now) - days * _DAY
+        return cutoff, self._delete("created_at < ?", (cutoff,))
+
+    def _delete(self, where: str, params: tuple[Any, ...]) -> dict[str, int]:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                removed = sum(self._db.execute(f"DELETE FROM {table} WHERE {where}", params).rowcount for table in _TABLES)
+                removed = {table: self._db.execute(f"DELETE FROM {table} WHERE {where}", params).rowcount for table in _VISITOR_TABLES}
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
@@ -127,3 +156,83 @@ class LocalStore:
         with self._lock:
             rows = self._db.execute("SELECT session, converted FROM funnel_outcome ORDER BY id").fetchall()
         return [json.loads(session) for session, _ in rows], np.array([c for _, c in rows], dtype=np.float32)
+
+    # -- funnels: sticky assignment, deduplicated steps, absolute counters -------------------
+    def funnel_assign(
+        self, experiment_id: str, salt: str, visitor_id: str, variants: Sequence[tuple[str, float]], now: float | None = None
+    ) -> str:
+        """The visitor's variant, stored (and counted as ``$assigned``) the first time."""
+        return self._funnel_transaction(lambda: self._assign(experiment_id, salt, visitor_id, variants, now))
+
+    def funnel_event(
+        self,
+        funnel_id: str,
+        experiment: tuple[str, str, Sequence[tuple[str, float]]] | None,
+        visitor_id: str,
+        step: str,
+        now: float | None = None,
+    ) -> tuple[str | None, bool]:
+        """Record a step once per visitor; ``(variant, counted)``.
+
+        ``experiment`` is ``(id, salt, variants)`` of the funnel's running experiment: a
+        visitor not assigned here yet gets (and is counted in) the variant the hash gives
+        them, which is the one a client computing ``sha256-u53/1`` itself showed them.
+        """
+
+        def body() -> tuple[str | None, bool]:
+            variant = None if experiment is None else self._assign(experiment[0], experiment[1], visitor_id, experiment[2], now)
+            inserted = self._db.execute(
+                "INSERT OR IGNORE INTO funnel_event VALUES (?, ?, ?, ?, ?)",
+                (funnel_id, "" if experiment is None else experiment[0], visitor_id, step, time.time() if now is None else now),
+            ).rowcount
+            if inserted and experiment is not None and variant is not None:
+                self._count(experiment[0], variant, step)
+            return variant, bool(inserted)
+
+        return self._funnel_transaction(body)
+
+    def _funnel_transaction(self, body: Callable[[], T]) -> T:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                result = body()
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+            return result
+
+    def _assign(self, experiment_id: str, salt: str, visitor_id: str, variants: Sequence[tuple[str, float]], now: float | None) -> str:
+        row = self._db.execute(
+            "SELECT variant FROM funnel_assignment WHERE experiment = ? AND visitor_id = ?", (experiment_id, visitor_id)
+        ).fetchone()
+        stored = row[0] if row else None
+        variant = sticky_assign(stored, experiment_id, salt, visitor_id, variants)
+        if stored is None:
+            self._db.execute(
+                "INSERT INTO funnel_assignment VALUES (?, ?, ?, ?)", (experiment_id, visitor_id, variant, time.time() if now is None else now)
+            )
+            self._count(experiment_id, variant, ASSIGNED)
+        return variant
+
+    def _count(self, experiment_id: str, variant: str, step: str) -> None:
+        self._db.execute(
+            "INSERT INTO funnel_count (experiment, variant, step, count) VALUES (?, ?, ?, 1) "
+            "ON CONFLICT (experiment, variant, step) DO UPDATE SET count = count + 1",
+            (experiment_id, variant, step),
+        )
+
+    def funnel_counts(self, unsynced_only: bool = False) -> dict[CounterKey, int]:
+        """Absolute local counts (or only those the hub has not acknowledged yet)."""
+        where = " WHERE count > synced" if unsynced_only else ""
+        with self._lock:
+            rows = self._db.execute(f"SELECT experiment, variant, step, count FROM funnel_count{where}").fetchall()
+        return {(e, v, s): c for e, v, s, c in rows}
+
+    def mark_synced(self, counts: Mapping[CounterKey, int]) -> None:
+        """The hub acknowledged these absolute counts (a later, larger count stays unsynced)."""
+        with self._lock:
+            self._db.executemany(
+                "UPDATE funnel_count SET synced = max(synced, ?) WHERE experiment = ? AND variant = ? AND step = ?",
+                [(c, e, v, s) for (e, v, s), c in counts.items()],
+            )

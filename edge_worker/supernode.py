@@ -10,17 +10,13 @@ host needs its own ``port`` (its ClientApp runtime API). Flower starts its helpe
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
 from models.errors import NexusError
+from models.flower_process import FlowerProcess
 
 LOG_FILE = "supernode.log"
 
@@ -51,19 +47,15 @@ def node_config_arg(data_dir: Path, tags: Mapping[str, str]) -> str:
     return " ".join(f"{k}={json.dumps(v)}" for k, v in items.items())
 
 
-def _port_open(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
+class SuperNode(FlowerProcess):
+    """``stop()`` sends SIGTERM: the SuperNode signs off from the SuperLink within ~2 s.
+    A restarted SuperNode rejoins with a new node id."""
 
+    binary = "flower-supernode"
 
-class SuperNode:
     def __init__(self, config: SuperNodeConfig) -> None:
+        super().__init__(Path(config.data_dir), LOG_FILE, config.flwr_home, config.host, config.port)
         self.config = config
-        self.process: subprocess.Popen[bytes] | None = None
-        self.restarts = 0
 
     def command(self) -> list[str]:
         c = self.config
@@ -75,66 +67,6 @@ class SuperNode:
         ]  # fmt: skip
         cmd += ["--insecure"] if c.root_certificates is None else ["--root-certificates", str(c.root_certificates)]
         if c.auth_keys is not None:
-            cmd += ["--auth-supernode-private-key", str(c.auth_keys[0]), "--auth-supernode-public-key", str(c.auth_keys[1])]
+            # flwr 1.41 needs only the private key (the public one is registered with `flwr supernode register`)
+            cmd += ["--auth-supernode-private-key", str(c.auth_keys[0])]
         return cmd
-
-    def env(self) -> dict[str, str]:
-        bin_dir = str(Path(sys.executable).parent)
-        return {
-            **os.environ,
-            "FLWR_HOME": str(self.config.flwr_home),
-            "FLWR_TELEMETRY_ENABLED": "0",
-            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-            "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
-        }
-
-    def start(self, ready_timeout: float = 30.0) -> None:
-        if self.running:
-            return
-        data_dir = Path(self.config.data_dir)
-        self.config.flwr_home.mkdir(parents=True, exist_ok=True)
-        log = open(data_dir / LOG_FILE, "ab")
-        try:
-            self.process = subprocess.Popen(self.command(), cwd=data_dir, env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        finally:
-            log.close()
-        self.wait_ready(ready_timeout)
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def ready(self) -> bool:
-        """Up with its runtime API listening (it registers with the SuperLink about a second later)."""
-        return self.running and _port_open(self.config.host, self.config.port)
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.ready():
-                return
-            if not self.running:
-                raise NexusError(f"flower-supernode exited with code {self.process.returncode if self.process else None}; see {Path(self.config.data_dir) / LOG_FILE}")
-            time.sleep(0.2)
-        raise NexusError(f"flower-supernode not ready on port {self.config.port} after {timeout:.0f}s; see {Path(self.config.data_dir) / LOG_FILE}")
-
-    def supervise(self) -> bool:
-        """Restart the SuperNode if it died; True when it did (it rejoins with a new node id)."""
-        if self.process is None or self.running:
-            return False
-        self.restarts += 1
-        self.start()
-        return True
-
-    def stop(self, timeout: float = 10.0, kill: bool = False) -> None:
-        """SIGTERM (it signs off from the SuperLink within ~2 s), SIGKILL after ``timeout`` or at once with ``kill``."""
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL if kill else signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        self.process = None

@@ -29,6 +29,7 @@ from typing import IO, TYPE_CHECKING, Any, Callable, Collection
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from edge_worker.audit import AuditLog
 from edge_worker.egress import HeartbeatPayload, HubGateway, HubUnreachable
 from edge_worker.identity import NodeIdentity, load_identity, save_identity, write_private_json
 from models.bundle import MANIFEST, SIGNATURE, BundleError, install_bundle, read_manifest, sha256_file, verify_bundle, verify_signature
@@ -373,7 +374,7 @@ async def run(state: "EdgeState") -> None:
     """The sync agent of a running edge node, exporting its state to ``/metrics``."""
     settings = state.settings
     token = settings.enroll_token or (settings.enroll_token_file.read_text().strip() if settings.enroll_token_file else None)
-    gateway = HubGateway(str(settings.hub_url))
+    gateway = HubGateway(str(settings.hub_url), AuditLog(settings.data_dir))
     metrics = state.metrics
     for name, kind, help_text in _METRICS:
         metrics.declare(name, kind, help_text)

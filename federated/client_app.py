@@ -9,13 +9,15 @@ app over in-memory partitions with :func:`make_client_app`.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
 
 from edge_worker.store import LocalStore
 from federated import codec
+from federated.audit_mod import audit_mod
 from federated.selection import NODE_CONFIG
 from federated.strategy import ARRAYS, CONFIG, METRICS
 from federated.tasks import Examples, ModelSpec, task_for
@@ -48,8 +50,8 @@ def _round_seed(config: ConfigRecord) -> int:
     return int(config["seed"]) * 10_007 + int(config.get("server-round", 0))
 
 
-def make_client_app(loader: Loader) -> ClientApp:
-    app = ClientApp()
+def make_client_app(loader: Loader, mods: Sequence[Mod] = ()) -> ClientApp:
+    app = ClientApp(mods=list(mods))
 
     def local_split(context: Context, config: ConfigRecord) -> tuple[Examples, Examples, ModelSpec]:
         spec = ModelSpec.from_json(str(config["model-spec"]))
@@ -94,4 +96,5 @@ def make_client_app(loader: Loader) -> ClientApp:
     return app
 
 
-app = make_client_app(store_examples)
+# every reply is recorded in the node's audit log; updates get DP within its budget
+app = make_client_app(store_examples, mods=[audit_mod])

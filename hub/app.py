@@ -29,13 +29,14 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from hub import schemas
-from hub.auth import AuthError, Authenticator, Principal, Role, check_store_admin, hash_secret, load_or_create_admin_token, new_secret
+from hub.auth import NODE_PREFIX, AuthError, Authenticator, Principal, Role, check_store_admin, hash_secret, load_or_create_admin_token, new_secret
 from hub.keys import check_store_key, load_or_create_key, public_key_b64
 from hub.registry import Conflict, NotFound, Registry
 from hub.settings import HubSettings
 from hub.store.base import NodeRecord, Store, StoreUnavailable, open_store
 from models.bundle import BundleError, key_id
 from models.errors import NexusError
+from models.receipts import ReceiptMiddleware
 
 log = logging.getLogger("nexus.hub")
 T = TypeVar("T")
@@ -70,7 +71,7 @@ async def offload(fn: Callable[..., T], *args: Any) -> T:
     return await anyio.to_thread.run_sync(functools.partial(fn, *args))
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise BadRequest(f"body of {declared} bytes exceeds the limit of {limit} bytes", 413)
@@ -84,7 +85,7 @@ async def _read_body(request: Request, limit: int) -> bytes:
 
 
 async def parse_body(request: Request, model: type[BaseModel]) -> Any:
-    raw = await _read_body(request, JSON_BODY_LIMIT)
+    raw = await read_body(request, JSON_BODY_LIMIT)
     try:
         return model.model_validate_json(raw or b"{}")
     except ValidationError as exc:
@@ -131,6 +132,16 @@ def _node_view(node: NodeRecord, now: float, offline_after_s: float) -> dict[str
     }
 
 
+_NODE_BEARER = f"Bearer {NODE_PREFIX}".encode()
+
+
+def _from_a_node(scope: Any) -> bool:
+    """Enrollment, or a request with a node credential (whatever endpoint it is for)."""
+    if scope["path"] == "/v1/enroll":
+        return True
+    return any(name == b"authorization" and value.startswith(_NODE_BEARER) for name, value in scope["headers"])
+
+
 Handler = Callable[..., Awaitable[Response]]
 
 
@@ -171,7 +182,9 @@ def create_app(settings: HubSettings, store: Store | None = None) -> Starlette:
     # -- public ---------------------------------------------------------------------------
     @endpoint(hub, )
     async def info(request: Request) -> Response:
-        return JSONResponse({"public_key": hub.public_key, "key_id": hub.key_id, "poll_interval_s": settings.poll_interval_s})
+        return JSONResponse(
+            {"public_key": hub.public_key, "key_id": hub.key_id, "poll_interval_s": settings.poll_interval_s, "superlink": settings.superlink_address()}
+        )
 
     @endpoint(hub, )
     async def healthz(request: Request) -> Response:
@@ -238,7 +251,7 @@ def create_app(settings: HubSettings, store: Store | None = None) -> Starlette:
 
     @endpoint(hub, "admin")
     async def push_model(request: Request, principal: Principal) -> Response:
-        data = await _read_body(request, settings.max_upload_bytes)
+        data = await read_body(request, settings.max_upload_bytes)
         record, created = await offload(hub.registry.push, data)
         log.info("push %s %s (created=%s)", record.model, record.version, created)
         return JSONResponse(
@@ -290,11 +303,27 @@ def create_app(settings: HubSettings, store: Store | None = None) -> Starlette:
         Route("/v1/models/{model}/assign", assign, methods=["POST"]),
         Route("/v1/models/{model}/rollback", rollback, methods=["POST"]),
     ]
+    from hub import funnels_api  # imported here: it imports this module
+
+    routes += funnels_api.routes(hub)
+    from hub import rounds_api  # imported here: it imports this module
+
+    rounds = rounds_api.build(hub)
+    routes += rounds_api.routes(hub, rounds)
+    from hub.dashboard import dashboard_routes  # imported here: the dashboard imports this module
+
+    routes += dashboard_routes(hub, rounds)
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        stop_thompson = funnels_api.start_thompson(hub)
+        stop_rounds = await rounds_api.start(rounds)  # the SuperLink child and the run watcher
         yield
+        await stop_rounds()
+        stop_thompson()
         hub.store.close()
 
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={NexusError: _nexus_error, HTTPException: not_found})
+    # every node request is answered with a signed receipt of the body the hub read (docs/privacy.md)
+    app.add_middleware(ReceiptMiddleware, key=hub.registry.key, wants=_from_a_node)
     app.state.hub = hub
     return app

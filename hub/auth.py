@@ -37,7 +37,9 @@ class Principal:
 
 
 def new_secret() -> str:
-    return secrets.token_urlsafe(32)
+    # The prefix keeps a token from starting with "-" (a CLI would read it as a flag) and
+    # makes a leaked one easy to spot for secret scanners.
+    return "nx_" + secrets.token_urlsafe(32)
 
 
 def hash_secret(secret: str) -> str:

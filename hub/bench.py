@@ -22,6 +22,7 @@ from typing import Any
 
 import httpx
 
+from edge_worker.audit import AuditLog
 from edge_worker.egress import HubGateway
 from edge_worker.sync import Backoff, NodeStatus, SyncAgent
 from hub.client import OperatorClient
@@ -44,7 +45,7 @@ class _HubProcess:
     def __init__(self, data_dir: Path, store: str) -> None:
         self.url = f"http://127.0.0.1:{_free_port()}"
         port = self.url.rsplit(":", 1)[1]
-        cmd = [sys.executable, "-m", "nexus_cli", "hub", "serve", "--data-dir", str(data_dir), "--store", store, "--port", port, "--poll-interval", str(EDGE_POLL_S)]
+        cmd = [sys.executable, "-m", "nexus_cli", "hub", "serve", "--data-dir", str(data_dir), "--store", store, "--port", port, "--poll-interval", str(EDGE_POLL_S), "--no-superlink"]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
         while True:
@@ -70,7 +71,7 @@ class _Edge:
     def __init__(self, url: str, root: Path, token: str) -> None:
         self.served: dict[str, str] = {}
         self.switched_at: dict[str, float] = {}
-        self.agent = SyncAgent(HubGateway(url), root, root / "models", self._activate, self._status, enroll_token=token, backoff=Backoff(0.1, 1.0))
+        self.agent = SyncAgent(HubGateway(url, AuditLog(root)), root, root / "models", self._activate, self._status, enroll_token=token, backoff=Backoff(0.1, 1.0))
 
     def _activate(self, model: str, version: str) -> None:
         self.served[model] = version

@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from hub import funnels_cli
+from hub import rounds_cli
 from hub.client import DEFAULT_URL, OperatorClient, resolve_token
 from hub.settings import DEFAULT_PORT, HubSettings
 from models.errors import NexusError
@@ -36,7 +38,9 @@ def _serve(args: argparse.Namespace) -> int:
     from hub.app import create_app
 
     settings = HubSettings(
-        data_dir=Path(args.data_dir), store=args.store, host=args.host, port=args.port, offline_after_s=args.offline_after, poll_interval_s=args.poll_interval
+        data_dir=Path(args.data_dir), store=args.store, host=args.host, port=args.port, offline_after_s=args.offline_after, poll_interval_s=args.poll_interval,
+        thompson_interval_s=args.thompson_interval,
+        **rounds_cli.serve_settings(args),
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
@@ -116,6 +120,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--port", type=int, default=DEFAULT_PORT)
     serve.add_argument("--offline-after", type=float, default=30.0, help="seconds of silence before a node shows offline")
     serve.add_argument("--poll-interval", type=float, default=5.0, help="heartbeat/poll interval asked of edges (s)")
+    serve.add_argument("--thompson-interval", type=float, default=60.0, help="seconds between Thompson weight updates of running experiments")
+    rounds_cli.add_serve_args(serve)
     serve.set_defaults(func=_serve)
 
     token = hsub.add_parser("token", help="enrollment tokens")
@@ -154,9 +160,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     for parser in (push, mlist, show, promote, assign, rollback):
         _operator_args(parser)
         parser.set_defaults(func=_models)
+    funnels_cli.register(hsub, _operator_args)
+    rounds_cli.register(hsub, _operator_args)
 
 
 def register_bench(bench_sub: argparse._SubParsersAction) -> None:
+    funnels_cli.register_bench(bench_sub)
     bench = bench_sub.add_parser("hub", help="heartbeats/s with 200 nodes and rollout time to 20 edges, per store")
     bench.add_argument("--nodes", type=int, default=200)
     bench.add_argument("--edges", type=int, default=20)

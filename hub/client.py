@@ -95,3 +95,16 @@ class OperatorClient:
 
     def rollback(self, model: str) -> dict[str, Any]:
         return self._request("POST", f"/v1/models/{model}/rollback")
+
+    # -- federated rounds (docs/federated.md) ----------------------------------------------
+    def start_run(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._request("POST", "/v1/rounds", json=body)
+
+    def runs(self) -> list[dict[str, Any]]:
+        return self._request("GET", "/v1/rounds")["runs"]
+
+    def run(self, run_id: str) -> dict[str, Any]:
+        return self._request("GET", f"/v1/rounds/{run_id}")
+
+    def stop_run(self, run_id: str) -> dict[str, Any]:
+        return self._request("POST", f"/v1/rounds/{run_id}/stop")

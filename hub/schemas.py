@@ -48,3 +48,19 @@ class Assign(_Body):
     version: Version
     select: Tags = {}
     percent: int = Field(100, ge=1, le=100)
+
+
+class StartRun(_Body):
+    """``POST /v1/rounds`` (docs/federated.md): one federated run on the hub's SuperLink."""
+
+    model: Literal["funnel", "emotion"]
+    rounds: int = Field(3, ge=1, le=1000)
+    strategy: Literal["fedavg", "fedprox", "fedadam", "fedtrimmedavg", "krum"] = "fedavg"
+    min_nodes: int = Field(2, ge=1, le=100_000)
+    fraction: float = Field(1.0, gt=0, le=1)
+    #: "region=1,2;tier=gold" (federated.settings.parse_select)
+    select: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.,;=-]{0,256}$")] = ""
+    local_epochs: int = Field(1, ge=1, le=1000)
+    compression: Literal["int8", "fp16", "none"] = "int8"
+    timeout_s: float = Field(120.0, gt=0, le=24 * 3600.0)
+    deadline_s: float = Field(1800.0, gt=0, le=7 * 24 * 3600.0)

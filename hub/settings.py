@@ -22,5 +22,41 @@ class HubSettings(BaseModel):
     max_upload_bytes: int = Field(64 << 20, gt=0)
     enroll_token_ttl_s: float = Field(24 * 3600.0, gt=0)
 
+    # -- funnels (hub/funnels_api.py) -----------------------------------------------------
+    #: seconds between Thompson weight updates of running ``thompson`` experiments
+    thompson_interval_s: float = Field(60.0, gt=0)
+    #: results withhold counts (and their complements) below this many visitors
+    results_min_group_size: int = Field(10, ge=0)
+    #: Laplace noise scale added to released counts (0: none); see docs/funnels.md
+    results_noise_scale: float = Field(0.0, ge=0)
+
+    # -- federated rounds (hub/rounds.py); neither port nor address: rounds are off --------
+    #: run a Flower SuperLink as the hub's child on this loopback/bind port
+    superlink_port: int | None = Field(None, ge=1, le=65535)
+    #: ``HOST:PORT`` of an external SuperLink (then none is started)
+    superlink: str | None = None
+    #: CA certificate of the external SuperLink's TLS (None: insecure, loopback only)
+    superlink_root_cert: Path | None = None
+    #: the address edges are told to reach the SuperLink at (default: host:superlink_port)
+    superlink_public: str | None = None
+    #: run folders (base bundle, summary, arrays); an external SuperLink's ServerApp must
+    #: see them at the same path (default: ``rounds`` in the data dir)
+    rounds_dir: Path | None = None
+    #: held-out files a federated candidate is evaluated on, per model (optional)
+    eval_data: dict[str, Path] = {}
+    rounds_watch_interval_s: float = Field(2.0, gt=0)
+
+    def rounds_path(self) -> Path:
+        return self.rounds_dir or self.data_dir / "rounds"
+
+    def federation(self) -> bool:
+        return self.superlink_port is not None or self.superlink is not None
+
+    def superlink_address(self) -> str | None:
+        """What edges' SuperNodes connect to."""
+        if self.superlink_public or self.superlink:
+            return self.superlink_public or self.superlink
+        return f"{self.host}:{self.superlink_port}" if self.superlink_port is not None else None
+
     def store_url(self) -> str:
         return self.store or f"sqlite:///{self.data_dir / 'hub.sqlite3'}"

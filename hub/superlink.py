@@ -12,17 +12,14 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
 from models.errors import NexusError
+from models.flower_process import FlowerProcess, flower_env
 
 STATE_DB = "superlink.db"
 CONNECTION = "hub"
@@ -66,31 +63,12 @@ def run_config_arg(config: Mapping[str, Any]) -> str:
     return " ".join(f"{k}={value(v)}" for k, v in config.items())
 
 
-def flower_env(flwr_home: Path) -> dict[str, str]:
-    """Environment for any Flower process or ``flwr`` CLI call of this deployment."""
-    bin_dir = str(Path(sys.executable).parent)
-    return {
-        **os.environ,
-        "FLWR_HOME": str(flwr_home),
-        "FLWR_TELEMETRY_ENABLED": "0",
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
-    }
+class SuperLink(FlowerProcess):
+    binary = "flower-superlink"
 
-
-def _port_open(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-class SuperLink:
     def __init__(self, config: SuperLinkConfig) -> None:
+        super().__init__(Path(config.state_dir), LOG_FILE, config.flwr_home, config.host, config.port)
         self.config = config
-        self.process: subprocess.Popen[bytes] | None = None
-        self.restarts = 0
 
     def command(self) -> list[str]:
         c = self.config
@@ -110,54 +88,8 @@ class SuperLink:
         return cmd
 
     def start(self, ready_timeout: float = 30.0) -> None:
-        if self.running:
-            return
-        state = Path(self.config.state_dir)
-        self.config.flwr_home.mkdir(parents=True, exist_ok=True)
-        log = open(state / LOG_FILE, "ab")
-        try:
-            self.process = subprocess.Popen(self.command(), cwd=state, env=flower_env(self.config.flwr_home), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        finally:
-            log.close()  # the child holds its own descriptor
-        self.wait_ready(ready_timeout)
+        super().start(ready_timeout)
         self.write_connection()
-
-    @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def ready(self) -> bool:
-        return self.running and _port_open(self.config.host, self.config.port)
-
-    def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.ready():
-                return
-            if not self.running:
-                raise NexusError(f"flower-superlink exited with code {self.process.returncode if self.process else None}; see {Path(self.config.state_dir) / LOG_FILE}")
-            time.sleep(0.2)
-        raise NexusError(f"flower-superlink not ready on {self.config.address} after {timeout:.0f}s; see {Path(self.config.state_dir) / LOG_FILE}")
-
-    def supervise(self) -> bool:
-        """Restart the SuperLink if it died; True when it did. Its state db keeps runs and nodes."""
-        if self.process is None or self.running:
-            return False
-        self.restarts += 1
-        self.start()
-        return True
-
-    def stop(self, timeout: float = 10.0) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)  # its own session: takes its helpers along
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        self.process = None
 
     def flwr(self, *args: str, timeout: float = 120.0) -> dict[str, Any]:
         """One ``flwr`` CLI call against this SuperLink (``--format json``); its parsed answer."""

@@ -47,7 +47,7 @@ def test_serve_reports_bad_settings_in_one_line(tmp_path: Path) -> None:
 
 
 def test_demo_shows_real_answers_and_stops_its_node() -> None:
-    result = subprocess.run([sys.executable, "-m", "nexus_cli", "demo"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    result = subprocess.run([sys.executable, "-m", "nexus_cli", "demo", "--standalone"], check=False, capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     out = result.stdout
     assert "<- 200 {\"ready\":true}" in out
@@ -81,7 +81,7 @@ def interrupted(console, edge):
     os.kill(os.getpid(), signal.SIGINT)
     real(console, edge)
 nexus_demo._show_edge = interrupted
-sys.exit(main(["demo"]))
+sys.exit(main(["demo", "--standalone"]))
 """
 
 

@@ -98,7 +98,7 @@ class Edge:
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[tuple[HubProcess, OperatorClient, list[Edge], tuple[Path, Path]]]:
     bundles = _bundles(tmp_path)
-    hub = HubProcess(tmp_path / "hub", free_port(), "--poll-interval", str(POLL_S))
+    hub = HubProcess(tmp_path / "hub", free_port(), "--no-superlink", "--poll-interval", str(POLL_S))
     admin = OperatorClient(hub.url, (tmp_path / "hub" / "admin.token").read_text().strip())
     edges: list[Edge] = []
     try:
@@ -112,7 +112,7 @@ def cluster(tmp_path: Path) -> Iterator[tuple[HubProcess, OperatorClient, list[E
         for edge in edges:
             edge.stop()
         admin.close()
-        hub.kill()
+        hub.stop()
 
 
 @pytest.mark.slow

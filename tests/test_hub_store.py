@@ -80,3 +80,22 @@ def test_rollout_log(any_store: Store) -> None:
 
 def test_ping(any_store: Store) -> None:
     any_store.ping()
+
+
+def test_federated_runs_and_rounds(any_store: Store) -> None:
+    from hub.store.base import RunRecord
+
+    run = RunRecord("r-1", "funnel", "running", {"rounds": 2}, "1", 10.0, 10.0, 100.0, flower_run_id=7, score_name="roc_auc")
+    later = RunRecord("r-2", "emotion", "starting", {"rounds": 1}, "3", 20.0, 20.0, 200.0)
+    any_store.put_run(later)
+    any_store.put_run(run)
+    assert [r.run_id for r in any_store.list_runs()] == ["r-1", "r-2"]  # oldest first
+    any_store.put_run(RunRecord(**{**run.__dict__, "status": "finished", "version": "2", "participants": [5, 9], "rounds_done": 2}))
+    got = any_store.get_run("r-1")
+    assert got is not None and got.status == "finished" and got.version == "2" and got.participants == [5, 9]
+    assert any_store.get_run("r-404") is None
+    for n in (10, 2, 1):
+        any_store.put_round("r-1", n, {"round": n, "loss": 0.5})
+    any_store.put_round("r-1", 2, {"round": 2, "loss": 0.25})  # copied again: replaced, not doubled
+    assert [(r["round"], r["loss"]) for r in any_store.list_rounds("r-1")] == [(1, 0.5), (2, 0.25), (10, 0.5)]
+    assert any_store.list_rounds("r-2") == []

@@ -20,6 +20,7 @@ from hub.settings import HubSettings
 from hub.store.base import Store, open_store
 from hub.store.redis import RedisStore
 from models.bundle import write_manifest
+from models.flower_process import end_process_tree
 
 
 def make_bundle(root: Path, name: str = "funnel", version: str = "1", payload: bytes = b"weights-v1", size: int = 0) -> Path:
@@ -134,5 +135,22 @@ class HubProcess:
         assert self.proc.poll() is None, self.log.read_text()
 
     def kill(self) -> None:
+        """SIGKILL, as a crash would: a SuperLink it started outlives it (the next hub adopts it)."""
         self.proc.send_signal(signal.SIGKILL)
         self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        """End the hub (SIGTERM stops its SuperLink) and any SuperLink a killed hub left behind."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        try:
+            pid = int((self.data_dir / "flower" / "superlink.pid").read_text())
+            if b"flower-superlink" in Path(f"/proc/{pid}/cmdline").read_bytes():  # pids get reused
+                end_process_tree(pid, kill=True)
+        except (OSError, ValueError):
+            pass

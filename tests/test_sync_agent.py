@@ -13,7 +13,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from conftest import free_port
-from edge_worker.egress import DECLARED, HeartbeatPayload, HubGateway, HubUnreachable, PayloadKind, PayloadRefused
+from edge_worker.audit import REFUSAL, AuditLog, AuditReader
+from edge_worker.egress import HubGateway, HubUnreachable
+from edge_worker.payloads import BUNDLE_DOWNLOAD, PayloadRefused
 from edge_worker.identity import IDENTITY_FILE, load_identity
 from edge_worker.sync import STATE_FILE, Backoff, SyncAgent
 from hub.archive import pack
@@ -31,7 +33,7 @@ def hub(tmp_path: Path) -> Iterator[RunningHub]:
 
 
 def _agent(hub_url: str, edge: Path, repo: StandInRepository, token: str | None = None) -> SyncAgent:
-    return SyncAgent(HubGateway(hub_url, timeout=5.0), edge, repo.root, repo.activate, repo.status, enroll_token=token, backoff=Backoff(0.05, 0.2))
+    return SyncAgent(HubGateway(hub_url, AuditLog(edge), timeout=5.0), edge, repo.root, repo.activate, repo.status, enroll_token=token, backoff=Backoff(0.05, 0.2))
 
 
 def _sync(agent: SyncAgent) -> dict[str, str]:
@@ -117,12 +119,12 @@ def test_tampered_or_wrongly_signed_bundle_is_refused_old_model_kept(hub: Runnin
     assert ("sha256 mismatch" if fault == "flipped-byte" else "signature does not verify") in agent.state.refused["funnel"]["reason"]
     if fault == "wrong-signature":
         # refused on the manifest's signature, before any artifact was fetched
-        assert agent.gateway.messages[PayloadKind.BUNDLE_DOWNLOAD.value] == 2
+        assert agent.gateway.messages[BUNDLE_DOWNLOAD] == 2
     assert not list((edge / "hub-staging").iterdir())
 
     # the refusal is remembered across restarts (no download loop) and reported to the hub
     again = _agent(hub.url, edge, repo)
-    assert _sync(again) == {} and again.gateway.messages[PayloadKind.BUNDLE_DOWNLOAD.value] == 0
+    assert _sync(again) == {} and again.gateway.messages[BUNDLE_DOWNLOAD] == 0
     assert hub.admin.nodes()[0]["heartbeat"]["bundle_refusals"] == 1
 
     # a good version afterwards installs normally
@@ -141,7 +143,7 @@ def test_unreachable_hub_backs_off_with_jitter_and_keeps_serving(tmp_path: Path)
 
     repo = StandInRepository(tmp_path / "models")
     repo.served = {"funnel": "1"}
-    agent = SyncAgent(HubGateway(f"http://127.0.0.1:{free_port()}", timeout=1.0), tmp_path / "edge", repo.root, repo.activate, repo.status, enroll_token="x" * 43, backoff=Backoff(0.02, 0.05))
+    agent = SyncAgent(HubGateway(f"http://127.0.0.1:{free_port()}", AuditLog(tmp_path / "edge"), timeout=1.0), tmp_path / "edge", repo.root, repo.activate, repo.status, enroll_token="x" * 43, backoff=Backoff(0.02, 0.05))
 
     async def run_briefly() -> None:
         task = asyncio.create_task(agent.run())
@@ -158,18 +160,17 @@ def test_unreachable_hub_backs_off_with_jitter_and_keeps_serving(tmp_path: Path)
 
 
 def test_gateway_refuses_undeclared_payloads(tmp_path: Path) -> None:
-    gateway = HubGateway(f"http://127.0.0.1:{free_port()}")
-    with pytest.raises(ValueError):
-        HeartbeatPayload(health="ok", note="free text about a visitor")  # type: ignore[call-arg]
-    smuggled = HeartbeatPayload.model_construct(health="ok", models={"funnel": "my name is Bob"})
+    gateway = HubGateway(f"http://127.0.0.1:{free_port()}", AuditLog(tmp_path))
+    with pytest.raises(PayloadRefused, match="free text"):
+        asyncio.run(gateway._send("heartbeat", "POST", "/v1/nodes/me/heartbeat", {"health": "ok", "models": {"funnel": "my name is Bob"}}, authenticated=False))
+    with pytest.raises(PayloadRefused, match="not declared"):
+        asyncio.run(gateway._send("assignment-poll", "GET", "/v1/nodes/me/assignments", {"note": "x"}, authenticated=False))
     with pytest.raises(PayloadRefused):
-        gateway._check(PayloadKind.HEARTBEAT, smuggled)
+        asyncio.run(gateway._send("free-form", "POST", "/v1/x", {}, authenticated=False))
     with pytest.raises(PayloadRefused):
-        gateway._check(PayloadKind.ASSIGNMENT_POLL, smuggled)
-    with pytest.raises(PayloadRefused):
-        asyncio.run(gateway.download_file("funnel", "1", "../../etc/passwd", tmp_path / "x", 10))
-    assert set(DECLARED) == set(PayloadKind)
+        asyncio.run(gateway._admit(BUNDLE_DOWNLOAD, "GET", "/v1/models/funnel/versions/1/files/..", {"model": "funnel", "version": "1", "name": "../../etc/passwd"}))
     assert sum(gateway.messages.values()) == 0
+    assert [e.kind for e in AuditReader(tmp_path).entries(REFUSAL)] == ["heartbeat", "assignment-poll", "free-form", BUNDLE_DOWNLOAD]
     asyncio.run(gateway.aclose())
 
 
@@ -184,7 +185,7 @@ def test_local_unsigned_copy_is_adopted_a_different_one_refused(hub: RunningHub,
     agent = _agent(hub.url, edge, repo, hub.admin.create_token({})["token"])
     assert _sync(agent) == {"funnel": "1"}
     assert (repo.root / "funnel" / "1" / "signature.json").is_file()
-    assert agent.gateway.messages[PayloadKind.BUNDLE_DOWNLOAD.value] == 2  # manifest + signature only
+    assert agent.gateway.messages[BUNDLE_DOWNLOAD] == 2  # manifest + signature only
 
     other = make_bundle(tmp_path, "funnel", "2", b"local build")
     shutil.copytree(other, repo.root / "funnel" / "2")
@@ -202,7 +203,7 @@ def test_processes_sharing_a_data_dir_enroll_once_and_all_switch(hub: RunningHub
     token = hub.admin.create_token({"region": "1"})["token"]
     repos = [StandInRepository(edge / "models") for _ in range(2)]
     agents = [
-        SyncAgent(HubGateway(hub.url), edge, r.root, r.activate, r.status, enroll_token=token, poll_interval_s=0.1, backoff=Backoff(0.05, 0.1))
+        SyncAgent(HubGateway(hub.url, AuditLog(edge)), edge, r.root, r.activate, r.status, enroll_token=token, poll_interval_s=0.1, backoff=Backoff(0.05, 0.1))
         for r in repos
     ]
 

@@ -75,7 +75,7 @@ class StallingProxy:
 @pytest.mark.slow
 def test_hub_killed_mid_download_edge_keeps_serving_and_finishes_later(tmp_path: Path) -> None:
     data_dir, port = tmp_path / "hub", free_port()
-    hub = HubProcess(data_dir, port)
+    hub = HubProcess(data_dir, port, "--no-superlink")
     try:
         admin = OperatorClient(hub.url, (data_dir / "admin.token").read_text().strip())
         admin.push(make_bundle(tmp_path, "funnel", "1", b"v1"))
@@ -111,11 +111,11 @@ def test_hub_killed_mid_download_edge_keeps_serving_and_finishes_later(tmp_path:
         assert len(staged) == 1 and (staged[0] / "manifest.json").is_file() and not (staged[0] / "model.onnx").exists()
         proxy.close()
 
-        hub = HubProcess(data_dir, port)  # same data dir, same port: the hub comes back
+        hub = HubProcess(data_dir, port, "--no-superlink")  # same data dir, same port: the hub comes back
         assert asyncio.run(_agent(hub.url, edge, repo).sync_once()) == {"funnel": "2"}
         assert repo.served == {"funnel": "2"} and not list((edge / STAGING_DIR).iterdir())
     finally:
-        hub.kill()
+        hub.stop()
 
 
 @pytest.fixture

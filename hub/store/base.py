@@ -12,8 +12,11 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from collections.abc import Mapping
 from typing import Any, Literal
 
+from hub.counters import CounterKey, CounterState
+from hub.funnel_config import Experiment, Funnel, Variant
 from models.errors import NexusError
 
 ActionKind = Literal["stable", "assign"]
@@ -61,6 +64,56 @@ class RolloutAction:
     percent: int = 100
     created_at: float = 0.0
     active: bool = True
+
+
+@dataclass(frozen=True)
+class ExperimentRecord:
+    """One version of an experiment and when it was written (history = every version)."""
+
+    experiment: Experiment
+    at: float
+
+
+#: ``update_experiment``: written; the stored version is not ``version - 1`` (another
+#: writer won); or it would be a second running experiment of its funnel
+UpdateOutcome = Literal["ok", "stale", "busy"]
+
+
+def experiment_to_json(experiment: Experiment) -> dict[str, Any]:
+    e = experiment
+    return {
+        "id": e.id, "funnel_id": e.funnel_id, "variants": [[v.name, v.weight] for v in e.variants],
+        "decision_step": e.decision_step, "status": str(e.status), "allocation": str(e.allocation),
+        "version": e.version, "salt": e.salt,
+    }
+
+
+def experiment_from_json(raw: dict[str, Any]) -> Experiment:
+    return Experiment(**{**raw, "variants": tuple(Variant(n, w) for n, w in raw["variants"])})
+
+
+#: a run the hub still watches (see hub/rounds.py); every other status is final
+ACTIVE_RUN_STATUSES = ("starting", "running", "exporting")
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A federated run started from the hub; its rounds are stored beside it."""
+
+    run_id: str
+    model: str
+    status: str  # one of ACTIVE_RUN_STATUSES, "finished", "failed", "stopped"
+    config: dict[str, Any]
+    base_version: str
+    created_at: float
+    updated_at: float
+    deadline_at: float
+    flower_run_id: int | None = None
+    reason: str | None = None
+    version: str | None = None  # the registered candidate once finished
+    score_name: str | None = None
+    participants: list[int] = field(default_factory=list)
+    rounds_done: int = 0
 
 
 class Store(ABC):
@@ -130,6 +183,64 @@ class Store(ABC):
     @abstractmethod
     def deactivate_action(self, model: str, action_id: int) -> bool:
         """``False`` when it was already inactive (two replicas racing a rollback)."""
+
+    # -- funnels, experiments and their counters (docs/funnels.md) ---------------------
+    @abstractmethod
+    def add_funnel(self, funnel: Funnel) -> bool:
+        """``False`` (and nothing written) if the id exists: funnels are immutable."""
+
+    @abstractmethod
+    def get_funnel(self, funnel_id: str) -> Funnel | None: ...
+
+    @abstractmethod
+    def list_funnels(self) -> list[Funnel]: ...
+
+    @abstractmethod
+    def add_experiment(self, experiment: Experiment, at: float) -> bool:
+        """``False`` (and nothing written) if the id exists."""
+
+    @abstractmethod
+    def get_experiment(self, experiment_id: str) -> ExperimentRecord | None: ...
+
+    @abstractmethod
+    def list_experiments(self) -> list[ExperimentRecord]: ...
+
+    @abstractmethod
+    def update_experiment(self, experiment: Experiment, at: float) -> UpdateOutcome:
+        """Compare-and-set on the version, and at most one running experiment per funnel,
+        atomically (hub replicas race on Thompson updates and on start)."""
+
+    @abstractmethod
+    def experiment_history(self, experiment_id: str) -> list[ExperimentRecord]:
+        """Every version written, oldest first (the dashboard charts weights over time)."""
+
+    @abstractmethod
+    def merge_counters(self, node_id: str, counts: Mapping[CounterKey, int]) -> None:
+        """G-counter merge: per key, keep the larger of the stored and the given count of this node."""
+
+    @abstractmethod
+    def counter_state(self, experiment_id: str) -> CounterState:
+        """``{(experiment, variant, step): {node_id: count}}`` of one experiment."""
+
+    # -- federated runs ----------------------------------------------------------------
+    @abstractmethod
+    def put_run(self, run: RunRecord) -> None:
+        """Insert or replace a run record."""
+
+    @abstractmethod
+    def get_run(self, run_id: str) -> RunRecord | None: ...
+
+    @abstractmethod
+    def list_runs(self) -> list[RunRecord]:
+        """Oldest first."""
+
+    @abstractmethod
+    def put_round(self, run_id: str, round_no: int, metrics: dict[str, Any]) -> None:
+        """Insert or replace one round's metrics (the watcher may copy a round twice)."""
+
+    @abstractmethod
+    def list_rounds(self, run_id: str) -> list[dict[str, Any]]:
+        """In round order."""
 
 
 def open_store(url: str) -> Store:

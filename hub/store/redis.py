@@ -8,7 +8,9 @@ Keys (all under a prefix, ``nexus:hub:`` unless the URL says ``?prefix=``):
 ``meta`` hash; ``enroll:<hash>`` string with a TTL; ``nodes`` set, ``node:<id>`` hash;
 ``models`` set, ``versions:<model>`` hash version -> record JSON,
 ``archive:<model>:<version>`` bytes; ``actions:<model>`` hash id -> record JSON,
-``action_seq`` counter.
+``action_seq`` counter; ``funnels`` hash id -> steps JSON; ``experiments`` hash id -> newest
+record JSON, ``experiment_history:<id>`` hash version -> record JSON, ``running_experiments``
+hash funnel -> experiment id; ``counters:<experiment>`` hash ``variant:step:node`` -> count.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import time
 from dataclasses import asdict
 from functools import wraps
+from collections.abc import Mapping
 from typing import Any, Callable, TypeVar
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
@@ -25,13 +28,50 @@ from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
 from models.bundle import version_key
-from hub.store.base import ActionKind, NodeRecord, RolloutAction, Store, StoreUnavailable, VersionRecord
+from hub.counters import CounterKey, CounterState
+from hub.funnel_config import Experiment, Funnel
+from hub.store.base import (
+    ActionKind,
+    ExperimentRecord,
+    NodeRecord,
+    RolloutAction,
+    RunRecord,
+    Store,
+    StoreUnavailable,
+    UpdateOutcome,
+    VersionRecord,
+    experiment_from_json,
+    experiment_to_json,
+)
 
 T = TypeVar("T")
 _HEARTBEAT_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 1 then
   redis.call('HSET', KEYS[1], 'last_seen', ARGV[1], 'heartbeat', ARGV[2])
 end
+"""
+# G-counter merge, one round trip per experiment: ARGV = field, count, field, count, ...
+_MERGE_MAX_LUA = """
+for i = 1, #ARGV, 2 do
+  local current = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '-1')
+  if tonumber(ARGV[i + 1]) > current then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+"""
+# KEYS: experiments, running_experiments, experiment_history:<id>
+# ARGV: id, expected (previous) version, record JSON, funnel id, status, version
+_UPDATE_EXPERIMENT_LUA = """
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw or tostring(cjson.decode(raw)['experiment']['version']) ~= ARGV[2] then return 'stale' end
+local holder = redis.call('HGET', KEYS[2], ARGV[4])
+if ARGV[5] == 'running' then
+  if holder and holder ~= ARGV[1] then return 'busy' end
+  redis.call('HSET', KEYS[2], ARGV[4], ARGV[1])
+elseif holder == ARGV[1] then
+  redis.call('HDEL', KEYS[2], ARGV[4])
+end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+redis.call('HSET', KEYS[3], ARGV[6], ARGV[3])
+return 'ok'
 """
 DEFAULT_PREFIX = "nexus:hub:"
 
@@ -55,6 +95,8 @@ class RedisStore(Store):
         self.p = prefix
         self.where = where
         self._heartbeat = client.register_script(_HEARTBEAT_LUA)
+        self._merge_max = client.register_script(_MERGE_MAX_LUA)
+        self._update_experiment = client.register_script(_UPDATE_EXPERIMENT_LUA)
 
     @classmethod
     def from_url(cls, url: str) -> "RedisStore":
@@ -201,6 +243,101 @@ class RedisStore(Store):
                 return True
             except redis.WatchError:
                 return False
+
+    # A run is one JSON value in the ``fl_runs`` hash, its rounds a ``fl_rounds:<run>`` hash.
+    @_unavailable
+    def put_run(self, run: RunRecord) -> None:
+        self.r.hset(self._k("fl_runs"), run.run_id, json.dumps(asdict(run)))
+
+    @_unavailable
+    def get_run(self, run_id: str) -> RunRecord | None:
+        raw = self.r.hget(self._k("fl_runs"), run_id)
+        return RunRecord(**json.loads(raw)) if raw else None
+
+    @_unavailable
+    def list_runs(self) -> list[RunRecord]:
+        runs = [RunRecord(**json.loads(v)) for v in self.r.hvals(self._k("fl_runs"))]
+        return sorted(runs, key=lambda r: (r.created_at, r.run_id))
+
+    @_unavailable
+    def put_round(self, run_id: str, round_no: int, metrics: dict[str, Any]) -> None:
+        self.r.hset(self._k("fl_rounds", run_id), str(round_no), json.dumps(metrics))
+
+    @_unavailable
+    def list_rounds(self, run_id: str) -> list[dict[str, Any]]:
+        raw = self.r.hgetall(self._k("fl_rounds", run_id))
+        return [json.loads(raw[k]) for k in sorted(raw, key=int)]
+
+    # -- funnels, experiments, counters ------------------------------------------------
+    @_unavailable
+    def add_funnel(self, funnel: Funnel) -> bool:
+        return bool(self.r.hsetnx(self._k("funnels"), funnel.id, json.dumps(list(funnel.steps))))
+
+    @_unavailable
+    def get_funnel(self, funnel_id: str) -> Funnel | None:
+        raw = self.r.hget(self._k("funnels"), funnel_id)
+        return Funnel(funnel_id, tuple(json.loads(raw))) if raw else None
+
+    @_unavailable
+    def list_funnels(self) -> list[Funnel]:
+        return sorted((Funnel(k.decode(), tuple(json.loads(v))) for k, v in self.r.hgetall(self._k("funnels")).items()), key=lambda f: f.id)
+
+    @staticmethod
+    def _record_json(experiment: Experiment, at: float) -> str:
+        return json.dumps({"experiment": experiment_to_json(experiment), "at": at})
+
+    @staticmethod
+    def _record(raw: bytes) -> ExperimentRecord:
+        body = json.loads(raw)
+        return ExperimentRecord(experiment_from_json(body["experiment"]), body["at"])
+
+    @_unavailable
+    def add_experiment(self, experiment: Experiment, at: float) -> bool:
+        record = self._record_json(experiment, at)
+        if not self.r.hsetnx(self._k("experiments"), experiment.id, record):
+            return False
+        self.r.hset(self._k("experiment_history", experiment.id), str(experiment.version), record)
+        return True
+
+    @_unavailable
+    def get_experiment(self, experiment_id: str) -> ExperimentRecord | None:
+        raw = self.r.hget(self._k("experiments"), experiment_id)
+        return self._record(raw) if raw else None
+
+    @_unavailable
+    def list_experiments(self) -> list[ExperimentRecord]:
+        records = [self._record(v) for v in self.r.hvals(self._k("experiments"))]
+        return sorted(records, key=lambda r: r.experiment.id)
+
+    @_unavailable
+    def update_experiment(self, experiment: Experiment, at: float) -> UpdateOutcome:
+        e = experiment
+        keys = [self._k("experiments"), self._k("running_experiments"), self._k("experiment_history", e.id)]
+        args = [e.id, str(e.version - 1), self._record_json(e, at), e.funnel_id, str(e.status), str(e.version)]
+        return self._update_experiment(keys=keys, args=args).decode()
+
+    @_unavailable
+    def experiment_history(self, experiment_id: str) -> list[ExperimentRecord]:
+        records = [self._record(v) for v in self.r.hvals(self._k("experiment_history", experiment_id))]
+        return sorted(records, key=lambda r: r.experiment.version)
+
+    @_unavailable
+    def merge_counters(self, node_id: str, counts: Mapping[CounterKey, int]) -> None:
+        by_experiment: dict[str, list[str | int]] = {}
+        for (experiment, variant, step), count in counts.items():
+            by_experiment.setdefault(experiment, []).extend((f"{variant}:{step}:{node_id}", count))
+        pipe = self.r.pipeline(transaction=False)
+        for experiment, args in by_experiment.items():
+            self._merge_max(keys=[self._k("counters", experiment)], args=args, client=pipe)
+        pipe.execute()
+
+    @_unavailable
+    def counter_state(self, experiment_id: str) -> CounterState:
+        state: CounterState = {}
+        for field_name, count in self.r.hgetall(self._k("counters", experiment_id)).items():
+            variant, step, node = field_name.decode().split(":")
+            state.setdefault((experiment_id, variant, step), {})[node] = int(count)
+        return state
 
     def delete_all(self) -> None:
         """Drop every key under this store's prefix (tests and the benchmark clean up with it)."""

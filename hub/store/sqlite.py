@@ -13,11 +13,27 @@ import sqlite3
 import threading
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 from models.bundle import version_key
-from hub.store.base import ActionKind, NodeRecord, RolloutAction, Store, StoreUnavailable, VersionRecord
+from hub.counters import CounterKey, CounterState
+from hub.funnel_config import Experiment, Funnel, Status
+from hub.store.base import (
+    ActionKind,
+    ExperimentRecord,
+    NodeRecord,
+    RolloutAction,
+    RunRecord,
+    Store,
+    StoreUnavailable,
+    UpdateOutcome,
+    VersionRecord,
+    experiment_from_json,
+    experiment_to_json,
+)
 
+T = TypeVar("T")
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS enroll_tokens (token_hash TEXT PRIMARY KEY, tags TEXT NOT NULL, expires_at REAL NOT NULL);
@@ -31,6 +47,18 @@ CREATE TABLE IF NOT EXISTS actions (
     action_id INTEGER PRIMARY KEY AUTOINCREMENT, model TEXT NOT NULL, record TEXT NOT NULL,
     active INTEGER NOT NULL DEFAULT 1);
 CREATE INDEX IF NOT EXISTS actions_model ON actions (model, action_id);
+CREATE TABLE IF NOT EXISTS funnels (funnel_id TEXT PRIMARY KEY, steps TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS experiments (
+    experiment_id TEXT NOT NULL, version INTEGER NOT NULL, funnel_id TEXT NOT NULL, status TEXT NOT NULL,
+    record TEXT NOT NULL, at REAL NOT NULL, PRIMARY KEY (experiment_id, version));
+-- the one-running-experiment-per-funnel rule, enforced by the database itself
+CREATE TABLE IF NOT EXISTS running_experiments (funnel_id TEXT PRIMARY KEY, experiment_id TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS funnel_counters (
+    experiment TEXT NOT NULL, variant TEXT NOT NULL, step TEXT NOT NULL, node TEXT NOT NULL,
+    count INTEGER NOT NULL, PRIMARY KEY (experiment, variant, step, node));
+CREATE TABLE IF NOT EXISTS fl_runs (run_id TEXT PRIMARY KEY, created_at REAL NOT NULL, record TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS fl_rounds (
+    run_id TEXT NOT NULL, round INTEGER NOT NULL, metrics TEXT NOT NULL, PRIMARY KEY (run_id, round));
 """
 
 
@@ -131,3 +159,115 @@ class SqliteStore(Store):
             "UPDATE actions SET active = 0 WHERE model = ? AND action_id = ? AND active = 1 RETURNING action_id", (model, action_id)
         )
         return bool(rows)
+
+    def put_run(self, run: RunRecord) -> None:
+        self._run("INSERT OR REPLACE INTO fl_runs VALUES (?, ?, ?)", (run.run_id, run.created_at, json.dumps(asdict(run))))
+
+    def get_run(self, run_id: str) -> RunRecord | None:
+        rows = self._run("SELECT record FROM fl_runs WHERE run_id = ?", (run_id,))
+        return RunRecord(**json.loads(rows[0][0])) if rows else None
+
+    def list_runs(self) -> list[RunRecord]:
+        return [RunRecord(**json.loads(r[0])) for r in self._run("SELECT record FROM fl_runs ORDER BY created_at, run_id")]
+
+    def put_round(self, run_id: str, round_no: int, metrics: dict[str, Any]) -> None:
+        self._run("INSERT OR REPLACE INTO fl_rounds VALUES (?, ?, ?)", (run_id, round_no, json.dumps(metrics)))
+
+    def list_rounds(self, run_id: str) -> list[dict[str, Any]]:
+        return [json.loads(r[0]) for r in self._run("SELECT metrics FROM fl_rounds WHERE run_id = ? ORDER BY round", (run_id,))]
+
+    # -- funnels, experiments, counters ------------------------------------------------
+    def _transaction(self, body: Callable[[sqlite3.Connection], T]) -> T:
+        """``body(db)`` inside BEGIN IMMEDIATE: other hub processes on the file wait, never interleave."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    result = body(self._db)
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+                return result
+            except sqlite3.OperationalError as exc:
+                raise StoreUnavailable(f"SQLite store {self.path}: {exc}") from None
+
+    def add_funnel(self, funnel: Funnel) -> bool:
+        rows = self._run("INSERT OR IGNORE INTO funnels VALUES (?, ?) RETURNING funnel_id", (funnel.id, json.dumps(list(funnel.steps))))
+        return bool(rows)
+
+    def get_funnel(self, funnel_id: str) -> Funnel | None:
+        rows = self._run("SELECT funnel_id, steps FROM funnels WHERE funnel_id = ?", (funnel_id,))
+        return Funnel(rows[0][0], tuple(json.loads(rows[0][1]))) if rows else None
+
+    def list_funnels(self) -> list[Funnel]:
+        return [Funnel(r[0], tuple(json.loads(r[1]))) for r in self._run("SELECT funnel_id, steps FROM funnels ORDER BY funnel_id")]
+
+    def add_experiment(self, experiment: Experiment, at: float) -> bool:
+        def body(db: sqlite3.Connection) -> bool:
+            if db.execute("SELECT 1 FROM experiments WHERE experiment_id = ?", (experiment.id,)).fetchone():
+                return False
+            self._insert_experiment(db, experiment, at)
+            return True
+
+        return self._transaction(body)
+
+    @staticmethod
+    def _insert_experiment(db: sqlite3.Connection, experiment: Experiment, at: float) -> None:
+        db.execute(
+            "INSERT INTO experiments VALUES (?, ?, ?, ?, ?, ?)",
+            (experiment.id, experiment.version, experiment.funnel_id, str(experiment.status), json.dumps(experiment_to_json(experiment)), at),
+        )
+
+    @staticmethod
+    def _record(row: tuple[Any, ...]) -> ExperimentRecord:
+        return ExperimentRecord(experiment_from_json(json.loads(row[0])), row[1])
+
+    def get_experiment(self, experiment_id: str) -> ExperimentRecord | None:
+        rows = self._run("SELECT record, at FROM experiments WHERE experiment_id = ? ORDER BY version DESC LIMIT 1", (experiment_id,))
+        return self._record(rows[0]) if rows else None
+
+    def list_experiments(self) -> list[ExperimentRecord]:
+        rows = self._run(
+            "SELECT record, at FROM experiments e WHERE version = (SELECT max(version) FROM experiments WHERE experiment_id = e.experiment_id) ORDER BY experiment_id"
+        )
+        return [self._record(r) for r in rows]
+
+    def update_experiment(self, experiment: Experiment, at: float) -> UpdateOutcome:
+        def body(db: sqlite3.Connection) -> UpdateOutcome:
+            row = db.execute("SELECT max(version) FROM experiments WHERE experiment_id = ?", (experiment.id,)).fetchone()
+            if row[0] != experiment.version - 1:
+                return "stale"
+            holder = db.execute("SELECT experiment_id FROM running_experiments WHERE funnel_id = ?", (experiment.funnel_id,)).fetchone()
+            if experiment.status == Status.RUNNING:
+                if holder and holder[0] != experiment.id:
+                    return "busy"
+                db.execute("INSERT OR IGNORE INTO running_experiments VALUES (?, ?)", (experiment.funnel_id, experiment.id))
+            elif holder and holder[0] == experiment.id:
+                db.execute("DELETE FROM running_experiments WHERE funnel_id = ?", (experiment.funnel_id,))
+            self._insert_experiment(db, experiment, at)
+            return "ok"
+
+        return self._transaction(body)
+
+    def experiment_history(self, experiment_id: str) -> list[ExperimentRecord]:
+        rows = self._run("SELECT record, at FROM experiments WHERE experiment_id = ? ORDER BY version", (experiment_id,))
+        return [self._record(r) for r in rows]
+
+    def merge_counters(self, node_id: str, counts: Mapping[CounterKey, int]) -> None:
+        rows = [(e, v, s, node_id, c) for (e, v, s), c in counts.items()]
+
+        def body(db: sqlite3.Connection) -> None:
+            db.executemany(
+                "INSERT INTO funnel_counters VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT (experiment, variant, step, node) DO UPDATE SET count = max(count, excluded.count)",
+                rows,
+            )
+
+        self._transaction(body)
+
+    def counter_state(self, experiment_id: str) -> CounterState:
+        state: CounterState = {}
+        for variant, step, node, count in self._run("SELECT variant, step, node, count FROM funnel_counters WHERE experiment = ?", (experiment_id,)):
+            state.setdefault((experiment_id, variant, step), {})[node] = count
+        return state

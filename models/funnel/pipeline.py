@@ -27,7 +27,8 @@ TOLERANCE = {"onnx-int8": 2e-2, "tflite": 1e-5}
 _EVAL_BATCH = 1024
 
 
-def _export(weights: dict[str, np.ndarray], folder: Path) -> None:
+def export(weights: dict[str, np.ndarray], folder: Path) -> None:
+    """Write the three artifacts of a bundle (fp32 ONNX, int8 ONNX, TFLite) from MLP weights."""
     layers = [(weights[f"w{i}"], weights[f"b{i}"]) for i in range(len(weights) // 2)]
     onnx_graphs.save(onnx_graphs.funnel_onnx(layers, int8=False), folder / ARTIFACTS["onnx"])
     onnx_graphs.save(onnx_graphs.funnel_onnx(layers, int8=True), folder / ARTIFACTS["onnx-int8"])
@@ -75,7 +76,7 @@ def train(data: Path, out: Path, seed: int = 0, show_progress: bool = True) -> B
     out = Path(out)
     version = target_version(out, NAME, DEFAULT_REPOSITORY)
     with staged_bundle(out, NAME, version) as staging:
-        _export(result.weights, staging)
+        export(result.weights, staging)
         manifest: dict[str, Any] = {
             **manifest_header(NAME, version),
             "labels": ["purchase"],

@@ -1,0 +1,155 @@
+"""A finished federated run -> a signed candidate version in the registry.
+
+The aggregated arrays (``final.npz``) are exported by the family's own exporter (ONNX
+fp32, int8, TFLite) into a copy of the base bundle's manifest: same featurizer, labels
+and thresholds, ``parent_version`` = the base, ``provenance.federated`` = the run. The
+backends are checked against each other on random inputs of the declared shapes (the
+hub holds no sessions unless an eval file is configured, which then adds held-out
+metrics per backend). The manifest's ``created_at`` is the time the arrays were written,
+so exporting the same run twice (a hub restarted mid-export, two replicas) pushes an
+identical bundle and the registry answers with the existing version.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hub.archive import pack
+from hub.registry import Registry
+from hub.store.base import RunRecord, VersionRecord
+from models.build import git_revision
+from models.bundle import (
+    BACKENDS,
+    BundleError,
+    read_manifest,
+    verify_bundle,
+    write_manifest,
+)
+from models.runtime import open_runner
+
+_CHECK_ROWS = 256
+_CHECK_LEN = 16
+#: manifest keys a federated candidate takes over from its base unchanged
+_INHERITED = ("name", "family", "labels", "inputs", "outputs", "featurizer", "thresholds", "architecture")
+
+
+def _exporter(family: str) -> Callable[[dict[str, np.ndarray], Path], None]:
+    if family == "funnel":
+        from models.funnel.pipeline import export
+    elif family == "emotion":
+        from models.emotion.pipeline import export
+    else:
+        raise BundleError(f"no exporter for model family {family!r}")
+    return export
+
+
+def _evaluator(family: str) -> Callable[..., dict[str, Any]]:
+    if family == "funnel":
+        from models.funnel.pipeline import evaluate
+    else:
+        from models.emotion.pipeline import evaluate
+    return evaluate
+
+
+def _random_inputs(manifest: dict[str, Any], weights: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Inputs of the declared names, dtypes and shapes (-1 dims: a batch / sequence length)."""
+    out: dict[str, np.ndarray] = {}
+    for spec in manifest["inputs"]:
+        shape = [_CHECK_ROWS if i == 0 else (_CHECK_LEN if d == -1 else d) for i, d in enumerate(spec["shape"])]
+        if spec["dtype"] == "int64":
+            out[spec["name"]] = rng.integers(0, weights["embedding"].shape[0], size=shape, dtype=np.int64)
+        else:
+            values = rng.random(shape, dtype=np.float32) if "embedding" in weights else rng.standard_normal(shape, dtype=np.float32)
+            # emotion bag weights are normalised per text; funnel features are standardised
+            out[spec["name"]] = values / values.sum(axis=1, keepdims=True) if "embedding" in weights else values
+    return out
+
+
+def backend_agreement(folder: Path, tolerance: dict[str, float], weights: dict[str, np.ndarray]) -> dict[str, float]:
+    """Max |backend - onnx| over random inputs; refuses a bundle beyond its stated tolerance."""
+    bundle = verify_bundle(folder)
+    inputs = _random_inputs(bundle.manifest, weights, np.random.default_rng(0))
+    reference = next(iter(open_runner(bundle, "onnx").run(inputs).values()))
+    measured = {}
+    for backend in BACKENDS:
+        if backend == "onnx":
+            continue
+        got = next(iter(open_runner(bundle, backend).run(inputs).values()))
+        measured[backend] = float(np.max(np.abs(got - reference)))
+        if backend in tolerance and measured[backend] > tolerance[backend]:
+            raise BundleError(f"{backend} artifact deviates from onnx by {measured[backend]:.3g} > stated {tolerance[backend]:g}")
+    return measured
+
+
+def federated_metrics(summary: dict[str, Any], score_name: str) -> dict[str, Any]:
+    """The last round's held-out metrics, as the edges measured them (numpy, weighted by rows)."""
+    rounds = [r for r in summary.get("rounds", []) if r.get("loss") is not None]
+    if not rounds:
+        return {}
+    last = rounds[-1]
+    return {"numpy": {score_name: last.get("score"), "log_loss": last.get("loss"), "nodes": last.get("eval_nodes"), "round": last.get("round")}}
+
+
+def build_candidate(run: RunRecord, run_dir: Path, summary: dict[str, Any], version: str, eval_file: Path | None) -> Path:
+    """Write ``run_dir/candidate``: artifacts + manifest (unsigned; the registry signs it)."""
+    base = read_manifest(run_dir / "base")
+    npz = run_dir / "final.npz"
+    with np.load(npz) as arrays:
+        weights = {k: arrays[k] for k in arrays.files}
+    folder = run_dir / "candidate"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    _exporter(base["family"])(weights, folder)
+    config = run.config
+    manifest: dict[str, Any] = {
+        **{k: base[k] for k in _INHERITED if k in base},
+        "version": version,
+        "parent_version": run.base_version,
+        "created_at": datetime.fromtimestamp(npz.stat().st_mtime, UTC).isoformat(timespec="seconds"),
+        "provenance": {
+            "federated": {
+                "run_id": run.run_id,
+                "flower_run_id": run.flower_run_id,
+                "rounds": len(summary.get("rounds", [])),
+                "participants": sorted(int(n) for n in summary.get("participants", [])),
+                "strategy": config["strategy"],
+                "min_nodes": config["min_nodes"],
+                "fraction": config["fraction"],
+                "select": config["select"],
+                "local_epochs": config["local_epochs"],
+                "compression": config["compression"],
+                "seconds": summary.get("seconds"),
+                # updates are validated and norm-capped, not clipped and noised for DP
+                "dp": {"enabled": False, "max_update_norm": summary.get("settings", {}).get("max_update_norm")},
+            },
+            "base_version": run.base_version,
+            "trainer": {"module": "federated.server_app", "base_trainer": base.get("provenance", {}).get("trainer", {}).get("module")},
+            "git_revision": git_revision(),
+        },
+    }
+    write_manifest(folder, manifest)  # the artifacts only load once the manifest lists them
+    stated = dict(base.get("tolerance", {}).get("max_abs_diff", {}))
+    manifest["tolerance"] = {"reference": "onnx", "max_abs_diff": stated, "measured_on_random_inputs": backend_agreement(folder, stated, weights)}
+    metrics: dict[str, Any] = {"federated_held_out": federated_metrics(summary, run.score_name or "score")}
+    if eval_file is not None:
+        evaluate = _evaluator(base["family"])
+        # only the numbers: the report also names the version, which a re-export renumbers
+        reports = {b: evaluate(folder, Path(eval_file), b, show_progress=False) for b in BACKENDS}
+        metrics["hub_eval"] = {b: {k: v for k, v in r.items() if k not in ("model", "model_version", "backend")} for b, r in reports.items()}
+    manifest["metrics"] = metrics
+    write_manifest(folder, manifest)
+    return folder
+
+
+def register_candidate(registry: Registry, run: RunRecord, run_dir: Path, summary: dict[str, Any], eval_file: Path | None) -> VersionRecord:
+    """Export, check, sign and store the run's model as the next version (a candidate: not promoted)."""
+    taken = [int(r.version) for r in registry.store.list_versions(run.model) if r.version.isdigit()]
+    folder = build_candidate(run, run_dir, summary, str(max(taken, default=0) + 1), eval_file)
+    record, _created = registry.push(pack(folder))
+    return record

@@ -1,0 +1,114 @@
+"""Signed receipts: the hub's proof that it received a request body, checked by the edge.
+
+A receipt is ``{"sha256", "bytes", "time", "key_id", "signature"}``: the sha256 and length
+of the request body the hub read, when, and which key signed; ``signature`` is Ed25519 over
+the canonical JSON of the other members. The hub attaches it to every node request as the
+``Nexus-Receipt`` response header (base64 of the receipt's canonical JSON), added by
+:class:`ReceiptMiddleware`; the edge keeps it beside the audit entry of that request.
+
+Shared by the hub and the edge (neither imports the other), so this module imports
+nothing of the project but :mod:`models.bundle`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from datetime import datetime, timezone
+from typing import Any
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from models.bundle import key_id
+
+HEADER = "Nexus-Receipt"
+#: bodies beyond this are not drained after the app answered: the receipt then covers what was read
+DRAIN_LIMIT = 1 << 20
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def canonical_json(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def receipt_message(receipt: Mapping[str, Any]) -> bytes:
+    """What the hub signs: canonical JSON of the receipt without its ``signature`` member."""
+    return canonical_json({k: v for k, v in receipt.items() if k != "signature"}).encode("utf-8")
+
+
+def sign_receipt(private_key: Ed25519PrivateKey, sha256: str, nbytes: int, time: str) -> dict[str, Any]:
+    receipt: dict[str, Any] = {"sha256": sha256, "bytes": nbytes, "time": time, "key_id": key_id(private_key.public_key())}
+    receipt["signature"] = base64.b64encode(private_key.sign(receipt_message(receipt))).decode()
+    return receipt
+
+
+def signature_verifies(receipt: Mapping[str, Any], public_key: Ed25519PublicKey) -> bool:
+    try:
+        public_key.verify(base64.b64decode(str(receipt.get("signature", "")), validate=True), receipt_message(receipt))
+    except (InvalidSignature, ValueError):
+        return False
+    return True
+
+
+def encode_header(receipt: Mapping[str, Any]) -> str:
+    return base64.b64encode(canonical_json(dict(receipt)).encode("utf-8")).decode("ascii")
+
+
+def decode_header(value: str) -> dict[str, Any] | None:
+    """The receipt in a header value, or None when it is not one (a proxy mangled it)."""
+    try:
+        receipt = json.loads(base64.b64decode(value, validate=True))
+    except (ValueError, binascii.Error):
+        return None
+    return receipt if isinstance(receipt, dict) else None
+
+
+class ReceiptMiddleware:
+    """Pure ASGI: hashes the request body as the app reads it and adds a signed receipt to
+    the response of every request ``wants(scope)`` selects. A body the app did not read
+    (a 401 before parsing) is drained first, so the receipt still covers all of it."""
+
+    def __init__(self, app: ASGIApp, key: Ed25519PrivateKey, wants: Callable[[Scope], bool]) -> None:
+        self.app = app
+        self.key = key
+        self.wants = wants
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.wants(scope):
+            await self.app(scope, receive, send)
+            return
+        digest, size, done = hashlib.sha256(), 0, False
+
+        async def counting_receive() -> MutableMapping[str, Any]:
+            nonlocal size, done
+            message = await receive()
+            if message["type"] == "http.request":
+                body = message.get("body", b"")
+                digest.update(body)
+                size += len(body)
+                done = not message.get("more_body", False)
+            elif message["type"] == "http.disconnect":
+                done = True
+            return message
+
+        async def signing_send(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                while not done and size <= DRAIN_LIMIT:
+                    await counting_receive()
+                receipt = sign_receipt(self.key, digest.hexdigest(), size, utc_now())
+                message["headers"] = [*message.get("headers", []), (HEADER.lower().encode(), encode_header(receipt).encode())]
+            await send(message)
+
+        await self.app(scope, counting_receive, signing_send)
