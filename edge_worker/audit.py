@@ -435,6 +435,14 @@ class AuditLog:
 
     # -- reads
 
+    def totals(self) -> tuple[int, int]:
+        """``(entries, bytes sent)``: one aggregate query, cheap enough for every heartbeat."""
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT COUNT(*) AS n, COALESCE(SUM(CASE WHEN event = ? THEN bytes END), 0) AS sent FROM entries", (SEND,)
+            ).fetchone()
+        return int(row["n"]), int(row["sent"])
+
     def tree_head(self) -> TreeHead | None:
         """The newest signed tree head (send it to the hub so truncation becomes visible)."""
         return AuditReader(self.data_dir).tree_head()

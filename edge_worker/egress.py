@@ -53,6 +53,11 @@ class HeartbeatPayload:
     #: assigned bundles this node currently refuses (failed verification)
     bundle_refusals: int = 0
     sync_errors: int = 0
+    #: the node's audit log: totals, and the last verification (None: not verified yet, not sent)
+    bytes_sent: int | None = None
+    audit_entries: int | None = None
+    audit_ok: bool | None = None
+    audit_verified_at: float | None = None
 
 
 class HubUnreachable(NexusError):
@@ -169,7 +174,8 @@ class HubGateway:
         return response.json()
 
     async def heartbeat(self, payload: HeartbeatPayload) -> dict[str, Any]:
-        return (await self._send(HEARTBEAT, "POST", "/v1/nodes/me/heartbeat", asdict(payload))).json()
+        body = {name: value for name, value in asdict(payload).items() if value is not None}
+        return (await self._send(HEARTBEAT, "POST", "/v1/nodes/me/heartbeat", body)).json()
 
     async def poll_assignments(self, etag: str | None) -> tuple[str, dict[str, Any]] | None:
         """``(etag, body)`` when assignments changed since ``etag``, ``None`` on 304."""

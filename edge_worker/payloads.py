@@ -40,6 +40,8 @@ _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _HEALTH = ("ok", "degraded", "starting", "unhealthy")
 _DP_FIELDS = ("noise_multiplier", "clipping_norm", "sample_rate", "epsilon", "delta")
 _MAX_INT = 2**53  # exact in a JSON double
+#: the node's own audit log in the heartbeat: totals, and the verdict of its last verification
+_AUDIT_FIELDS = ("bytes_sent", "audit_entries", "audit_ok", "audit_verified_at")
 
 
 class PayloadRefused(NexusError):
@@ -125,6 +127,12 @@ def _int(name: str, value: Any, minimum: int = 0) -> int:
     return int(value)
 
 
+def _bool(name: str, value: Any) -> bool:
+    if type(value) is not bool:
+        raise _Refusal(f"{name} must be true or false, got {type(value).__name__}")
+    return value
+
+
 def _number(name: str, value: Any, minimum: float = 0.0) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise _Refusal(f"{name} must be a number, got {type(value).__name__}")
@@ -199,7 +207,7 @@ def _counters(payload: Mapping[str, Any], declared: Declarations) -> dict[str, A
 
 
 def _heartbeat(payload: Mapping[str, Any], declared: Declarations) -> dict[str, Any]:
-    _fields(payload, ("health",), ("models", "request_rate", "queue_depth", "bundle_refusals", "sync_errors"))
+    _fields(payload, ("health",), ("models", "request_rate", "queue_depth", "bundle_refusals", "sync_errors", *_AUDIT_FIELDS))
     if payload["health"] not in _HEALTH:
         raise _Refusal(f"health must be one of {', '.join(_HEALTH)}: free text is not allowed")
     summary: dict[str, Any] = {"health": payload["health"]}
@@ -212,9 +220,13 @@ def _heartbeat(payload: Mapping[str, Any], declared: Declarations) -> dict[str, 
     }
     if "request_rate" in payload:
         summary["request_rate"] = _number("request_rate", payload["request_rate"])
-    for name in ("queue_depth", "bundle_refusals", "sync_errors"):
+    for name in ("queue_depth", "bundle_refusals", "sync_errors", "bytes_sent", "audit_entries"):
         if name in payload:
             summary[name] = _int(name, payload[name])
+    if "audit_ok" in payload:
+        summary["audit_ok"] = _bool("audit_ok", payload["audit_ok"])
+    if "audit_verified_at" in payload:
+        summary["audit_verified_at"] = _number("audit_verified_at", payload["audit_verified_at"])
     return summary
 
 

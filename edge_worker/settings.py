@@ -54,6 +54,8 @@ class EdgeSettings(BaseModel):
 
     retention_days: float = Field(30, gt=0)
     retention_interval_s: float = Field(3600, gt=0)
+    #: seconds between full verifications of the audit log (linear in its size) for the heartbeat
+    audit_verify_interval_s: float = Field(3600, gt=0)
     #: rescan ``models_dir`` for new versions every N seconds (0: only on reload())
     poll_interval_s: float = Field(0, ge=0)
     #: when set, the lifespan starts the sync agent (edge_worker/sync.py) against this hub

@@ -29,7 +29,7 @@ from typing import IO, TYPE_CHECKING, Any, Callable, Collection
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edge_worker.audit import AuditLog
+from edge_worker.audit import AuditLog, verify
 from edge_worker.egress import HeartbeatPayload, HubGateway, HubUnreachable
 from edge_worker.identity import NodeIdentity, load_identity, save_identity, write_private_json
 from models.bundle import MANIFEST, SIGNATURE, BundleError, install_bundle, read_manifest, sha256_file, verify_bundle, verify_signature
@@ -75,6 +75,14 @@ class SyncStats:
     refusals: int = 0
     last_success_at: float | None = None
     last_error: str | None = None
+
+
+@dataclass(frozen=True)
+class AuditCheck:
+    """The verdict of the last full verification of the node's audit log."""
+
+    ok: bool
+    verified_at: float
 
 
 @dataclass(frozen=True)
@@ -163,6 +171,7 @@ class SyncAgent:
         poll_interval_s: float | None = None,
         backoff: Backoff = Backoff(),
         rng: random.Random | None = None,
+        audit_verify_interval_s: float = 3600.0,
     ) -> None:
         """``activate(model, version)`` is blocking (called in a thread) and makes the
         repository serve exactly that version; ``models`` limits what this node takes."""
@@ -184,6 +193,11 @@ class SyncAgent:
         #: model -> version this process's repository was told to serve
         self._activated: dict[str, str] = {}
         self._leader = _LeaderLock(self.data_dir / LOCK_FILE)
+        self.audit_verify_interval_s = audit_verify_interval_s
+        #: heartbeats carry the last finished verification, None before the first one
+        self.audit_check: AuditCheck | None = None
+        self._audit_started_at: float | None = None
+        self._audit_task: asyncio.Task[AuditCheck] | None = None
 
     # -- loop ------------------------------------------------------------------------------
     async def run(self, after_cycle: Callable[["SyncAgent"], None] | None = None) -> None:
@@ -197,11 +211,14 @@ class SyncAgent:
         try:
             await self._loop(after_cycle)
         finally:
+            if self._audit_task is not None:
+                self._audit_task.cancel()
             self._leader.release()
 
     async def _loop(self, after_cycle: Callable[["SyncAgent"], None] | None) -> None:
         while True:
             if self._leader.acquire():
+                self._schedule_audit_verification()
                 try:
                     await self.sync_once()
                     delay = self.poll_interval_s
@@ -216,6 +233,30 @@ class SyncAgent:
             if after_cycle is not None:
                 after_cycle(self)
             await asyncio.sleep(delay)
+
+    def _schedule_audit_verification(self) -> None:
+        """Verify in the background at most every ``audit_verify_interval_s``: a sync never
+        waits for it (only the leader does it; it is the one that heartbeats)."""
+        if self._audit_task is not None and not self._audit_task.done():
+            return
+        if self._audit_started_at is not None and time.monotonic() - self._audit_started_at < self.audit_verify_interval_s:
+            return
+        self._audit_started_at = time.monotonic()
+        self._audit_task = asyncio.create_task(self.verify_audit())
+
+    async def verify_audit(self) -> AuditCheck:
+        """Walk the whole audit log (linear in its size, so off the event loop) and keep
+        the verdict for the following heartbeats."""
+        try:
+            result = await asyncio.to_thread(verify, self.gateway.audit.data_dir)
+            ok = result.ok
+            if not ok:
+                log.error("%s", result.message())
+        except NexusError as exc:  # unreadable log or key: not intact as far as anyone can tell
+            log.error("cannot verify the audit log: %s", exc)
+            ok = False
+        self.audit_check = AuditCheck(ok, time.time())
+        return self.audit_check
 
     def _failed(self, exc: Exception) -> None:
         self.stats.sync_errors += 1
@@ -245,6 +286,8 @@ class SyncAgent:
         self.stats.cycles += 1
         identity = await self._ensure_enrolled()
         status = self.status()
+        entries, bytes_sent = await asyncio.to_thread(self.gateway.audit.totals)
+        check = self.audit_check
         reply = await self.gateway.heartbeat(
             HeartbeatPayload(
                 models=status.models,
@@ -253,6 +296,10 @@ class SyncAgent:
                 queue_depth=status.queue_depth,
                 bundle_refusals=len(self.state.refused),
                 sync_errors=self.stats.sync_errors,
+                bytes_sent=bytes_sent,
+                audit_entries=entries,
+                audit_ok=None if check is None else check.ok,
+                audit_verified_at=None if check is None else check.verified_at,
             )
         )
         if self._poll_override is None and isinstance(reply.get("poll_interval_s"), (int, float)):
@@ -405,6 +452,7 @@ async def run(state: "EdgeState") -> None:
         status,
         enroll_token=token,
         models=settings.models,
+        audit_verify_interval_s=settings.audit_verify_interval_s,
     )
     try:
         await agent.run(after_cycle=export)

@@ -36,6 +36,11 @@ class Heartbeat(_Body):
     #: assigned bundles this node currently refuses (failed verification)
     bundle_refusals: int = Field(0, ge=0)
     sync_errors: int = Field(0, ge=0)
+    #: the node's audit log (the dashboard's Privacy page); absent until the node reports them
+    bytes_sent: int | None = Field(None, ge=0)
+    audit_entries: int | None = Field(None, ge=0)
+    audit_ok: bool | None = None
+    audit_verified_at: float | None = Field(None, ge=0)
 
 
 class Promote(_Body):

@@ -157,7 +157,11 @@ def test_a_heartbeat_is_logged_with_its_exact_bytes(hub: RunningHub, tmp_path: P
     assert entry.summary["health"] == "ok" and entry.summary["request"] == "POST /v1/nodes/me/heartbeat"
     receipt = json.loads(AuditReader(edge).receipts()[entry.id])
     assert (receipt["sha256"], receipt["bytes"]) == (entry.sha256, entry.bytes)
-    body = json.dumps(asdict(HeartbeatPayload(health="ok")), sort_keys=True, separators=(",", ":")).encode()
+    # the audit log's totals before this heartbeat; not verified yet, so no verdict is sent
+    sent_before = sum(e.bytes for e in AuditReader(edge).entries(SEND) if e.id < entry.id)
+    assert (entry.summary["audit_entries"], entry.summary["bytes_sent"]) == (entry.id - 1, sent_before) and sent_before > 0
+    payload = {**asdict(HeartbeatPayload(health="ok")), "audit_entries": entry.id - 1, "bytes_sent": sent_before}
+    body = json.dumps({k: v for k, v in payload.items() if v is not None}, sort_keys=True, separators=(",", ":")).encode()
     assert entry.bytes == len(body) and entry.sha256 == hashlib.sha256(body).hexdigest()
 
 

@@ -118,6 +118,15 @@ def test_heartbeats_take_only_the_fixed_fields(declared):
     _refused(HEARTBEAT, {"models": {}}, declared, "'health' is missing")
 
 
+def test_heartbeats_carry_the_audit_log_figures(declared):
+    audit = {"bytes_sent": 12_345, "audit_entries": 42, "audit_ok": True, "audit_verified_at": 1_790_000_000.5}
+    payload = {"health": "ok", "models": {}, **audit}
+    assert check_payload(HEARTBEAT, payload, declared) == payload
+    _refused(HEARTBEAT, {"health": "ok", "bytes_sent": "12345 bytes to bob"}, declared, "bytes_sent must be an integer")
+    _refused(HEARTBEAT, {"health": "ok", "audit_ok": "yes"}, declared, "audit_ok must be true or false")
+    _refused(HEARTBEAT, {"health": "ok", "audit_entries": True}, declared, "audit_entries must be an integer")
+
+
 def test_bundle_downloads_polls_and_enrollment(declared):
     request = {"model": "emotion", "version": "2", "name": "model.onnx"}
     assert check_payload(BUNDLE_DOWNLOAD, request, declared) == request

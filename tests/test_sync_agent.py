@@ -68,8 +68,15 @@ def test_enroll_install_assign_rollback_and_restart(hub: RunningHub, tmp_path: P
     assert _sync(_agent(hub.url, edge, repo)) == {"funnel": "2"}
     [node] = hub.admin.nodes()
     assert node["node_id"] == identity.node_id and node["heartbeat"]["models"] == {"funnel": "1"}
-    assert _sync(_agent(hub.url, edge, repo)) == {}  # 304: nothing to do
-    assert hub.admin.nodes()[0]["heartbeat"]["models"] == {"funnel": "2"}
+    assert node["heartbeat"]["audit_ok"] is None  # not verified yet: not reported
+    agent = _agent(hub.url, edge, repo)
+    assert asyncio.run(agent.verify_audit()).ok
+    assert _sync(agent) == {}  # 304: nothing to do
+    beat = hub.admin.nodes()[0]["heartbeat"]
+    assert beat["models"] == {"funnel": "2"}
+    # the audit log's figures reach the hub: the enrollment, heartbeats, polls and downloads sent so far
+    assert beat["bytes_sent"] > 0 and beat["audit_entries"] > 5
+    assert beat["audit_ok"] is True and beat["audit_verified_at"] == agent.audit_check.verified_at
 
     hub.admin.rollback("funnel")
     assert _sync(_agent(hub.url, edge, repo)) == {"funnel": "1"}
