@@ -55,6 +55,7 @@ from hub.superlink import SuperLink, SuperLinkConfig
 from models.bundle import list_versions, read_manifest
 from models.cli import DEFAULT_REPOSITORY
 from models.errors import NexusError
+from models.flower_process import descendants, reap
 
 REGIONS = (1, 2, 3)
 FUNNEL = "shop"
@@ -120,55 +121,6 @@ def gather(futures: list[Future[Any]], stop: threading.Event) -> list[Any]:
 # -- the nodes ----------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Pid:
-    pid: int
-    started: str  # start time in clock ticks: a reused pid has another
-
-    def alive(self) -> bool:
-        stat = _stat(self.pid)
-        return stat is not None and stat[1] == self.started and stat[2] != "Z"
-
-
-def _stat(pid: int) -> tuple[int, str, str] | None:
-    """(parent pid, start time, state) from ``/proc/PID/stat``; None once it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return int(fields[1]), fields[19], fields[0]
-
-
-def descendants(root: int) -> list[Pid]:
-    """Every process below ``root`` now (Linux ``/proc``; elsewhere none are known)."""
-    children: dict[int, list[Pid]] = {}
-    for entry in Path("/proc").glob("[0-9]*"):
-        stat = _stat(int(entry.name))
-        if stat is not None:
-            children.setdefault(stat[0], []).append(Pid(int(entry.name), stat[1]))
-    found, todo = [], [root]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child.pid)
-    return found
-
-
-def reap(pids: list[Pid], grace: float) -> None:
-    """Give processes that lost their parent ``grace`` seconds to notice and exit, then SIGKILL them.
-
-    Flower's ServerApp runs in a session of its own under the SuperLink's SuperExec: stopping
-    the SuperLink orphans it, and it exits only seconds after it notices.
-    """
-    deadline = time.monotonic() + grace
-    while any(p.alive() for p in pids) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    for p in pids:
-        if p.alive():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(p.pid, signal.SIGKILL)
-
-
 @dataclass
 class Edge:
     region: int
@@ -222,6 +174,7 @@ class Cluster:
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
             wait_all(self._starting)  # a start still under way would spawn its process after we stopped it
+            # Snapshot first: once a parent is stopped its orphans are no longer below us.
             tree = descendants(os.getpid())
             with ThreadPoolExecutor(max(len(self.edges), 1)) as pool:
                 list(pool.map(lambda e: e.process.stop(), self.edges))  # each signs its SuperNode off

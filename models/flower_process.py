@@ -63,18 +63,29 @@ def descendants(pid: int) -> list[int]:
 
 def end_process_tree(pid: int, timeout: float = 10.0, kill: bool = False) -> None:
     """SIGTERM ``pid``'s process group and every descendant; SIGKILL what is left after ``timeout``."""
-    tree = descendants(pid)
-    for sig in ((signal.SIGKILL,) if kill else (signal.SIGTERM, signal.SIGKILL)):
-        for target in (pid, *tree):
-            try:
-                os.killpg(target, sig) if target == pid else os.kill(target, sig)
-            except (ProcessLookupError, PermissionError):
-                pass
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and any(_alive(p) for p in (pid, *tree)):
-            time.sleep(0.1)
-        if not any(_alive(p) for p in (pid, *tree)):
-            return
+    tree = [pid, *descendants(pid)]
+    if not kill:
+        for target in tree:
+            _signal(target, signal.SIGTERM, group=target == pid)
+    reap(tree, 0.0 if kill else timeout)
+    _signal(pid, signal.SIGKILL, group=True)  # group members that were reparented away from the tree
+
+
+def reap(pids: list[int], grace: float) -> None:
+    """Give ``pids`` ``grace`` seconds to exit, then SIGKILL the ones still alive."""
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.1)
+    for target in pids:
+        if _alive(target):
+            _signal(target, signal.SIGKILL, group=False)
+
+
+def _signal(pid: int, sig: int, group: bool) -> None:
+    try:
+        os.killpg(pid, sig) if group else os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _alive(pid: int) -> bool:
