@@ -22,6 +22,8 @@ import pytest
 import yaml
 
 from conftest import ROOT, free_port, need
+from hub.keys import KEY_FILE
+from models.receipts import KEY_ENV
 
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
@@ -34,6 +36,8 @@ DOCKERFILES = ("Dockerfile.edge", "Dockerfile.hub")
 UPSTREAM_IMAGES = {"redis:7.4-alpine"}
 # compose.yaml runs one edge (and SuperNode) per region
 EDGE_REGIONS = {"1", "2", "3"}
+# the hub's data dir in the images and deployment files; KEY_FILE is the hub's signing key in it
+HUB_DATA = "/var/lib/nexus"
 
 
 def _tool(name: str) -> str | None:
@@ -154,7 +158,7 @@ def test_kustomization_lists_every_manifest_but_the_secret_templates() -> None:
 
 def test_every_pod_is_non_root_read_only_and_bounded() -> None:
     pods = dict(_pod_specs())
-    assert {"nexus-hub", "nexus-superlink", "nexus-redis", "nexus-edge-region-1"} <= pods.keys()
+    assert {"nexus-hub", "nexus-redis", "nexus-edge-region-1"} <= pods.keys()
     for name, spec in pods.items():
         pod_ctx = spec["securityContext"]
         assert pod_ctx["runAsNonRoot"] is True and pod_ctx["runAsUser"] != 0, name
@@ -192,9 +196,15 @@ def test_edge_pod_runs_worker_and_supernode_with_oip_probes_and_flower_tls() -> 
     assert 'data-dir="/var/lib/nexus"' in flags["--node-config"]
 
 
+def _hub_pod() -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    spec = _deployment("nexus-hub")["spec"]["template"]["spec"]
+    return spec, {c["name"]: c for c in spec["containers"]}
+
+
 def test_superlink_serves_tls_with_supernode_auth_from_a_secret() -> None:
-    spec = _deployment("nexus-superlink")["spec"]["template"]["spec"]
-    (container,) = spec["containers"]
+    spec, containers = _hub_pod()
+    container = containers["superlink"]
+    assert container["command"] == ["flower-superlink"]
     flags = _flags(container["args"])
     assert "--insecure" not in flags and "--enable-supernode-auth" in flags
     assert flags["--port"] == "9092"
@@ -203,6 +213,26 @@ def test_superlink_serves_tls_with_supernode_auth_from_a_secret() -> None:
     mount = next(m for m in container["volumeMounts"] if m["mountPath"] == tls_dir)
     volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
     assert volume["secret"]["secretName"] == "nexus-flower-tls"
+    # the SuperLink's key is not mounted into the hub container
+    assert all(m["name"] != mount["name"] for m in containers["hub"]["volumeMounts"])
+
+
+def test_superlink_shares_the_hub_data_dir_and_signing_key_in_k8s() -> None:
+    """Its ServerApp reads and writes run folders at the hub's paths and signs Flower receipts
+    with the hub's key; the volume is ReadWriteOnce, hence one pod."""
+    spec, containers = _hub_pod()
+    hub, superlink = containers["hub"], containers["superlink"]
+    assert _flags(hub["args"])["--data-dir"] == HUB_DATA
+    data = {m["name"] for m in hub["volumeMounts"] if m["mountPath"] == HUB_DATA}
+    assert data and data == {m["name"] for m in superlink["volumeMounts"] if m["mountPath"] == HUB_DATA}
+    env = {e["name"]: e["value"] for e in superlink["env"]}
+    assert env[KEY_ENV] == f"{HUB_DATA}/{KEY_FILE}"
+    # where the hub's own SuperLink child keeps its state (hub/rounds.py connect())
+    assert _flags(superlink["args"])["--database"] == f"{HUB_DATA}/flower/superlink.db"
+    # the Service edges join selects this pod's Flower port
+    service = next(doc for _, doc in _all_resources() if doc["kind"] == "Service" and doc["metadata"]["name"] == "nexus-superlink")
+    assert service["spec"]["selector"] == _deployment("nexus-hub")["spec"]["selector"]["matchLabels"]
+    assert any(p["name"] == service["spec"]["ports"][0]["targetPort"] and p["containerPort"] == 9092 for p in superlink["ports"])
 
 
 def test_edge_network_policy_allows_only_hub_superlink_and_dns() -> None:
@@ -217,8 +247,24 @@ def test_edge_network_policy_allows_only_hub_superlink_and_dns() -> None:
             allowed.add((label.get("app.kubernetes.io/name") or label.get("k8s-app"), frozenset(ports)))
     assert allowed == {
         ("nexus-hub", frozenset({("TCP", 8080)})),
-        ("nexus-superlink", frozenset({("TCP", 9092)})),
+        ("nexus-hub", frozenset({("TCP", 9092)})),  # the SuperLink container of the hub pod
         ("kube-dns", frozenset({("UDP", 53), ("TCP", 53)})),
+    }
+
+
+def test_hub_pod_accepts_http_from_anyone_and_flower_from_hub_and_edges_only() -> None:
+    (policy,) = [
+        doc for _, doc in _all_resources()
+        if doc["kind"] == "NetworkPolicy" and doc["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "nexus-hub"}
+    ]
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    allowed = set()
+    for rule in policy["spec"]["ingress"]:
+        peers = frozenset(p["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for p in rule["from"]) if "from" in rule else None
+        allowed.add((peers, frozenset((p["protocol"], p["port"]) for p in rule["ports"])))
+    assert allowed == {
+        (None, frozenset({("TCP", 8080)})),
+        (frozenset({"nexus-hub", "nexus-edge"}), frozenset({("TCP", 9092)})),
     }
 
 
@@ -318,6 +364,21 @@ def test_every_edge_has_a_unique_region_matching_its_supernode(compose: dict[str
         assert config["region"] == token.group(1), f"{name}: SuperNode region differs from the token's region"
         regions[name] = config["region"]
     assert sorted(regions.values()) == sorted(EDGE_REGIONS), regions
+
+
+def test_superlink_shares_the_hub_data_dir_and_signing_key_in_compose(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    hub, superlink = services["hub"], services["superlink"]
+    assert _flags(hub["command"])["--data-dir"] == HUB_DATA
+    (hub_volume,) = [s for s, t in map(_volume_source, hub["volumes"]) if t == HUB_DATA]
+    assert (hub_volume, HUB_DATA) in map(_volume_source, superlink["volumes"])
+    assert superlink["environment"][KEY_ENV] == f"{HUB_DATA}/{KEY_FILE}"
+    assert _flags(superlink["command"])["--database"] == f"{HUB_DATA}/flower/superlink.db"
+    # it starts once the hub has made its key and the database's folder; no cycle back
+    assert superlink["depends_on"]["hub"]["condition"] == "service_healthy"
+    assert "superlink" not in hub.get("depends_on", {})
+    used = {_volume_source(v)[0] for s in services.values() for v in s.get("volumes", [])}
+    assert set(compose["volumes"]) <= used, "a declared volume is not used"
 
 
 def test_flower_runs_with_tls_and_auth_in_compose(compose: dict[str, Any]) -> None:
