@@ -273,6 +273,24 @@ class TreeHead:
         return True
 
 
+def load_tree_head(path: Path) -> TreeHead:
+    """A signed tree head held elsewhere, from a JSON file: a bare head (the hub's copy) or
+    a report holding one under ``tree_head`` (``nexus audit report --format json``)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise AuditError(f"cannot read tree head {path} ({exc.strerror})") from None
+    except ValueError as exc:
+        raise AuditError(f"{path} is not JSON ({exc})") from None
+    if isinstance(data, dict) and "tree_head" in data:
+        data = data["tree_head"]
+    types = {"size": int, "root": str, "time": str, "key_id": str, "signature": str}
+    if not isinstance(data, dict) or any(type(data.get(name)) is not kind for name, kind in types.items()) or data["size"] < 1:
+        raise AuditError(f"{path} holds no signed tree head {{size, root, time, key_id, signature}}")
+    return TreeHead(**{name: data[name] for name in types})
+
+
 @dataclass(frozen=True)
 class InclusionProof:
     entry_id: int
@@ -402,6 +420,18 @@ class AuditLog:
             hub_key = _pinned_hub_key(self._conn, entry_id)
         return check_receipt(_entry(row), receipt, hub_key)
 
+    def entry_for_message(self, channel: str, message_id: str) -> int | None:
+        """The newest send on ``channel`` whose summary names ``message_id`` (how a Flower
+        receipt, which arrives later and on its own, finds its entry)."""
+        if not message_id:
+            return None
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT id FROM entries WHERE event = ? AND channel = ? AND json_extract(summary, '$.message') = ? ORDER BY id DESC LIMIT 1",
+                (SEND, channel, message_id),
+            ).fetchone()
+        return None if row is None else int(row["id"])
+
     def _append(self, event: str, channel: str, destination: str, kind: str, nbytes: int, sha256: str,
                 summary: Mapping[str, Any], reason: str | None) -> Entry:
         try:
@@ -530,26 +560,34 @@ class Verification:
         if self.ok:
             return (f"audit log intact: {self.entries} entries, {self.tree_heads} signed tree heads, "
                     f"{self.receipts} receipts, root {self.root}")
-        return f"audit log NOT intact: entry {self.first_bad}: {self.reason}"
+        where = "" if self.first_bad is None else f"entry {self.first_bad}: "
+        return f"audit log NOT intact: {where}{self.reason}"
 
     def as_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "entries": self.entries, "tree_heads": self.tree_heads, "receipts": self.receipts,
                 "root": self.root, "node_key_id": self.node_key_id, "first_bad_entry": self.first_bad, "reason": self.reason}
 
 
-def verify(data_dir: Path, node_key: Ed25519PublicKey | None = None, hub_key: Ed25519PublicKey | None = None) -> Verification:
+def verify(data_dir: Path, node_key: Ed25519PublicKey | None = None, hub_key: Ed25519PublicKey | None = None,
+           held_head: TreeHead | None = None) -> Verification:
     """Walk the whole log: every leaf, every signed tree head, every receipt, in entry
     order, and name the first entry that fails. ``node_key`` defaults to the key file in
-    the data dir (an officer should hold a copy apart); ``hub_key`` overrides the pinned one."""
+    the data dir (an officer should hold a copy apart); ``hub_key`` overrides the pinned one.
+    ``held_head`` is a signed tree head held elsewhere (a previous report, the hub's copy): the
+    log must still hold its entries with its root, which catches the newest entries
+    removed together with their own heads."""
     reader = AuditReader(data_dir)
     node_key = node_key or load_public_key(Path(data_dir) / KEY_FILE)
     entries = list(reader.entries())
     heads = reader.tree_heads()
     receipts = reader.receipts()
 
-    def bad(entry_id: int, reason: str) -> Verification:
+    def bad(entry_id: int | None, reason: str) -> Verification:
         return Verification(False, len(entries), len(heads), len(receipts), None, key_id(node_key), entry_id, reason)
 
+    if held_head is not None and not held_head.verifies(node_key):
+        return bad(None, f"the tree head held elsewhere (size {held_head.size}, key {held_head.key_id}) does not verify against "
+                         f"the node key {key_id(node_key)}: forged, or the log was re-signed under another key")
     frontier: Frontier = []
     # before the first pin, receipts are checked against it (see _pinned_hub_key)
     first_pin = next((e for e in entries if e.event == HUB_KEY), None)
@@ -565,6 +603,8 @@ def verify(data_dir: Path, node_key: Ed25519PublicKey | None = None, hub_key: Ed
             return bad(expected, "tree head signature does not verify against the node key")
         if head.root != frontier_root(frontier).hex():
             return bad(expected, "entry does not match its signed tree head (changed, reordered or replaced)")
+        if held_head is not None and held_head.size == expected and held_head.root != head.root:
+            return bad(expected, f"the log differs from a tree head held elsewhere at size {expected} (rewritten)")
         if entry.event == HUB_KEY and hub_key is None:
             pinned = _hub_key_from_summary(entry.summary_json)
         if expected in receipts:
@@ -576,6 +616,8 @@ def verify(data_dir: Path, node_key: Ed25519PublicKey | None = None, hub_key: Ed
             if problem:
                 return bad(expected, problem)
     n = len(entries)
+    if held_head is not None and held_head.size > n:
+        return bad(n + 1, f"entry missing: a tree head held elsewhere covers {held_head.size} entries, the log holds {n}")
     if any(size > n for size in heads):
         return bad(n + 1, f"entry missing: a signed tree head covers {max(heads)} entries, the log holds {n}")
     if any(entry_id > n or entry_id < 1 for entry_id in receipts):

@@ -1,6 +1,7 @@
 """``nexus audit verify|report``: the privacy officer's tools for one edge data dir.
 
-``verify`` exits 0 when the log is intact and 1 naming the first bad entry when it is not;
+``verify`` exits 0 when the log is intact and 1 naming the first bad entry when it is not
+(``--head``: also when the log no longer holds a tree head kept elsewhere);
 problems the user can fix (no such dir, unreadable key) exit 2 like every NexusError.
 """
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edge_worker.audit import KEY_FILE, load_public_key, verify
+from edge_worker.audit import KEY_FILE, load_public_key, load_tree_head, verify
 from edge_worker.audit_report import build_report, render_html
 from models.errors import NexusError
 
@@ -36,7 +37,8 @@ def _keys(args: argparse.Namespace) -> tuple[Ed25519PublicKey | None, Ed25519Pub
 def _verify(args: argparse.Namespace) -> int:
     data_dir = _data_dir(args)
     node, hub = _keys(args)
-    result = verify(data_dir, node, hub)
+    held_head = load_tree_head(Path(args.head)) if args.head else None
+    result = verify(data_dir, node, hub, held_head)
     if args.json:
         print(json.dumps(result.as_dict()))
     else:
@@ -68,6 +70,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     verify_p = asub.add_parser("verify", help="check every entry, signed tree head and hub receipt")
     _common(verify_p)
+    verify_p.add_argument("--head", help="a signed tree head held elsewhere (JSON: the hub's copy, or a report with "
+                          "'tree_head'): the log must still hold its entries with its root")
     verify_p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     verify_p.set_defaults(func=_verify)
 

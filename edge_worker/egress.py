@@ -58,6 +58,8 @@ class HeartbeatPayload:
     audit_entries: int | None = None
     audit_ok: bool | None = None
     audit_verified_at: float | None = None
+    #: the newest signed tree head {size, root, time, key_id, signature} (None: empty log, not sent)
+    audit_head: dict[str, Any] | None = None
 
 
 class HubUnreachable(NexusError):

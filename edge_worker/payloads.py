@@ -40,8 +40,17 @@ _FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _HEALTH = ("ok", "degraded", "starting", "unhealthy")
 _DP_FIELDS = ("noise_multiplier", "clipping_norm", "sample_rate", "epsilon", "delta")
 _MAX_INT = 2**53  # exact in a JSON double
-#: the node's own audit log in the heartbeat: totals, and the verdict of its last verification
-_AUDIT_FIELDS = ("bytes_sent", "audit_entries", "audit_ok", "audit_verified_at")
+#: the node's own audit log in the heartbeat: totals, the verdict of its last verification,
+#: and its newest signed tree head (the hub keeps the largest, so truncation shows there)
+_AUDIT_FIELDS = ("bytes_sent", "audit_entries", "audit_ok", "audit_verified_at", "audit_head")
+# A tree head exactly as edge_worker.audit writes it (hub/schemas.py AuditHead has the same):
+# hex sha256 root, key_id = 16 hex of models.bundle.key_id, time = models.receipts.utc_now,
+# signature = base64 of a 64-byte Ed25519 signature.
+_HEAD_FIELDS = ("size", "root", "time", "key_id", "signature")
+_HEAD_ROOT = re.compile(r"[0-9a-f]{64}")
+_HEAD_KEY_ID = re.compile(r"[0-9a-f]{16}")
+_HEAD_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z")
+_HEAD_SIGNATURE = re.compile(r"[A-Za-z0-9+/]{85}[AQgw]==")
 
 
 class PayloadRefused(NexusError):
@@ -227,7 +236,24 @@ def _heartbeat(payload: Mapping[str, Any], declared: Declarations) -> dict[str, 
         summary["audit_ok"] = _bool("audit_ok", payload["audit_ok"])
     if "audit_verified_at" in payload:
         summary["audit_verified_at"] = _number("audit_verified_at", payload["audit_verified_at"])
+    if "audit_head" in payload:
+        head = _audit_head(payload["audit_head"])
+        summary["audit_head"] = {"size": head["size"], "root": head["root"]}  # the log itself holds the signature
     return summary
+
+
+def _audit_head(head: Any) -> dict[str, Any]:
+    """The node's newest signed tree head: a size and four fixed-format strings."""
+    if not isinstance(head, Mapping):
+        raise _Refusal("audit_head must be an object {size, root, time, key_id, signature}")
+    _fields(head, _HEAD_FIELDS)
+    return {
+        "size": _int("audit_head.size", head["size"], minimum=1),
+        "root": _pattern("audit_head.root", head["root"], _HEAD_ROOT, "a hex sha256"),
+        "time": _pattern("audit_head.time", head["time"], _HEAD_TIME, "a UTC time"),
+        "key_id": _pattern("audit_head.key_id", head["key_id"], _HEAD_KEY_ID, "a key id"),
+        "signature": _pattern("audit_head.signature", head["signature"], _HEAD_SIGNATURE, "an Ed25519 signature"),
+    }
 
 
 def _bundle_download(payload: Mapping[str, Any], declared: Declarations) -> dict[str, Any]:

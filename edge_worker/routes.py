@@ -95,7 +95,15 @@ async def funnel_outcome(request: Request) -> Response:
     return JSONResponse({"stored": True, "id": row}, status_code=201)
 
 
+def _require_operator(request: Request) -> None:
+    """The privacy endpoints erase data or describe the node: the operator token only."""
+    expected = f"Bearer {request.app.state.operator_token}"
+    if not hmac.compare_digest(request.headers.get("authorization", "").encode(), expected.encode()):
+        raise ApiError(401, f"this endpoint needs the edge's operator token (the {OPERATOR_TOKEN_FILE} file in its data dir)")
+
+
 async def erase_visitor(request: Request) -> Response:
+    _require_operator(request)
     state = _state(request)
     visitor_id = request.path_params["visitor_id"]
     if not _VISITOR_RE.match(visitor_id):
@@ -113,11 +121,8 @@ def _erase_and_log(store: LocalStore, data_dir: Path, visitor_id: str) -> int:
 
 
 async def privacy_audit(request: Request) -> Response:
-    """The report ``nexus audit report`` prints, for the operator token only (it lists the
-    node's tables and egress; no rows)."""
-    expected = f"Bearer {request.app.state.operator_token}"
-    if not hmac.compare_digest(request.headers.get("authorization", "").encode(), expected.encode()):
-        raise ApiError(401, f"this endpoint needs the edge's operator token (the {OPERATOR_TOKEN_FILE} file in its data dir)")
+    """The report ``nexus audit report`` prints (it lists the node's tables and egress; no rows)."""
+    _require_operator(request)
     settings = _state(request).settings
     report = await asyncio.to_thread(build_report, settings.data_dir, retention_days=settings.retention_days)
     return JSONResponse(report)
@@ -187,7 +192,7 @@ def operations(schemas: Schemas, models: tuple[str, ...]) -> list[tuple[Operatio
         (Operation("post", "/v1/funnel/score", "P(purchase) of one or more sessions", "inference", schemas.FunnelRequest, {200: FunnelResponse, **unavailable}), funnel_score),
         (Operation("post", "/v1/feedback", "store a text with its true emotion labels (kept on this node)", "local store", schemas.FeedbackRequest, {201: StoredResponse, **unavailable}), feedback),
         (Operation("post", "/v1/funnel/outcome", "store a session and whether it converted (kept on this node)", "local store", schemas.OutcomeRequest, {201: StoredResponse, **unavailable}), funnel_outcome),
-        (Operation("delete", "/v1/privacy/visitors/{visitor_id}", "erase every stored row of a visitor (logged in the audit log)", "local store", None, {200: EraseResponse, 422: ErrorResponse}, visitor), erase_visitor),
+        (Operation("delete", "/v1/privacy/visitors/{visitor_id}", "erase every stored row of a visitor (logged in the audit log; operator token)", "privacy", None, {200: EraseResponse, 401: ErrorResponse, 422: ErrorResponse}, visitor), erase_visitor),
         (Operation("get", "/v1/privacy/audit", "privacy audit report: data inventory, egress ledger, DP budget, refusals, erasures, verification (operator token)", "privacy", None, {200: "application/json", 401: ErrorResponse}), privacy_audit),
         (Operation("get", "/v2", "server metadata (Open Inference Protocol v2)", "v2", None, {200: ServerMetadata}), server_metadata),
         (Operation("get", "/v2/health/live", "liveness", "v2", None, {200: Live}), live),

@@ -287,6 +287,8 @@ class SyncAgent:
         identity = await self._ensure_enrolled()
         status = self.status()
         entries, bytes_sent = await asyncio.to_thread(self.gateway.audit.totals)
+        # the hub keeps the largest head it saw: a log cut back with its heads shows there
+        head = await asyncio.to_thread(self.gateway.audit.tree_head)
         check = self.audit_check
         reply = await self.gateway.heartbeat(
             HeartbeatPayload(
@@ -300,6 +302,7 @@ class SyncAgent:
                 audit_entries=entries,
                 audit_ok=None if check is None else check.ok,
                 audit_verified_at=None if check is None else check.verified_at,
+                audit_head=None if head is None else asdict(head),
             )
         )
         if self._poll_override is None and isinstance(reply.get("poll_interval_s"), (int, float)):

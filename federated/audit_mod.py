@@ -2,13 +2,14 @@
 training updates can carry differential privacy within the node's privacy budget.
 
 Recording (channel ``flower``): for each reply, its kind (``model-update``,
-``evaluation-metrics``, ``node-tags``, ``error``), every array's name, shape, dtype,
-bytes and sha256, the metric/config values, and the DP settings with the epsilon spent.
-The entry's ``bytes``/``sha256`` cover the arrays' serialized data (``Array.data``, what
-Flower puts in its protobuf) followed by the canonical JSON of the other records; Flower's
-own framing around them (message metadata, protobuf and gRPC/HTTP headers) is overhead
-the canary test bounds. Without a ``data-dir`` in the node config (the simulation's
-in-memory partitions) there is no node and nothing is recorded.
+``evaluation-metrics``, ``node-tags``, ``receipt-ack``, ``error``), the id of the
+instruction it answers, every array's name, shape, dtype, bytes and sha256, the
+metric/config values, and the DP settings with the epsilon spent. The entry's
+``bytes``/``sha256`` are those of :func:`federated.digest.reply_body`; Flower's own framing
+around them is overhead the canary test measures. The hub's receipts for earlier replies
+arrive with later messages (federated/receipts.py) and are attached to their entries here.
+Without a ``data-dir`` in the node config (the simulation's in-memory partitions) there
+is no node and nothing is recorded.
 
 DP (run config ``dp-noise-multiplier`` > 0 and ``dp-clipping-norm``): the update
 (returned weights minus the round's global weights) is clipped to L2 norm C and Gaussian
@@ -27,7 +28,6 @@ own one-line errors, their message): Flower's default would send any exception's
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from dataclasses import dataclass
@@ -39,17 +39,19 @@ from flwr.app import Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.constant import ErrorCode
 
-from edge_worker.audit import AuditLog, canonical_json
+from edge_worker.audit import AuditError, AuditLog
 from edge_worker.dp_budget import BUDGET_FILE, BudgetExhausted, PrivacyBudget
 from edge_worker.payloads import MODEL_UPDATE
 from federated import codec
+from federated.digest import describe, reply_body
+from federated.receipts import MESSAGE_TYPE as RECEIPTS_MESSAGE, receipts_in
 from federated.strategy import ARRAYS, CONFIG, METRICS
 from models.errors import NexusError
 
 log = logging.getLogger("nexus.federated.audit")
 CHANNEL, DESTINATION = "flower", "superlink"
 RUN_NOISE, RUN_CLIP = "dp-noise-multiplier", "dp-clipping-norm"
-KINDS = {"train": MODEL_UPDATE, "evaluate": "evaluation-metrics", "query": "node-tags"}
+KINDS = {"train": MODEL_UPDATE, "evaluate": "evaluation-metrics", "query": "node-tags", RECEIPTS_MESSAGE: "receipt-ack"}
 ERROR_KIND = "error"
 _NUMERIC = "fiub"
 
@@ -79,15 +81,34 @@ def audit_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> M
     if not data_dir:
         return call_next(msg, context)
     category = msg.metadata.message_type.split(".")[0]
+    kind = KINDS.get(msg.metadata.message_type) or KINDS.get(category, category)
     with AuditLog(Path(str(data_dir))) as audit:
+        _keep_receipts(audit, msg)
         try:
             reply, dp = _handle(msg, context, call_next, Path(str(data_dir)), category)
             _check_numeric(reply)
         except _Refused as refused:
-            audit.record_refusal(CHANNEL, DESTINATION, KINDS.get(category, category), refused.reason, summary=refused.summary)
+            audit.record_refusal(CHANNEL, DESTINATION, kind, refused.reason, summary=refused.summary)
             reply, dp = _error_reply(msg, refused.reason), None
-        _record(audit, msg, reply, category, dp)
+        _record(audit, msg, reply, kind, dp)
     return reply
+
+
+def _keep_receipts(audit: AuditLog, msg: Message) -> None:
+    """Attach the hub's receipts for earlier replies (federated/receipts.py) to their entries;
+    one that does not verify is kept all the same, as evidence, and logged."""
+    for receipt in receipts_in(msg):
+        entry_id = audit.entry_for_message(CHANNEL, str(receipt.get("message", "")))
+        if entry_id is None:
+            log.warning("a receipt for message %.16s, which this node's log does not hold", receipt.get("message"))
+            continue
+        try:
+            problem = audit.attach_receipt(entry_id, receipt)
+        except AuditError as exc:  # a duplicate delivery
+            log.warning("%s", exc)
+            continue
+        if problem is not None:
+            log.warning("the receipt for audit entry %d does not verify: %s", entry_id, problem)
 
 
 class _Refused(Exception):
@@ -167,33 +188,11 @@ def _error_reply(msg: Message, reason: str) -> Message:
     return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason), reply_to=msg)
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return {"bytes": len(value), "sha256": hashlib.sha256(value).hexdigest()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
-
-
-def describe(content: RecordDict) -> tuple[bytes, dict[str, Any]]:
-    """What a reply carries: the bytes the audit entry hashes, and its summary."""
-    parts, arrays = [], {}
-    for record_name, record in sorted(content.array_records.items()):
-        for name, array in sorted(record.items()):
-            arrays[f"{record_name}/{name}"] = {"shape": list(array.shape), "dtype": array.dtype, "bytes": len(array.data),
-                                               "sha256": hashlib.sha256(array.data).hexdigest()}
-            parts.append(array.data)
-    records = {name: {k: _plain(v) for k, v in record.items()}
-               for name, record in sorted([*content.metric_records.items(), *content.config_records.items()])}
-    parts.append(canonical_json(records).encode("utf-8"))
-    return b"".join(parts), {"arrays": arrays, "records": records}
-
-
-def _record(audit: AuditLog, msg: Message, reply: Message, category: str, dp: dict[str, Any] | None) -> None:
-    summary: dict[str, Any] = {"message_type": msg.metadata.message_type, "run": msg.metadata.run_id}
+def _record(audit: AuditLog, msg: Message, reply: Message, kind: str, dp: dict[str, Any] | None) -> None:
+    # "message" (the instruction this replies to) is what the hub's receipt names
+    summary: dict[str, Any] = {"message_type": msg.metadata.message_type, "run": msg.metadata.run_id, "message": msg.metadata.message_id}
     if reply.has_error():
-        body = reply.error.reason.encode("utf-8")
-        audit.record_send(CHANNEL, DESTINATION, ERROR_KIND, body, {**summary, "code": int(reply.error.code), "reason": reply.error.reason})
+        audit.record_send(CHANNEL, DESTINATION, ERROR_KIND, reply_body(reply), {**summary, "code": int(reply.error.code), "reason": reply.error.reason})
         return
     body, described = describe(reply.content)
-    audit.record_send(CHANNEL, DESTINATION, KINDS.get(category, category), body, {**summary, **described, "dp": dp})
+    audit.record_send(CHANNEL, DESTINATION, kind, body, {**summary, **described, "dp": dp})

@@ -18,6 +18,7 @@ from flwr.clientapp.typing import Mod
 from edge_worker.store import LocalStore
 from federated import codec
 from federated.audit_mod import audit_mod
+from federated.receipts import receipts_in
 from federated.selection import NODE_CONFIG
 from federated.strategy import ARRAYS, CONFIG, METRICS
 from federated.tasks import Examples, ModelSpec, task_for
@@ -85,6 +86,11 @@ def make_client_app(loader: Loader, mods: Sequence[Mod] = ()) -> ClientApp:
         metrics = task.metrics(scores, held_out.labels, int(config["seed"]))
         record = MetricRecord({"num-examples": len(held_out), **{k: float(v) for k, v in metrics.items()}})
         return Message(RecordDict({METRICS: record}), reply_to=msg)
+
+    @app.query("receipts")
+    def acknowledge_receipts(msg: Message, context: Context) -> Message:
+        # the audit mod has attached them to their entries; the count tells the hub they arrived
+        return Message(RecordDict({METRICS: MetricRecord({"receipts": len(receipts_in(msg))})}), reply_to=msg)
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:

@@ -3,7 +3,9 @@
 Run config (``flwr run ... --run-config``) names the model, the base it starts from, the
 strategy and the output path. The final arrays go to ``output-path`` (.npz) and the run
 summary with one record per round beside it (.json, rewritten after every round so the
-hub can follow a run); the hub turns them into a registered bundle.
+hub can follow a run); the hub turns them into a registered bundle. With the hub's
+signing key in ``NEXUS_RECEIPT_KEY`` every node reply gets a signed receipt
+(federated/receipts.py).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from federated import codec
+from federated.receipts import FLUSH_TIMEOUT_S, ReceiptBook
 from federated.selection import select_nodes
 from federated.settings import RunSettings
 from federated.strategy import RoundRecord, build_strategy
@@ -59,8 +62,10 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)  # readers never see half a file
 
 
-def run_rounds(grid: Grid, settings: RunSettings, spec: ModelSpec, initial: codec.Weights, on_round: Callable[[RoundRecord], None] | None = None) -> RunResult:
-    """Every round of the run; writes the outputs when ``settings.output_path`` is set."""
+def run_rounds(grid: Grid, settings: RunSettings, spec: ModelSpec, initial: codec.Weights, on_round: Callable[[RoundRecord], None] | None = None,
+               receipts: ReceiptBook | None = None) -> RunResult:
+    """Every round of the run; writes the outputs when ``settings.output_path`` is set.
+    With ``receipts``, every reply gets a signed receipt, delivered before the run ends."""
     task = task_for(spec.family)
     rounds: list[RoundRecord] = []
     summary: dict[str, Any] = {"status": "running", "model": spec.family, "strategy": settings.strategy, "settings": settings.__dict__, "score_name": task.score_name, "rounds": []}
@@ -76,7 +81,7 @@ def run_rounds(grid: Grid, settings: RunSettings, spec: ModelSpec, initial: code
         if on_round is not None:
             on_round(r)
 
-    strategy = build_strategy(settings, task.score_name, record)
+    strategy = build_strategy(settings, task.score_name, record, receipts)
     grid = select_nodes(grid, settings.select, settings.timeout)
     train_config = ConfigRecord(
         {"model-spec": spec.to_json(), "local-epochs": settings.local_epochs, "lr": settings.lr, "seed": settings.seed, "compression": settings.compression}
@@ -85,6 +90,8 @@ def run_rounds(grid: Grid, settings: RunSettings, spec: ModelSpec, initial: code
     started = time.time()
     result = strategy.start(grid, codec.to_record(initial), settings.num_rounds, settings.timeout, train_config, evaluate_config)
     weights = codec.from_record(result.arrays) if result.arrays is not None and len(result.arrays) else initial
+    if receipts is not None:
+        receipts.flush(grid, min(settings.timeout, FLUSH_TIMEOUT_S))
     if settings.output_path:
         out = Path(settings.output_path)
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -103,4 +110,4 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     settings = RunSettings.from_run_config(context.run_config)
     spec, initial = load_base(settings)
-    run_rounds(grid, settings, spec, initial)
+    run_rounds(grid, settings, spec, initial, receipts=ReceiptBook.from_env())

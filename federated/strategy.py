@@ -19,6 +19,7 @@ from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, FedTrimmedAvg, Kru
 from flwr.supercore import log
 
 from federated import codec, validation
+from federated.receipts import ReceiptBook
 from federated.settings import RunSettings
 
 ARRAYS, METRICS, CONFIG = "arrays", "metrics", "config"
@@ -59,6 +60,8 @@ class RoundGuard:
     score_name: str = "score"
     max_update_norm: float = validation.MAX_UPDATE_NORM
     on_round: Callable[[RoundRecord], None] = staticmethod(lambda record: None)
+    #: signs a receipt per reply and hands them back with the next messages (federated/receipts.py)
+    receipts: ReceiptBook | None = None
     _global: codec.Weights
     _record: RoundRecord
 
@@ -67,10 +70,11 @@ class RoundGuard:
         self._global = codec.from_record(arrays)
         messages = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
         self._record.bytes_out += _sent_bytes(messages)
-        return messages
+        return self._with_receipts(messages)
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
+        self._sign(replies)  # before decoding rewrites the content
         record = self._record
         record.train_failures = sum(1 for m in replies if m.has_error())
         decoded: list[tuple[Message, codec.Weights]] = []
@@ -108,10 +112,18 @@ class RoundGuard:
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         messages = list(super().configure_evaluate(server_round, arrays, config, grid))  # type: ignore[misc]
         self._record.bytes_out += _sent_bytes(messages)
-        return messages
+        return self._with_receipts(messages)
+
+    def _with_receipts(self, messages: list[Message]) -> list[Message]:
+        return messages if self.receipts is None else self.receipts.attach(messages)
+
+    def _sign(self, replies: list[Message]) -> None:
+        if self.receipts is not None:
+            self.receipts.take(replies)
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         replies = list(replies)
+        self._sign(replies)
         metrics = super().aggregate_evaluate(server_round, replies)  # type: ignore[misc]
         record = self._record
         record.eval_nodes = sum(1 for m in replies if not m.has_error())
@@ -127,7 +139,7 @@ class RoundGuard:
 _BASES: dict[str, type[Strategy]] = {"fedavg": FedAvg, "fedprox": FedProx, "fedadam": FedAdam, "fedtrimmedavg": FedTrimmedAvg, "krum": Krum}
 
 
-def build_strategy(settings: RunSettings, score_name: str, on_round: Callable[[RoundRecord], None]) -> Strategy:
+def build_strategy(settings: RunSettings, score_name: str, on_round: Callable[[RoundRecord], None], receipts: ReceiptBook | None = None) -> Strategy:
     base = _BASES[settings.strategy]
     kwargs: dict[str, Any] = {
         "fraction_train": settings.fraction,
@@ -145,4 +157,5 @@ def build_strategy(settings: RunSettings, score_name: str, on_round: Callable[[R
     strategy.score_name = score_name
     strategy.max_update_norm = settings.max_update_norm
     strategy.on_round = on_round
+    strategy.receipts = receipts
     return strategy

@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from hub import schemas
+from hub import audit_heads, schemas
 from hub.auth import NODE_PREFIX, AuthError, Authenticator, Principal, Role, check_store_admin, hash_secret, load_or_create_admin_token, new_secret
 from hub.keys import check_store_key, load_or_create_key, public_key_b64
 from hub.registry import Conflict, NotFound, Registry
@@ -211,7 +211,12 @@ def create_app(settings: HubSettings, store: Store | None = None) -> Starlette:
     async def heartbeat(request: Request, principal: Principal) -> Response:
         body: schemas.Heartbeat = await parse_body(request, schemas.Heartbeat)
         assert principal.node is not None
-        await store_call(hub.store, hub.store.record_heartbeat, principal.node.node_id, hub.clock(), body.model_dump())
+        now = hub.clock()
+        # principal.node was read from the store for this request: it holds the last heartbeat
+        beat, regression = audit_heads.track(principal.node.heartbeat, body.model_dump(), now)
+        if regression is not None:
+            log.warning("node %s: %s", principal.node.node_id, audit_heads.describe(regression))
+        await store_call(hub.store, hub.store.record_heartbeat, principal.node.node_id, now, beat)
         return JSONResponse({"poll_interval_s": settings.poll_interval_s})
 
     @endpoint(hub, "node")

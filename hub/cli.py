@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hub import funnels_cli
+from hub import audit_heads, funnels_cli
 from hub import rounds_cli
 from hub.client import DEFAULT_URL, OperatorClient, resolve_token
 from hub.settings import DEFAULT_PORT, HubSettings
@@ -72,13 +72,23 @@ def _token_create(args: argparse.Namespace) -> int:
 def _nodes_list(args: argparse.Namespace) -> int:
     with _client(args) as client:
         nodes = client.nodes()
-    rows = [f"{'NODE':<20} {'STATUS':<8} {'TAGS':<24} MODELS"]
+    rows = [f"{'NODE':<20} {'STATUS':<8} {'TAGS':<24} {'MODELS':<24} AUDIT"]
     for n in nodes:
-        models = ",".join(f"{m}:{v}" for m, v in ((n.get("heartbeat") or {}).get("models") or {}).items())
+        beat = n.get("heartbeat") or {}
+        models = ",".join(f"{m}:{v}" for m, v in (beat.get("models") or {}).items())
         tags = ",".join(f"{k}={v}" for k, v in n["tags"].items())
-        rows.append(f"{n['node_id']:<20} {n['status']:<8} {tags:<24} {models}")
+        rows.append(f"{n['node_id']:<20} {n['status']:<8} {tags:<24} {models:<24} {_audit_column(beat)}")
     _print(args, nodes, rows)
     return 0
+
+
+def _audit_column(beat: dict[str, Any]) -> str:
+    """The node's audit head as the hub holds it; a regression first, it must not be missed."""
+    regression = beat.get(audit_heads.REGRESSION)
+    if regression:
+        return "REGRESSION: " + audit_heads.describe(regression)
+    head = beat.get(audit_heads.HEAD)
+    return audit_heads.short(head) if head else "-"
 
 
 def _models(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ import math
 from datetime import UTC, datetime
 from typing import Any
 
+from hub import audit_heads
 from hub.app import Hub
 from hub.funnels_api import experiment_view, results
 from hub.registry import resolve
@@ -136,12 +137,16 @@ def models_view(hub: Hub) -> list[dict[str, Any]]:
 def privacy_view(hub: Hub, now: float) -> list[dict[str, Any]]:
     """What heartbeats say about each node's audit log and egress. The page reads
     ``bytes_sent`` and the ``audit_*`` fields (e.g. ``audit_verified_at``, ``audit_ok``,
-    ``audit_entries``) as edges start reporting them; absent ones show as not reported."""
+    ``audit_entries``) as edges start reporting them; absent ones show as not reported.
+    The newest tree head and a regression the hub recorded (hub/audit_heads.py) have their
+    own column and warning row."""
     rows = []
     for node in sorted(hub.store.list_nodes(), key=lambda n: n.node_id):
         beat: dict[str, Any] = node.heartbeat or {}
-        audit = {k.removeprefix("audit_"): v for k, v in beat.items() if k.startswith("audit_") and v is not None}
+        heads = (audit_heads.HEAD, audit_heads.LARGEST, audit_heads.REGRESSION)  # shown on their own
+        audit = {k.removeprefix("audit_"): v for k, v in beat.items() if k.startswith("audit_") and v is not None and k not in heads}
         verified_at = audit.pop("verified_at", None)
+        regression = beat.get(audit_heads.REGRESSION)
         rows.append(
             {
                 "node": node,
@@ -151,6 +156,10 @@ def privacy_view(hub: Hub, now: float) -> list[dict[str, Any]]:
                 "verified_iso": iso(verified_at) if isinstance(verified_at, (int, float)) else "",
                 "bytes_sent": beat.get("bytes_sent"),
                 "bundle_refusals": beat.get("bundle_refusals"),
+                "head": beat.get(audit_heads.HEAD),
+                "regression": None if not regression else {
+                    **regression, "text": audit_heads.describe(regression), "ago": ago(regression.get("at"), now), "iso": iso(regression.get("at"))
+                },
             }
         )
     return rows

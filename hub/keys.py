@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from hub.secrets_file import read_or_create
 from hub.store.base import Store
 from models.bundle import key_id
+from models.receipts import load_signing_key
 from models.errors import NexusError
 
 KEY_FILE = "hub-signing-key.pem"
@@ -27,11 +28,8 @@ def load_or_create_key(data_dir: Path) -> Ed25519PrivateKey:
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
         )
 
-    pem = read_or_create(Path(data_dir) / KEY_FILE, make)
-    key = serialization.load_pem_private_key(pem, password=None)
-    if not isinstance(key, Ed25519PrivateKey):
-        raise NexusError(f"{Path(data_dir) / KEY_FILE} is not an Ed25519 private key")
-    return key
+    read_or_create(Path(data_dir) / KEY_FILE, make)
+    return load_signing_key(Path(data_dir) / KEY_FILE)
 
 
 def public_key_b64(key: Ed25519PrivateKey) -> str:

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from hub.archive import unpack
+from hub.keys import KEY_FILE
 from hub.registry import Conflict, NotFound, Registry
 from hub.settings import HubSettings
 from hub.store.base import ACTIVE_RUN_STATUSES, RunRecord, Store
@@ -74,7 +75,7 @@ def connect(settings: HubSettings) -> SuperLink | None:
         _write_external_connection(link, settings.superlink_root_cert)
         return link
     if settings.superlink_port is not None:
-        return SuperLink(SuperLinkConfig(state_dir, host=settings.host, port=settings.superlink_port))
+        return SuperLink(SuperLinkConfig(state_dir, host=settings.host, port=settings.superlink_port, receipt_key=settings.data_dir / KEY_FILE))
     return None
 
 

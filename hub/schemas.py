@@ -26,6 +26,18 @@ class Enroll(_Body):
     token: Annotated[str, StringConstraints(min_length=1, max_length=128)]
 
 
+class AuditHead(_Body):
+    """A node's newest signed audit tree head (edge_worker/audit.py ``TreeHead``), in the
+    exact formats the edge writes (edge_worker/payloads.py checks the same)."""
+
+    size: int = Field(strict=True, ge=1, le=2**53)
+    root: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+    time: Annotated[str, StringConstraints(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z$")]
+    key_id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")]
+    #: base64 of a 64-byte Ed25519 signature
+    signature: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/]{85}[AQgw]==$")]
+
+
 class Heartbeat(_Body):
     """Node metadata from a fixed set of fields: numbers, enums and model ids only."""
 
@@ -41,6 +53,8 @@ class Heartbeat(_Body):
     audit_entries: int | None = Field(None, ge=0)
     audit_ok: bool | None = None
     audit_verified_at: float | None = Field(None, ge=0)
+    #: the hub keeps the largest head per node and flags a later smaller or different one
+    audit_head: AuditHead | None = None
 
 
 class Promote(_Body):

@@ -1,7 +1,8 @@
 """The hub's Flower SuperLink as a managed child process, its state kept in the hub data dir.
 
 ``start()`` launches ``flower-superlink`` (Fleet, Control and runtime APIs on one port)
-with its SQLite state under ``state_dir`` so runs and nodes survive a restart;
+with its SQLite state under ``state_dir`` so runs and nodes survive a restart, and the
+hub's signing key named in its environment for the ServerApp's receipts;
 ``supervise()`` restarts it if it died; ``stop()`` sends SIGTERM, then SIGKILL.
 ``write_connection()`` writes the ``flwr`` CLI's ``config.toml`` so ``flwr run APP NAME``
 reaches it. Flower starts its helper (``flower-superexec``) by bare name, so the
@@ -20,6 +21,7 @@ from typing import Any, Mapping
 
 from models.errors import NexusError
 from models.flower_process import FlowerProcess, flower_env
+from models.receipts import KEY_ENV
 
 STATE_DB = "superlink.db"
 CONNECTION = "hub"
@@ -35,6 +37,8 @@ class SuperLinkConfig:
     tls: tuple[Path, Path, Path] | None = None
     #: public keys of the SuperNodes allowed in (enables SuperNode authentication)
     auth_public_keys: Path | None = None
+    #: the hub's signing key: its ServerApp signs a receipt for every node reply
+    receipt_key: Path | None = None
 
     @property
     def flwr_home(self) -> Path:
@@ -86,6 +90,12 @@ class SuperLink(FlowerProcess):
         if c.auth_public_keys is not None:
             cmd += ["--enable-supernode-auth", "--auth-list-public-keys", str(c.auth_public_keys)]
         return cmd
+
+    def env(self) -> dict[str, str]:
+        env = super().env()
+        if self.config.receipt_key is not None:
+            env[KEY_ENV] = str(self.config.receipt_key)  # reaches the ServerApp, which the SuperLink starts
+        return env
 
     def start(self, ready_timeout: float = 30.0) -> None:
         super().start(ready_timeout)

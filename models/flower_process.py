@@ -117,13 +117,16 @@ class FlowerProcess:
     def command(self) -> list[str]:
         raise NotImplementedError
 
+    def env(self) -> dict[str, str]:
+        return flower_env(self.flwr_home)
+
     def start(self, ready_timeout: float = 30.0) -> None:
         if self.running:
             return
         self.flwr_home.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
             self.process = subprocess.Popen(
-                self.command(), cwd=self.workdir, env=flower_env(self.flwr_home), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                self.command(), cwd=self.workdir, env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
         self.wait_ready(ready_timeout)
 

@@ -7,7 +7,7 @@ the canonical JSON of the other members. The hub attaches it to every node reque
 :class:`ReceiptMiddleware`; the edge keeps it beside the audit entry of that request.
 
 Shared by the hub and the edge (neither imports the other), so this module imports
-nothing of the project but :mod:`models.bundle`.
+nothing of the project but :mod:`models.bundle` and :mod:`models.errors`.
 """
 
 from __future__ import annotations
@@ -18,14 +18,19 @@ import hashlib
 import json
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from models.bundle import key_id
+from models.errors import NexusError
 
 HEADER = "Nexus-Receipt"
+#: names the hub's signing key file for the ServerApp, which signs receipts for Flower replies
+KEY_ENV = "NEXUS_RECEIPT_KEY"
 #: bodies beyond this are not drained after the app answered: the receipt then covers what was read
 DRAIN_LIMIT = 1 << 20
 
@@ -48,10 +53,21 @@ def receipt_message(receipt: Mapping[str, Any]) -> bytes:
     return canonical_json({k: v for k, v in receipt.items() if k != "signature"}).encode("utf-8")
 
 
-def sign_receipt(private_key: Ed25519PrivateKey, sha256: str, nbytes: int, time: str) -> dict[str, Any]:
-    receipt: dict[str, Any] = {"sha256": sha256, "bytes": nbytes, "time": time, "key_id": key_id(private_key.public_key())}
+def sign_receipt(private_key: Ed25519PrivateKey, sha256: str, nbytes: int, time: str, **extra: str) -> dict[str, Any]:
+    """``extra`` members (a Flower receipt's ``message``) are signed along with the rest."""
+    receipt: dict[str, Any] = {"sha256": sha256, "bytes": nbytes, "time": time, "key_id": key_id(private_key.public_key()), **extra}
     receipt["signature"] = base64.b64encode(private_key.sign(receipt_message(receipt))).decode()
     return receipt
+
+
+def load_signing_key(path: Path) -> Ed25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    except (OSError, ValueError) as exc:
+        raise NexusError(f"cannot read the signing key {path}: {exc}") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise NexusError(f"{path} is not an Ed25519 private key")
+    return key
 
 
 def signature_verifies(receipt: Mapping[str, Any], public_key: Ed25519PublicKey) -> bool:

@@ -243,6 +243,26 @@ def test_privacy_page_reads_the_audit_fields_heartbeats_carry(hub: RunningHub) -
     assert "12.5 KB" in text and "30 s ago" in text and "entries: 17" in text and "ok: True" in text
 
 
+def test_privacy_page_shows_the_audit_head_and_a_regression(hub: RunningHub, tmp_path: Path) -> None:
+    from dataclasses import asdict
+
+    from edge_worker.audit import AuditLog, AuditReader
+
+    with AuditLog(tmp_path / "edge") as log:
+        for _ in range(3):
+            log.record_retention(0.0, 30, {})
+    heads = AuditReader(tmp_path / "edge").tree_heads()
+    node_id, auth = _enroll(hub, {"health": "ok", "audit_head": asdict(heads[3])})
+    text = _text(_login(hub).get("/dashboard/privacy").text)
+    assert f"size 3 {heads[3].root[:12]}…" in text and "regression" not in text
+    # the node reports a shorter log: the hub held a larger head (hub/audit_heads.py)
+    assert hub.http.post("/v1/nodes/me/heartbeat", json={"health": "ok", "audit_head": asdict(heads[2])}, headers=auth).status_code == 200
+    page = _login(hub).get("/dashboard/privacy").text
+    assert 'role="alert"' in page
+    assert (f"audit regression {node_id} : audit log went back: the hub held size 3, root {heads[3].root[:12]}…; "
+            f"the node then reported size 2, root {heads[2].root[:12]}…") in _text(page)
+
+
 def test_funnels_page_charts_thompson_weights_over_time(tmp_path: Path) -> None:
     hub = RunningHub(tmp_path / "hub", store_for("sqlite", tmp_path, None), thompson_interval_s=0.2)
     try:

@@ -16,7 +16,7 @@ from edge_worker.store import LocalStore
 from models.bundle import read_manifest
 from models.errors import NexusError
 from models.predictor import load_predictor
-from test_edge_support import BUNDLES, SESSION, TEXTS, edge_settings, newest
+from test_edge_support import BUNDLES, SESSION, TEXTS, edge_settings, newest, operator
 
 
 @pytest.fixture(scope="module")
@@ -132,10 +132,10 @@ def test_feedback_and_outcomes_stay_in_the_local_store_until_erased(tmp_path: Pa
         sessions, converted = store.funnel_examples()
         assert sessions == [SESSION] and converted.tolist() == [1.0]
 
-        erased = client.delete("/v1/privacy/visitors/v-1")
+        erased = client.delete("/v1/privacy/visitors/v-1", headers=operator(client))
         assert erased.json() == {"visitor_id": "v-1", "erased": 2}
         assert store.counts() == {"feedback": 1, "funnel_outcome": 0}
-        assert client.delete("/v1/privacy/visitors/v-1").json()["erased"] == 0
+        assert client.delete("/v1/privacy/visitors/v-1", headers=operator(client)).json()["erased"] == 0
         assert 'nexus_edge_store_rows_erased_total{reason="erasure"} 2' in client.get("/metrics").text
         store.close()
 

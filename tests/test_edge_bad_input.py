@@ -61,7 +61,7 @@ CASES: list[tuple[str, str, dict[str, Any], int, str]] = [
     ("POST", "/v1/feedback", {"json": {"text": "hi", "labels": ["joy"], "visitor_id": "a b"}}, 422, "visitor_id"),
     ("POST", "/v1/funnel/outcome", {"json": {"session": SESSION, "converted": "yes"}}, 422, "converted"),
     ("POST", "/v1/funnel/outcome", {"json": {"session": {**SESSION, "Weekend": "maybe"}, "converted": True}}, 422, "Weekend"),
-    ("DELETE", "/v1/privacy/visitors/a%20b", {}, 422, "visitor_id"),
+    ("DELETE", "/v1/privacy/visitors/v-1", {}, 401, "operator token"),
     ("GET", "/v2/models/churn", {}, 404, "unknown model 'churn'"),
     ("GET", "/v2/models/churn/ready", {}, 404, "unknown model"),
     ("POST", "/v2/models/churn/infer", {"json": {"inputs": []}}, 404, "unknown model"),

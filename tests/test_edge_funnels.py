@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from starlette.testclient import TestClient
-from test_edge_support import edge_settings
+from test_edge_support import edge_settings, operator
 
 from edge_worker.app import create_app
 from edge_worker.assignment import ASSIGNED, assign
@@ -99,7 +99,7 @@ def test_erasure_and_retention_drop_visitor_rows_but_never_counts(client: TestCl
     client.post("/v1/funnels/shop/events", json={"visitor_id": "v1", "step": "view"})
     client.post("/v1/funnels/shop/events", json={"visitor_id": "v2", "step": "view"})
     counts = store.funnel_counts()
-    assert client.delete("/v1/privacy/visitors/v1").json()["erased"] == 2  # its assignment and its event
+    assert client.delete("/v1/privacy/visitors/v1", headers=operator(client)).json()["erased"] == 2  # its assignment and its event
     assert store.purge_older_than(0.0, now=1e12) == 2
     assert store.funnel_counts() == counts
     assert store.funnel_counts(unsynced_only=True) == counts

@@ -50,3 +50,8 @@ def add_version(repository: Path, model: str, version: str) -> Path:
     write_manifest(staging, manifest)
     os.replace(staging, target)  # atomic, like models.bundle.install_bundle
     return target
+
+
+def operator(client: Any) -> dict[str, str]:
+    """The headers of the edge operator's requests (the privacy endpoints) to a TestClient's app."""
+    return {"Authorization": f"Bearer {client.app.state.operator_token}"}

@@ -160,7 +160,11 @@ def test_a_heartbeat_is_logged_with_its_exact_bytes(hub: RunningHub, tmp_path: P
     # the audit log's totals before this heartbeat; not verified yet, so no verdict is sent
     sent_before = sum(e.bytes for e in AuditReader(edge).entries(SEND) if e.id < entry.id)
     assert (entry.summary["audit_entries"], entry.summary["bytes_sent"]) == (entry.id - 1, sent_before) and sent_before > 0
-    payload = {**asdict(HeartbeatPayload(health="ok")), "audit_entries": entry.id - 1, "bytes_sent": sent_before}
+    # and the newest signed tree head: the summary keeps its size and root, the body all of it
+    head = AuditReader(edge).tree_heads()[entry.id - 1]
+    assert entry.summary["audit_head"] == {"size": entry.id - 1, "root": head.root}
+    payload = {**asdict(HeartbeatPayload(health="ok")), "audit_entries": entry.id - 1, "bytes_sent": sent_before,
+               "audit_head": asdict(head)}
     body = json.dumps({k: v for k, v in payload.items() if v is not None}, sort_keys=True, separators=(",", ":")).encode()
     assert entry.bytes == len(body) and entry.sha256 == hashlib.sha256(body).hexdigest()
 

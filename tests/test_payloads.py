@@ -127,6 +127,28 @@ def test_heartbeats_carry_the_audit_log_figures(declared):
     _refused(HEARTBEAT, {"health": "ok", "audit_entries": True}, declared, "audit_entries must be an integer")
 
 
+def test_heartbeats_carry_the_newest_signed_tree_head(declared, tmp_path):
+    from dataclasses import asdict
+
+    from edge_worker.audit import AuditLog
+
+    with AuditLog(tmp_path) as log:
+        log.record_retention(0.0, 30, {})
+        head = asdict(log.tree_head())
+    summary = check_payload(HEARTBEAT, {"health": "ok", "audit_head": head}, declared)
+    assert summary["audit_head"] == {"size": 1, "root": head["root"]}  # not the signature
+    for change, match in [
+        ({"root": "Bob " + head["root"][4:]}, "audit_head.root is not a hex sha256"),
+        ({"signature": head["signature"][:-4] + "Bob="}, "audit_head.signature is not an Ed25519 signature"),
+        ({"time": "Tuesday morning"}, "audit_head.time is not a UTC time"),
+        ({"key_id": head["key_id"].upper()}, "audit_head.key_id is not a key id"),
+        ({"size": 0}, "audit_head.size must be an integer in"),
+        ({"note": "hi"}, "field 'note' is not declared"),
+    ]:
+        _refused(HEARTBEAT, {"health": "ok", "audit_head": {**head, **change}}, declared, match)
+    _refused(HEARTBEAT, {"health": "ok", "audit_head": "size 1"}, declared, "audit_head must be an object")
+
+
 def test_bundle_downloads_polls_and_enrollment(declared):
     request = {"model": "emotion", "version": "2", "name": "model.onnx"}
     assert check_payload(BUNDLE_DOWNLOAD, request, declared) == request

@@ -279,7 +279,12 @@ def test_no_canary_leaves_an_edge_and_every_byte_is_in_its_audit_log(cluster: di
 
     sends = _sends(edges)
     for edge in edges:
-        assert verify(edge.root / "data").ok
+        result = verify(edge.root / "data")
+        assert result.ok, result.message()
+        # every Flower update and evaluation got the hub's receipt too (federated/receipts.py)
+        reader = AuditReader(edge.root / "data")
+        replies = [e.id for e in reader.entries(SEND) if e.channel == "flower" and e.kind in ("model-update", "evaluation-metrics")]
+        assert len(replies) == 2 and set(replies) <= set(reader.receipts()), "a Flower reply without the hub's receipt"
 
     # 2. hub HTTP: every request is an audited send; the rest is a bounded request head
     requests = [r for stream in cluster["hub_proxy"].streams for r in http_requests(bytes(stream))]

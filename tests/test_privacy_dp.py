@@ -13,7 +13,8 @@ from edge_worker.audit import REFUSAL, SEND, AuditReader, verify
 from edge_worker.audit_report import build_report
 from edge_worker.dp_budget import PrivacyBudget
 from edge_worker.store import LocalStore
-from federated.audit_mod import RUN_CLIP, RUN_NOISE, audit_mod, describe
+from federated.audit_mod import RUN_CLIP, RUN_NOISE, audit_mod
+from federated.digest import describe
 from federated.client_app import app
 from federated.local_grid import LocalGrid
 from federated.server_app import run_rounds
