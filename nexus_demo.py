@@ -157,7 +157,8 @@ class Cluster:
             (root / "models").mkdir(parents=True, exist_ok=True)  # empty: the hub sends the models
             port = free_port()
             argv = edge_argv(port, models_dir=root / "models", data_dir=root / "data")
-            argv += ["--hub", self.hub.url, "--enroll-token", token, "--superlink", f"127.0.0.1:{self.superlink_port}"]
+            # the edge learns the SuperLink from the hub, as an operator's would
+            argv += ["--hub", self.hub.url, "--enroll-token", token, "--superlink", "auto"]
             env = {"NEXUS_FUNNEL_SYNC_S": str(FUNNEL_SYNC_S)}
             self.edges.append(Edge(region, ServerProcess(f"edge {region}", argv, port, env=env, ready_path="/v2/health/live"), root / "data"))
         pool = ThreadPoolExecutor(len(self.edges))

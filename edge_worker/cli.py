@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from edge_worker.bench import register_bench  # noqa: F401  (nexus_cli wires `nexus bench edge`)
+from edge_worker.metrics import reset_metrics_dir
 from edge_worker.server import run_uvicorn
 from edge_worker.settings import EdgeSettings
 
@@ -29,6 +30,7 @@ def _serve(args: argparse.Namespace) -> int:
     )
     # Worker processes rebuild the settings from the environment (see EdgeSettings.from_env).
     os.environ.update(settings.to_env())
+    reset_metrics_dir(settings.data_dir)  # before any worker: a new run's counters start at zero
     run_uvicorn(APP_FACTORY, settings.host, settings.port, settings.workers, args.log_level)
     return 0
 
@@ -51,7 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--enroll-token", help="the hub's one-time enrollment token (used once; the node then keeps its identity)")
     serve.add_argument("--enroll-token-file", type=Path, help="file holding the hub's one-time enrollment token")
     serve.add_argument("--no-supernode", action="store_true", help="the Flower SuperNode runs beside this node, not as its child")
-    serve.add_argument("--superlink", metavar="HOST:PORT", help="the hub's Flower SuperLink: run a SuperNode joining it once enrolled")
+    serve.add_argument("--superlink", metavar="HOST:PORT", help="the hub's Flower SuperLink: run a SuperNode joining it once enrolled "
+                       "('auto': the one the hub names, if on loopback)")
     serve.add_argument("--supernode-port", type=int, help="port of the child SuperNode's app API (default: a free one)")
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     serve.set_defaults(func=_serve)

@@ -68,7 +68,8 @@ class EdgeSettings(BaseModel):
     #: False when the Flower SuperNode runs beside the node (deploy/) rather than as its
     #: child (edge_worker/federation.py starts it once the node is enrolled)
     supernode: bool = True
-    #: ``HOST:PORT`` of the hub's Flower SuperLink the child SuperNode joins
+    #: ``HOST:PORT`` of the hub's Flower SuperLink the child SuperNode joins, or ``auto``:
+    #: the one the hub names (edge_worker/federation.py)
     superlink: str | None = None
     #: the child SuperNode's own (loopback) port; default: a free one
     supernode_port: int | None = Field(None, ge=1, le=65535)

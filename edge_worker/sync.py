@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge_worker.audit import AuditLog, verify
 from edge_worker.egress import HeartbeatPayload, HubGateway, HubUnreachable
+from edge_worker.federation import remember_superlink
 from edge_worker.identity import NodeIdentity, load_identity, save_identity, write_private_json
 from models.bundle import MANIFEST, SIGNATURE, BundleError, install_bundle, read_manifest, sha256_file, verify_bundle, verify_signature
 from models.errors import NexusError
@@ -307,6 +308,8 @@ class SyncAgent:
         )
         if self._poll_override is None and isinstance(reply.get("poll_interval_s"), (int, float)):
             self.poll_interval_s = float(reply["poll_interval_s"])
+        if await asyncio.to_thread(remember_superlink, self.data_dir, reply.get("superlink")):
+            log.info("the hub's Flower SuperLink is %s", reply["superlink"])
         polled = await self.gateway.poll_assignments(self.state.etag)
         if polled is not None:
             etag, body = polled

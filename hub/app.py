@@ -217,7 +217,8 @@ def create_app(settings: HubSettings, store: Store | None = None) -> Starlette:
         if regression is not None:
             log.warning("node %s: %s", principal.node.node_id, audit_heads.describe(regression))
         await store_call(hub.store, hub.store.record_heartbeat, principal.node.node_id, now, beat)
-        return JSONResponse({"poll_interval_s": settings.poll_interval_s})
+        # "superlink": where this node's SuperNode joins (edges started with --superlink auto)
+        return JSONResponse({"poll_interval_s": settings.poll_interval_s, "superlink": settings.superlink_address()})
 
     @endpoint(hub, "node")
     async def my_assignments(request: Request, principal: Principal) -> Response:

@@ -112,7 +112,8 @@ def test_assignments_etag_304(hub: RunningHub, tmp_path: Path) -> None:
 def test_heartbeat_and_offline(hub: RunningHub, tmp_path: Path) -> None:
     node = _enroll(hub, region="3")
     hb = {"models": {"funnel": "1"}, "health": "ok", "request_rate": 2.5, "queue_depth": 1}
-    assert hub.http.post("/v1/nodes/me/heartbeat", json=hb, headers=_node_headers(node)).status_code == 200
+    reply = hub.http.post("/v1/nodes/me/heartbeat", json=hb, headers=_node_headers(node))
+    assert reply.status_code == 200 and reply.json()["superlink"] is None  # this hub runs no SuperLink
     [view] = hub.admin.nodes()
     assert view["status"] == "online" and view["heartbeat"]["request_rate"] == 2.5 and view["tags"] == {"region": "3"}
     time.sleep(hub.settings.offline_after_s + 0.2)
