@@ -24,7 +24,7 @@ from edge_worker.audit import AuditLog, load_or_create_operator_token
 from edge_worker.batcher import MicroBatcher
 from edge_worker.dp_budget import PrivacyBudget
 from edge_worker.errors import EXCEPTION_HANDLERS
-from edge_worker.metrics import Registry, edge_registry
+from edge_worker.metrics import Registry, edge_registry, metrics_dir, publish_forever
 from edge_worker.openapi import build_openapi
 from edge_worker.outputs import ROW_MAKERS
 from edge_worker.repository import ModelRepository
@@ -92,6 +92,9 @@ def create_app(settings: EdgeSettings) -> Starlette:
         )
         for m in settings.models
     }
+    metrics.on_collect(lambda: _sample_queue_depth(metrics, batchers))
+    if settings.workers > 1:  # one /metrics view over the workers (edge_worker.metrics)
+        metrics.share(metrics_dir(settings.data_dir))
     schemas = build_schemas(settings)
     state = EdgeState(settings, metrics, repository, schemas, batchers, pool)
     table = routes.operations(schemas, settings.models) + funnels.operations()
@@ -102,6 +105,8 @@ def create_app(settings: EdgeSettings) -> Starlette:
         await state.reload()
         await _enforce_retention(state)  # expired rows go before the node takes requests
         state.tasks.append(asyncio.create_task(_retention_loop(state), name="nexus-retention"))
+        if metrics.shared:
+            state.tasks.append(asyncio.create_task(publish_forever(metrics), name="nexus-metrics-publish"))
         if settings.poll_interval_s > 0:
             state.tasks.append(asyncio.create_task(_poll_loop(state), name="nexus-model-poll"))
         if settings.hub_url:
@@ -125,6 +130,8 @@ def create_app(settings: EdgeSettings) -> Starlette:
             await state.in_store(state.store.close)
             pool.shutdown(wait=True)
             state.store_pool.shutdown(wait=True)
+            if metrics.shared:
+                metrics.publish(exited=True)  # this worker's final counts outlive it
 
     app = Starlette(routes=routes.routes(table), exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
     app.add_middleware(MetricsMiddleware, metrics=metrics, templates={handler: op.path for op, handler in table})
@@ -140,6 +147,12 @@ def create_app(settings: EdgeSettings) -> Starlette:
 def create_app_from_env() -> Starlette:
     """uvicorn factory (``edge_worker.app:create_app_from_env``) for ``--workers`` > 1."""
     return create_app(EdgeSettings.from_env())
+
+
+def _sample_queue_depth(metrics: Registry, batchers: dict[str, MicroBatcher]) -> None:
+    """Queue depth is read when metrics are collected rather than updated on every request."""
+    for name, batcher in batchers.items():
+        metrics.set("nexus_edge_queue_depth", (("model", name),), batcher.queue_depth)
 
 
 def _report_exit(task: asyncio.Task[Any]) -> None:

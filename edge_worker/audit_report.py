@@ -87,8 +87,12 @@ def inventory(data_dir: Path, retention_days: float | None) -> dict[str, Any]:
     files, databases = [], []
     for path in sorted(p for p in data_dir.rglob("*") if p.is_file())[:_MAX_FILES]:
         rel = str(path.relative_to(data_dir))
+        try:  # workers replace files as they go (metrics snapshots, temp files)
+            size = path.stat().st_size
+        except FileNotFoundError:
+            continue
         sqlite = _is_sqlite(path)
-        files.append({"path": rel, "bytes": path.stat().st_size, "sqlite": sqlite})
+        files.append({"path": rel, "bytes": size, "sqlite": sqlite})
         if not sqlite:
             continue
         tables = _tables(path)

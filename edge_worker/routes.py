@@ -171,11 +171,9 @@ async def infer(request: Request) -> Response:
 
 
 async def metrics(request: Request) -> Response:
-    state = _state(request)
-    # Sampled at scrape time rather than on every request.
-    for name, batcher in state.batchers.items():
-        state.metrics.set("nexus_edge_queue_depth", (("model", name),), batcher.queue_depth)
-    return PlainTextResponse(state.metrics.render(), media_type=PROMETHEUS_TYPE)
+    # With --workers > 1 this reads the other workers' files: off the event loop.
+    text = await asyncio.to_thread(_state(request).metrics.render)
+    return PlainTextResponse(text, media_type=PROMETHEUS_TYPE)
 
 
 async def openapi(request: Request) -> Response:

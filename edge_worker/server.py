@@ -94,6 +94,11 @@ class ServerProcess:
         self.stop()
         raise NexusError(f"{self.name} not ready on {self.url} after {timeout:.0f} s: {tail}")
 
+    @property
+    def pid(self) -> int | None:
+        """The server's own process (with ``--workers`` > 1, uvicorn's supervisor)."""
+        return None if self._proc is None else self._proc.pid
+
     def log_tail(self, lines: int = 8) -> str:
         self._log.seek(0)
         text = self._log.read().decode(errors="replace").strip().splitlines()
