@@ -149,8 +149,12 @@ class Rounds:
             raise
         log.info("federated run %s (flower %s): %s x%d from version %s", run.run_id, flower_run_id, model, config.rounds, run.base_version)
         with self._lock:
-            run = replace(self._get(run.run_id), flower_run_id=flower_run_id, status="running", updated_at=self.clock())
+            current = self._get(run.run_id)
+            ended = current.status not in ACTIVE_RUN_STATUSES
+            run = replace(current, flower_run_id=flower_run_id, status=current.status if ended else "running", updated_at=self.clock())
             self.store.put_run(run)
+        if ended:  # stopped, or past its deadline, while `flwr run` was submitting it: Flower must not go on
+            self._stop_flower(run)
         return run
 
     def prepare(self, model: str, config: RunConfig) -> RunRecord:
@@ -181,12 +185,22 @@ class Rounds:
         run = self._get(run_id)
         if run.status not in ACTIVE_RUN_STATUSES:
             raise Conflict(f"run {run_id} has already ended ({run.status})")
-        if run.flower_run_id is not None and self.link is not None:
-            try:
-                self.link.stop_run(run.flower_run_id)
-            except NexusError as exc:  # it may have just ended; the record still says who stopped it
-                log.warning("flwr stop %s: %s", run.flower_run_id, exc)
-        return self._finish(run, "stopped", "stopped by the operator")
+        return self._end(run, "stopped", "stopped by the operator")
+
+    def _end(self, run: RunRecord, status: str, reason: str) -> RunRecord:
+        """End a run here and in Flower. Recorded first: a start() still submitting it then
+        stops Flower's run itself; from the stored record, which has the Flower id if it does not."""
+        done = self._finish(run, status, reason)
+        self._stop_flower(done)
+        return done
+
+    def _stop_flower(self, run: RunRecord) -> None:
+        if run.flower_run_id is None or self.link is None:
+            return
+        try:
+            self.link.stop_run(run.flower_run_id)
+        except NexusError as exc:  # it may have just ended; the record still says who stopped it
+            log.warning("flwr stop %s: %s", run.flower_run_id, exc)
 
     def _get(self, run_id: str) -> RunRecord:
         run = self.store.get_run(run_id)
@@ -207,6 +221,7 @@ class Rounds:
                 return current  # stopped or failed meanwhile: the first final word stays
             done = replace(current, status=status, reason=reason, updated_at=self.clock(), **fields)
             self.store.put_run(done)
+            self._status_at.pop(run.run_id, None)
         (log.info if status == "finished" else log.warning)("federated run %s %s%s", run.run_id, status, f": {reason}" if reason else "")
         return done
 
@@ -236,7 +251,7 @@ class Rounds:
             return self._export(run, summary)
         now = self.clock()
         if now > run.deadline_at:
-            return self._give_up(run, f"deadline of {run.config['deadline_s']:.0f}s passed after {run.rounds_done}/{run.config['rounds']} rounds{self._waiting_for()}")
+            return self._end(run, "failed", f"deadline of {run.config['deadline_s']:.0f}s passed after {run.rounds_done}/{run.config['rounds']} rounds{self._waiting_for()}")
         if run.flower_run_id is None:
             if run.status == "starting" and now - run.created_at > 300:
                 return self._finish(run, "failed", "the hub stopped before Flower accepted the run")
@@ -258,14 +273,6 @@ class Rounds:
             return f"; {len(self.link.online_nodes())} node(s) online"
         except NexusError:
             return ""
-
-    def _give_up(self, run: RunRecord, reason: str) -> RunRecord:
-        if run.flower_run_id is not None and self.link is not None:
-            try:
-                self.link.stop_run(run.flower_run_id)
-            except NexusError as exc:
-                log.warning("flwr stop %s: %s", run.flower_run_id, exc)
-        return self._finish(run, "failed", reason)
 
     def _copy_rounds(self, run: RunRecord, summary: dict[str, Any]) -> RunRecord:
         rounds = [r for r in summary.get("rounds", []) if int(r["round"]) > run.rounds_done]
