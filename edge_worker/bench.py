@@ -18,8 +18,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import numpy as np
@@ -74,17 +76,20 @@ def parse_wrk(output: str) -> Load:
     return Load(rps, p50, p99, requests, errors)
 
 
-def run_wrk(url: str, body: str, duration: float, connections: int, threads: int) -> Load:
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as script:
-        script.write(f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\nwrk.headers["Content-Type"] = "application/json"\n')
+def wrk_output(url: str, script: str, duration: float, connections: int, threads: int, script_args: Sequence[str] = ()) -> str:
+    """wrk's stdout for ``duration`` seconds (whole, at least 1) of load shaped by the Lua ``script``."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as file:
+        file.write(script)
+    argv = ["wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", "-s", file.name, url]
     try:
-        out = subprocess.run(
-            ["wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", "-s", script.name, url],
-            capture_output=True, text=True, check=True, timeout=duration + 60,
-        ).stdout
+        return subprocess.run([*argv, "--", *script_args], capture_output=True, text=True, check=True, timeout=duration + 60).stdout
     finally:
-        os.unlink(script.name)
-    return parse_wrk(out)
+        os.unlink(file.name)
+
+
+def run_wrk(url: str, body: str, duration: float, connections: int, threads: int) -> Load:
+    script = f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\nwrk.headers["Content-Type"] = "application/json"\n'
+    return parse_wrk(wrk_output(url, script, duration, connections, threads))
 
 
 async def _httpx_load(url: str, body: str, duration: float, connections: int) -> Load:
@@ -141,6 +146,35 @@ def _median(values: list[float]) -> float:
     return float(np.median(values))
 
 
+def paired_ratio(tops: Sequence[Load], bottoms: Sequence[Load]) -> float:
+    """Median over rounds of top/bottom throughput measured in the same round."""
+    return round(_median([a.rps / b.rps for a, b in zip(tops, bottoms) if b.rps]), 3)
+
+
+def echo_server(workers: int) -> ServerProcess:
+    """The bare Starlette echo (not started), under the uvicorn options every node uses."""
+    port = free_port()
+    return ServerProcess("echo", [sys.executable, "-m", "edge_worker.echo", "--port", str(port), "--workers", str(workers)], port)
+
+
+L = TypeVar("L", bound=Load)
+
+
+def interleave(drivers: Mapping[str, Callable[[float], L]], rounds: int, slice_s: float, progress: Progress) -> dict[str, list[L]]:
+    """A 1 s warm-up of every target (caches, allocators, connection set-up), then ``rounds``
+    rounds in which each target gets ``slice_s`` seconds in turn: a burst of load from
+    elsewhere on the machine hits every target of a round alike."""
+    for drive in drivers.values():
+        drive(1.0)
+    loads: dict[str, list[L]] = {name: [] for name in drivers}
+    for _ in range(rounds):
+        for name, drive in drivers.items():
+            load = drive(slice_s)
+            loads[name].append(load)
+            progress.update(1, **{name: f"{load.rps:.0f}"})
+    return loads
+
+
 def bench_edge(
     duration: float = 10.0,
     connections: int = 64,
@@ -164,26 +198,20 @@ def bench_edge(
     progress = Progress("bench edge", rounds * len(TARGETS_DRIVEN), enabled=show_progress)
 
     with tempfile.TemporaryDirectory(prefix="nexus-bench-") as tmp, contextlib.ExitStack() as stack:
-        servers: dict[str, ServerProcess] = {}
-        port = free_port()
-        echo_argv = [sys.executable, "-m", "edge_worker.echo", "--port", str(port), "--workers", str(workers)]
-        servers["echo"] = stack.enter_context(ServerProcess("echo", echo_argv, port))
+        servers: dict[str, ServerProcess] = {"echo": stack.enter_context(echo_server(workers))}
         for name, batching in (("edge", "true"), ("edge-nobatch", "false")):
             port = free_port()
             argv = edge_argv(port, models_dir=models_dir, data_dir=Path(tmp) / name, workers=workers)
             servers[name] = stack.enter_context(ServerProcess(name, argv, port, env={"NEXUS_BATCHING": batching}))
-        for target in TARGETS_DRIVEN:  # warm-up: caches, allocators, connection set-up
-            drive(servers[target.server].url + target.path, target.body, 1.0, connections, threads)
-        loads: dict[str, list[Load]] = {t.name: [] for t in TARGETS_DRIVEN}
-        for _ in range(rounds):
-            for target in TARGETS_DRIVEN:
-                load = drive(servers[target.server].url + target.path, target.body, slice_s, connections, threads)
-                loads[target.name].append(load)
-                progress.update(1, **{target.name: f"{load.rps:.0f}"})
+
+        def driver(target: Target) -> Callable[[float], Load]:
+            return lambda seconds: drive(servers[target.server].url + target.path, target.body, seconds, connections, threads)
+
+        loads = interleave({t.name: driver(t) for t in TARGETS_DRIVEN}, rounds, slice_s, progress)
     progress.close()
 
     def paired(top: str, bottom: str) -> float:
-        return round(_median([a.rps / b.rps for a, b in zip(loads[top], loads[bottom]) if b.rps]), 3)
+        return paired_ratio(loads[top], loads[bottom])
 
     report: dict[str, object] = {
         "generator": generator,

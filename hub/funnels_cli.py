@@ -151,9 +151,11 @@ def register(hsub: argparse._SubParsersAction, operator_args: Any) -> None:
 
 
 def register_bench(bench_sub: argparse._SubParsersAction) -> None:
-    bench = bench_sub.add_parser("funnels", help="events/s one edge ingests over HTTP, and hub counter merges/s per store")
-    bench.add_argument("--events", type=int, default=4000, help="events sent to the edge")
-    bench.add_argument("--concurrency", type=int, default=16)
+    bench = bench_sub.add_parser("funnels", help="events/s one edge ingests over HTTP (wrk, vs a bare echo), and hub counter merges/s per store")
+    bench.add_argument("--duration", type=float, default=10.0, help="seconds of event load on the edge, and as many on the echo (default 10)")
+    bench.add_argument("--rounds", type=int, default=5, help="interleaved edge/echo slices (default 5)")
+    bench.add_argument("--connections", type=int, default=64)
+    bench.add_argument("--workers", type=int, default=1, help="uvicorn workers for the edge and the echo (default 1)")
     bench.add_argument("--counters", type=int, default=20000, help="node-counters merged per store")
     bench.add_argument("--redis", default="redis://127.0.0.1:6379/15", help="Redis URL for the Redis run ('' to skip)")
     bench.add_argument("--json", action="store_true")
@@ -163,6 +165,7 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
 def _bench(args: argparse.Namespace) -> int:
     from hub.funnels_bench import run_bench
 
-    result = run_bench(events=args.events, concurrency=args.concurrency, counters=args.counters, redis_url=args.redis or None, show_progress=not args.json)
+    result = run_bench(duration=args.duration, rounds=args.rounds, connections=args.connections, workers=args.workers,
+                       counters=args.counters, redis_url=args.redis or None, show_progress=not args.json)
     print(json.dumps(result, indent=None if args.json else 2))
     return 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from conftest import need
 from test_hub_support import RunningHub, any_store, store_kind  # noqa: F401  (fixtures)
 
 from hub.client import HubError
@@ -251,3 +253,21 @@ def test_bench_merge_figures(tmp_path: Path) -> None:
 
     result = _merge(f"sqlite:///{tmp_path / 'bench.sqlite3'}", counters=1000)
     assert result["node_counters"] == 1000 and result["node_counters_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_bench_funnels_drives_the_edge_with_wrk_and_checks_its_store(capsys: pytest.CaptureFixture[str]) -> None:
+    """Quick mode of ``nexus bench funnels``: wrk against a real edge and the echo, and the
+    edge's store holds exactly the events wrk saw acknowledged."""
+    need(shutil.which("wrk") is not None, "wrk is not installed (apt-get install wrk)")
+    argv = ["bench", "funnels", "--json", "--duration", "2", "--rounds", "2", "--connections", "8", "--counters", "1000", "--redis", ""]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    ingest = result["edge_ingest"]
+    assert ingest["generator"] == "wrk" and ingest["rounds"] == 2 and ingest["connections"] == 8
+    assert ingest["events_per_s"] > 0 and ingest["echo_rps"] > 0
+    assert 0 < ingest["ratio"] < 1, ingest  # an event is a store transaction; the echo only returns the body
+    assert 0 < ingest["p50_ms"] <= ingest["p99_ms"] and 0 < ingest["echo_p50_ms"] <= ingest["echo_p99_ms"]
+    assert ingest["errors"] == 0 and ingest["echo_errors"] == 0
+    assert ingest["events_stored"] == ingest["events_acknowledged"] == ingest["events_sent"] == ingest["events_counted"] > 0
+    assert result["hub_merge"]["sqlite"]["node_counters"] == 1000
