@@ -15,7 +15,8 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,7 @@ PROMOTE_BUDGET_S = 30.0
 class Federation:
     hub: HubProcess
     admin: OperatorClient
+    token: str  # the hub's admin token
     edges: list[Edge]
     superlink_port: int
 
@@ -48,26 +50,34 @@ class Federation:
         return ("--poll-interval", "0.5", "--superlink-port", str(self.superlink_port))
 
 
-@pytest.fixture
-def federation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Federation]:
+@contextmanager
+def running_federation(root: Path, model: str, edge: type[Edge], regions: Iterable[int]) -> Iterator[Federation]:
+    """A hub with its SuperLink, serving ``model`` version 1 as stable, and one edge per region."""
     need((BIN / "flower-superlink").exists() and (BIN / "flower-supernode").exists(), "Flower's binaries are not installed in this environment")
     superlink_port = free_port()
-    hub = HubProcess(tmp_path / "hub", free_port(), "--poll-interval", "0.5", "--superlink-port", str(superlink_port))
-    fed = Federation(hub, OperatorClient(hub.url, (tmp_path / "hub" / "admin.token").read_text().strip()), [], superlink_port)
-    # the edges' settings read NEXUS_* from the environment they inherit
-    monkeypatch.setenv("NEXUS_SUPERLINK", f"127.0.0.1:{superlink_port}")
+    hub = HubProcess(root / "hub", free_port(), "--poll-interval", "0.5", "--superlink-port", str(superlink_port))
+    token = (root / "hub" / "admin.token").read_text().strip()
+    fed = Federation(hub, OperatorClient(hub.url, token), token, [], superlink_port)
     try:
-        base = fed.admin.push(DEFAULT_REPOSITORY / "funnel" / "1")
-        fed.admin.promote("funnel", base["version"], "stable")
-        for region in REGIONS:
-            token = fed.admin.create_token({"region": str(region)})["token"]
-            fed.edges.append(Edge(tmp_path / f"edge-{region}", hub.url, token))
+        base = fed.admin.push(DEFAULT_REPOSITORY / model / "1")
+        fed.admin.promote(model, base["version"], "stable")
+        for region in regions:
+            enroll = fed.admin.create_token({"region": str(region)})["token"]
+            fed.edges.append(edge(root / f"edge-{region}", hub.url, enroll))
         yield fed
     finally:
-        for edge in fed.edges:
-            edge.stop()
+        for e in fed.edges:
+            e.stop()
         fed.admin.close()
         fed.hub.stop()
+
+
+@pytest.fixture
+def federation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Federation]:
+    # the edges' settings read NEXUS_* from the environment they inherit
+    monkeypatch.setenv("NEXUS_SUPERLINK", "auto")
+    with running_federation(tmp_path, "funnel", Edge, REGIONS) as fed:
+        yield fed
 
 
 def _feed(edge: Edge, region: int) -> None:

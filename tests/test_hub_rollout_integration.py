@@ -35,7 +35,6 @@ from test_sync_agent import store_forged
 POLL_S = 0.5
 #: hub poll interval 0.5 s; the budget covers a download, verification and a model load on a busy 2-core box
 ROLLOUT_BUDGET_S = 20.0
-_LOADED = re.compile(r'nexus_edge_model_loaded_info\{[^}]*model="funnel"[^}]*version="(\d+)"')
 
 
 def _bundles(tmp: Path) -> tuple[Path, Path]:
@@ -57,6 +56,9 @@ def _bundles(tmp: Path) -> tuple[Path, Path]:
 
 
 class Edge:
+    models = "funnel"  # what NEXUS_MODELS lets this node serve
+    extra_args: tuple[str, ...] = ()
+
     def __init__(self, root: Path, hub_url: str, token: str | None) -> None:
         self.root = root
         self.port = free_port()
@@ -69,14 +71,16 @@ class Edge:
         args = [*NEXUS, "edge", "serve", "--models", str(self.root / "models"), "--data-dir", str(self.root / "data"),
                 "--port", str(self.port), "--hub", self.hub_url, "--log-level", "warning"]
         if token:  # the issue's spelling; deploy/ uses --enroll-token-file
-            args += ["--enroll-token", token]
-        env = {**os.environ, "NEXUS_MODELS": "funnel"}
+            args += [f"--enroll-token={token}"]  # "=": a token may start with "-"
+        args += self.extra_args
+        env = {**os.environ, "NEXUS_MODELS": self.models}
         with open(self.root / "edge.log", "ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=log, env=env)
 
     def served(self) -> str | None:
         try:
-            match = _LOADED.search(httpx.get(self.url + "/metrics", timeout=2).text)
+            loaded = rf'nexus_edge_model_loaded_info\{{[^}}]*model="{self.models}"[^}}]*version="(\d+)"'
+            match = re.search(loaded, httpx.get(self.url + "/metrics", timeout=2).text)
         except httpx.HTTPError:
             return None
         return match.group(1) if match else None
