@@ -34,6 +34,7 @@ from typing import Any, TextIO
 import httpx
 import numpy as np
 
+from edge_worker.audit import SEND, AuditReader, verify
 from edge_worker.funnels import CONFIG_FILE
 from edge_worker.server import ServerProcess, edge_argv, free_port
 from edge_worker.traffic import (
@@ -48,6 +49,7 @@ from edge_worker.traffic import (
     synthetic_sessions,
     walk_visitors,
 )
+from federated.receipts import ACK_KIND
 from hub import rounds_cli
 from hub.auth import ADMIN_TOKEN_FILE
 from hub.funnels_cli import FunnelClient
@@ -295,6 +297,22 @@ def _experiment_summary(results: dict[str, Any], sent: Tally) -> dict[str, Any]:
             "truth": truth, "visitors": sum(sent.assigned.values()), "variants": variants, "prob_b_beats_a": b["prob_beat_control"], "srm": results.get("srm")}  # fmt: skip
 
 
+def _audit(data_dir: Path) -> dict[str, Any]:
+    """What a privacy officer's ``nexus audit verify`` says of the edge's log right now, and
+    which of its sends the hub's receipts cover, per channel (HTTP sync, Flower; acknowledgements
+    of receipts get none by design)."""
+    result = verify(data_dir)
+    reader = AuditReader(data_dir)
+    receipted = set(reader.receipts())
+    channels: dict[str, list[int]] = {}
+    for entry in (e for e in reader.entries(SEND) if e.kind != ACK_KIND):
+        sent = channels.setdefault(entry.channel, [0, 0])
+        sent[0] += 1
+        sent[1] += entry.id in receipted
+    return {"ok": result.ok, "message": result.message(), "entries": result.entries,
+            "sends": {channel: {"messages": n, "receipts": r} for channel, (n, r) in sorted(channels.items())}}
+
+
 def _rounds_summary(run: dict[str, Any], seconds: float) -> dict[str, Any]:
     keys = ("round", "participants", "train_loss", "loss", "score", "bytes_out", "bytes_in", "duration_s")
     return {"run_id": run["run_id"], "status": run["status"], "score_name": run["score_name"], "base_version": run["base_version"],
@@ -388,7 +406,8 @@ def _run(options: Options, stages: Stages, cluster: Cluster, stack: contextlib.E
             if name == f"edge-{edge.region}":
                 answered.setdefault(model, {})[served_version] = count
         edges.append({"region": edge.region, "url": edge.url, "node_id": node.get("node_id"), "status": node.get("status"),
-                      "heartbeat_models": (node.get("heartbeat") or {}).get("models"), "answers": answered})  # fmt: skip
+                      "heartbeat_models": (node.get("heartbeat") or {}).get("models"), "answers": answered,
+                      "audit": _audit(edge.data_dir)})  # fmt: skip
     return {
         "wall_s": round(stages.elapsed(), 1),
         "keep": options.keep,
@@ -427,6 +446,11 @@ def summary_text(s: dict[str, Any]) -> list[str]:
     for v in x["variants"]:
         lines.append(f"  {v['name']}: {_fmt(v['converted'], '{}')}/{_fmt(v['assigned'], '{}')} bought = {_fmt(v['rate'], '{:.1%}')}"
                      + (f"  P(beats {x['control']}) = {_fmt(v['prob_beat_control'], '{:.3f}')}" if v["name"] != x["control"] else ""))  # fmt: skip
+    lines += ["", "privacy (each edge's audit log, as `nexus audit verify` sees it; sends with the hub's signed receipt):"]
+    for e in s["edges"]:
+        a = e["audit"]
+        sends = ", ".join(f"{ch} {c['receipts']}/{c['messages']}" for ch, c in a["sends"].items())
+        lines.append(f"  region {e['region']}  {'intact' if a['ok'] else 'NOT INTACT'}, {a['entries']} entries; {sends}")
     m, hub = s["model"], s["hub"]
     lines += ["", f"new model: funnel v{m['version']} (stable, parent v{m['base_version']}) served by {m['served_by']}/{len(s['edges'])} edges",
               f"dashboard: {hub['dashboard']} (log in with the admin token in {hub['admin_token_file']})"]  # fmt: skip

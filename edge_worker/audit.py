@@ -533,6 +533,22 @@ class AuditReader:
     def receipts(self) -> dict[int, str]:
         return {row["entry_id"]: row["receipt"] for row in self._query("SELECT * FROM receipts")}
 
+    def snapshot(self) -> tuple[list[Entry], dict[int, TreeHead], dict[int, str]]:
+        """Entries, tree heads and receipts as of one moment. A running node appends while it
+        is read; separate reads could see a head whose entry they missed."""
+        conn = _connect(self._path)
+        try:
+            conn.execute("BEGIN")  # one read transaction: WAL serves every SELECT from one snapshot
+            entries = [_entry(row) for row in conn.execute("SELECT * FROM entries ORDER BY id")]
+            heads = {row["size"]: _head(row) for row in conn.execute("SELECT * FROM tree_heads")}
+            receipts = {row["entry_id"]: row["receipt"] for row in conn.execute("SELECT * FROM receipts")}
+            conn.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            raise AuditError(f"cannot read the audit log {self._path} ({exc})") from None
+        finally:
+            conn.close()
+        return entries, heads, receipts
+
     def inclusion_proof(self, entry_id: int, size: int | None = None) -> InclusionProof:
         leaves = [entry.leaf_hash() for entry in self.entries()]
         size = len(leaves) if size is None else size
@@ -578,9 +594,7 @@ def verify(data_dir: Path, node_key: Ed25519PublicKey | None = None, hub_key: Ed
     removed together with their own heads."""
     reader = AuditReader(data_dir)
     node_key = node_key or load_public_key(Path(data_dir) / KEY_FILE)
-    entries = list(reader.entries())
-    heads = reader.tree_heads()
-    receipts = reader.receipts()
+    entries, heads, receipts = reader.snapshot()
 
     def bad(entry_id: int | None, reason: str) -> Verification:
         return Verification(False, len(entries), len(heads), len(receipts), None, key_id(node_key), entry_id, reason)

@@ -44,14 +44,14 @@ from edge_worker.dp_budget import BUDGET_FILE, BudgetExhausted, PrivacyBudget
 from edge_worker.payloads import MODEL_UPDATE
 from federated import codec
 from federated.digest import describe, reply_body
-from federated.receipts import MESSAGE_TYPE as RECEIPTS_MESSAGE, receipts_in
+from federated.receipts import ACK_KIND, MESSAGE_TYPE as RECEIPTS_MESSAGE, receipts_in
 from federated.strategy import ARRAYS, CONFIG, METRICS
 from models.errors import NexusError
 
 log = logging.getLogger("nexus.federated.audit")
 CHANNEL, DESTINATION = "flower", "superlink"
 RUN_NOISE, RUN_CLIP = "dp-noise-multiplier", "dp-clipping-norm"
-KINDS = {"train": MODEL_UPDATE, "evaluate": "evaluation-metrics", "query": "node-tags", RECEIPTS_MESSAGE: "receipt-ack"}
+KINDS = {"train": MODEL_UPDATE, "evaluate": "evaluation-metrics", "query": "node-tags", RECEIPTS_MESSAGE: ACK_KIND}
 ERROR_KIND = "error"
 _NUMERIC = "fiub"
 

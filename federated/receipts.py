@@ -33,6 +33,8 @@ from models.receipts import KEY_ENV, canonical_json, load_signing_key, sign_rece
 
 RECORD, FIELD = "nexus-receipts", "receipts"
 MESSAGE_TYPE = "query.receipts"
+#: the audit kind of a node's acknowledgement: the one reply that gets no receipt (or it would never end)
+ACK_KIND = "receipt-ack"
 #: the final delivery waits at most this long for nodes that went away meanwhile
 FLUSH_TIMEOUT_S = 30.0
 

@@ -4,6 +4,7 @@ the storage makes verify() name the edited entry."""
 from __future__ import annotations
 
 import json
+import threading
 import os
 import sqlite3
 import stat
@@ -265,3 +266,25 @@ def test_processes_appending_at_once_keep_one_valid_tree(tmp_path):
     assert [p.wait(timeout=120) for p in procs] == [0, 0]
     result = verify(tmp_path)
     assert result.ok and result.entries == 80, result.message()
+
+
+def test_verify_is_consistent_while_the_node_appends(tmp_path):
+    """The node keeps logging while its scheduled verification (or an officer) reads: every
+    verification sees one moment of the log, never a head without its entry."""
+    with AuditLog(tmp_path) as log:
+        log.record_send("sync", "http://hub", "heartbeat", b"{}", {})
+    done = threading.Event()
+
+    def append() -> None:
+        with AuditLog(tmp_path) as log:
+            for i in range(400):
+                log.record_send("sync", "http://hub", "heartbeat", b"{}" * i, {"i": i})
+        done.set()
+
+    writer = threading.Thread(target=append)
+    writer.start()
+    results = []
+    while not done.is_set():
+        results.append(verify(tmp_path))
+    writer.join()
+    assert len(results) > 3 and all(r.ok for r in results), next(r.message() for r in results if not r.ok)

@@ -92,6 +92,11 @@ def test_demo_runs_the_whole_system_and_reports_real_figures() -> None:
     for edge in s["edges"]:
         assert edge["node_id"] and edge["status"] == "online"
         assert edge["answers"]["emotion"] and set(edge["answers"]["funnel"]) == {fed["base_version"], version}
+        # the log verifies while the node runs, and both Flower updates and evaluations were receipted
+        audit = edge["audit"]
+        assert audit["ok"], audit["message"]
+        flower = audit["sends"]["flower"]
+        assert flower["receipts"] == flower["messages"] >= 2 * len(fed["rounds"]) and audit["sends"]["sync"]["receipts"] > 0
 
     # two rounds, all three edges in each, with their metrics and bytes
     assert fed["status"] == "finished" and [r["round"] for r in fed["rounds"]] == [1, 2]
