@@ -24,6 +24,7 @@ import numpy as np
 from edge_worker.assignment import ASSIGNED
 from models.bundle import ARTIFACTS
 from models.errors import NexusError
+from models.receipts import HEAD_KEY_ID, HEAD_ROOT, HEAD_SIGNATURE, HEAD_TIME
 from models.export.onnx_graphs import read_initializers
 
 # The one list of payload kinds: the egress gateway (edge_worker/egress.py) sends nothing else.
@@ -43,14 +44,9 @@ _MAX_INT = 2**53  # exact in a JSON double
 #: the node's own audit log in the heartbeat: totals, the verdict of its last verification,
 #: and its newest signed tree head (the hub keeps the largest, so truncation shows there)
 _AUDIT_FIELDS = ("bytes_sent", "audit_entries", "audit_ok", "audit_verified_at", "audit_head")
-# A tree head exactly as edge_worker.audit writes it (hub/schemas.py AuditHead has the same):
-# hex sha256 root, key_id = 16 hex of models.bundle.key_id, time = models.receipts.utc_now,
-# signature = base64 of a 64-byte Ed25519 signature.
+# a tree head exactly as edge_worker.audit writes it (the hub checks the same formats)
 _HEAD_FIELDS = ("size", "root", "time", "key_id", "signature")
-_HEAD_ROOT = re.compile(r"[0-9a-f]{64}")
-_HEAD_KEY_ID = re.compile(r"[0-9a-f]{16}")
-_HEAD_TIME = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z")
-_HEAD_SIGNATURE = re.compile(r"[A-Za-z0-9+/]{85}[AQgw]==")
+_HEAD_ROOT, _HEAD_KEY_ID, _HEAD_TIME, _HEAD_SIGNATURE = map(re.compile, (HEAD_ROOT, HEAD_KEY_ID, HEAD_TIME, HEAD_SIGNATURE))
 
 
 class PayloadRefused(NexusError):

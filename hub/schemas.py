@@ -6,6 +6,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from models.receipts import HEAD_KEY_ID, HEAD_ROOT, HEAD_SIGNATURE, HEAD_TIME
+
 TagKey = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.-]{0,31}$")]
 TagValue = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
 ModelName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
@@ -31,11 +33,10 @@ class AuditHead(_Body):
     exact formats the edge writes (edge_worker/payloads.py checks the same)."""
 
     size: int = Field(strict=True, ge=1, le=2**53)
-    root: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
-    time: Annotated[str, StringConstraints(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z$")]
-    key_id: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{16}$")]
-    #: base64 of a 64-byte Ed25519 signature
-    signature: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9+/]{85}[AQgw]==$")]
+    root: Annotated[str, StringConstraints(pattern=f"^{HEAD_ROOT}$")]
+    time: Annotated[str, StringConstraints(pattern=f"^{HEAD_TIME}$")]
+    key_id: Annotated[str, StringConstraints(pattern=f"^{HEAD_KEY_ID}$")]
+    signature: Annotated[str, StringConstraints(pattern=f"^{HEAD_SIGNATURE}$")]
 
 
 class Heartbeat(_Body):

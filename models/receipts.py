@@ -31,6 +31,14 @@ from models.errors import NexusError
 HEADER = "Nexus-Receipt"
 #: names the hub's signing key file for the ServerApp, which signs receipts for Flower replies
 KEY_ENV = "NEXUS_RECEIPT_KEY"
+
+# A node's signed audit tree head as it travels in heartbeats, checked by the edge's gateway
+# (edge_worker/payloads.py) and the hub (hub/schemas.py) alike: a hex sha256 root, key_id as
+# models.bundle.key_id makes it, time as utc_now writes it, base64 of a 64-byte signature.
+HEAD_ROOT = r"[0-9a-f]{64}"
+HEAD_KEY_ID = r"[0-9a-f]{16}"
+HEAD_TIME = r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z"
+HEAD_SIGNATURE = r"[A-Za-z0-9+/]{85}[AQgw]=="
 #: bodies beyond this are not drained after the app answered: the receipt then covers what was read
 DRAIN_LIMIT = 1 << 20
 
