@@ -58,14 +58,19 @@ class Cluster:
         self.link.stop()
 
     def wait_finished(self, run_id: int, timeout: float) -> str:
-        deadline = time.monotonic() + timeout
-        status = ""
-        while time.monotonic() < deadline:
-            status = self.link.run_status(run_id)
-            if status.startswith("finished"):
-                return status
-            time.sleep(2)
-        pytest.fail(f"run {run_id} still {status!r} after {timeout:.0f}s; logs in {self.root}")
+        return flower_finished(self.link, run_id, timeout, f"logs in {self.root}")
+
+
+def flower_finished(link: SuperLink, run_id: int, timeout: float, where: str) -> str:
+    """Flower's final status of a run (``finished:...``), polled from the SuperLink."""
+    deadline = time.monotonic() + timeout
+    status = ""
+    while time.monotonic() < deadline:
+        status = link.run_status(run_id)
+        if status.startswith("finished"):
+            return status
+        time.sleep(1)
+    pytest.fail(f"Flower run {run_id} still {status!r} after {timeout:.0f}s; {where}")
 
 
 @pytest.fixture

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 from conftest import free_port, need
+from test_federated_flower import flower_finished
 from test_hub_support import NEXUS, HubProcess, wait_for
 
 from hub.client import OperatorClient
@@ -51,14 +51,7 @@ class LiveHub:
         return self.nexus("start", "--model", "funnel", "--rounds", "1", "--min-nodes", "3", *args)
 
     def flower_finished(self, flower_run_id: int, timeout: float) -> str:
-        status = ""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            status = self.link.run_status(flower_run_id)
-            if status.startswith("finished"):
-                return status
-            time.sleep(1)
-        pytest.fail(f"Flower run {flower_run_id} still {status!r} after {timeout:.0f}s; hub log {self.process.log}")
+        return flower_finished(self.link, flower_run_id, timeout, f"hub log {self.process.log}")
 
     def close(self) -> None:
         self.admin.close()
