@@ -46,6 +46,7 @@ TREE_HEAD_FORMAT = "nexus-audit-sth/1"
 
 SEND, REFUSAL, ERASURE, RETENTION, HUB_KEY = "send", "refusal", "erasure", "retention", "hub-key"
 
+_MESSAGE_ID = "CASE WHEN json_valid(summary) THEN json_extract(summary, '$.message') END"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entries (
     id INTEGER PRIMARY KEY,
@@ -71,7 +72,10 @@ CREATE TABLE IF NOT EXISTS receipts (
     entry_id INTEGER PRIMARY KEY,
     receipt TEXT NOT NULL
 );
-"""
+-- a Flower receipt finds its entry by the instruction id in the summary (entry_for_message);
+-- guarded so that a summary edited into bad JSON still reaches verify() instead of failing here
+CREATE INDEX IF NOT EXISTS entries_by_message ON entries (channel, {_MESSAGE_ID});
+""".format(_MESSAGE_ID=_MESSAGE_ID)
 # Guards against our own code editing history; an attacker can drop them, verify() is the proof.
 _TRIGGERS = "".join(
     f"CREATE TRIGGER IF NOT EXISTS {table}_no_{op.lower()} BEFORE {op} ON {table} "
@@ -427,7 +431,7 @@ class AuditLog:
             return None
         with self._lock:
             row = self._conn.execute(
-                "SELECT id FROM entries WHERE event = ? AND channel = ? AND json_extract(summary, '$.message') = ? ORDER BY id DESC LIMIT 1",
+                f"SELECT id FROM entries WHERE event = ? AND channel = ? AND {_MESSAGE_ID} = ? ORDER BY id DESC LIMIT 1",
                 (SEND, channel, message_id),
             ).fetchone()
         return None if row is None else int(row["id"])

@@ -199,6 +199,8 @@ class SyncAgent:
         self.audit_check: AuditCheck | None = None
         self._audit_started_at: float | None = None
         self._audit_task: asyncio.Task[AuditCheck] | None = None
+        #: the SuperLink the hub named last (edge_worker/federation.py keeps it for the SuperNode)
+        self._superlink: object = None
 
     # -- loop ------------------------------------------------------------------------------
     async def run(self, after_cycle: Callable[["SyncAgent"], None] | None = None) -> None:
@@ -308,8 +310,11 @@ class SyncAgent:
         )
         if self._poll_override is None and isinstance(reply.get("poll_interval_s"), (int, float)):
             self.poll_interval_s = float(reply["poll_interval_s"])
-        if await asyncio.to_thread(remember_superlink, self.data_dir, reply.get("superlink")):
-            log.info("the hub's Flower SuperLink is %s", reply["superlink"])
+        superlink = reply.get("superlink")
+        if superlink != self._superlink:  # the file is written (and read back) only on a change
+            self._superlink = superlink
+            if await asyncio.to_thread(remember_superlink, self.data_dir, superlink):
+                log.info("the hub's Flower SuperLink is %s", superlink)
         polled = await self.gateway.poll_assignments(self.state.etag)
         if polled is not None:
             etag, body = polled
