@@ -162,7 +162,13 @@ class Cluster:
             # the edge learns the SuperLink from the hub, as an operator's would
             argv += ["--hub", self.hub.url, "--enroll-token", token, "--superlink", "auto"]
             env = {"NEXUS_FUNNEL_SYNC_S": str(FUNNEL_SYNC_S)}
-            self.edges.append(Edge(region, ServerProcess(f"edge {region}", argv, port, env=env, ready_path="/v2/health/live"), root / "data"))
+            self.edges.append(
+                Edge(
+                    region,
+                    ServerProcess(f"edge {region}", argv, port, env=env, ready_path="/v2/health/live"),
+                    root / "data",
+                )
+            )
         pool = ThreadPoolExecutor(len(self.edges))
         self._starting = [pool.submit(e.process.start, 60.0) for e in self.edges]
         pool.shutdown(wait=False)
@@ -233,7 +239,9 @@ def _feed(recorder: Recorder, edge: Edge, outcomes: list[Outcome], texts: list[E
             if stop.is_set():
                 return
             recorder.call(http, name, "funnel score", "/v1/funnel/score", {"session": row.session}).raise_for_status()
-            recorder.call(http, name, "funnel outcome", "/v1/funnel/outcome", {"session": row.session, "converted": row.converted}).raise_for_status()
+            recorder.call(
+                http, name, "funnel outcome", "/v1/funnel/outcome", {"session": row.session, "converted": row.converted}
+            ).raise_for_status()
         for text, labels in texts:
             if stop.is_set():
                 return
@@ -244,7 +252,9 @@ def _feed(recorder: Recorder, edge: Edge, outcomes: list[Outcome], texts: list[E
 def _visitors(recorder: Recorder, edge: Edge, index: int, options: Options, stop: threading.Event) -> Tally:
     visitors = [f"visitor-{i}" for i in range(index, options.visitors, len(REGIONS))]
     with httpx.Client(base_url=edge.url, timeout=30) as http:
-        return walk_visitors(recorder, http, f"edge-{edge.region}", FUNNEL, visitors, TRUTH, options.seed + edge.region, stop)
+        return walk_visitors(
+            recorder, http, f"edge-{edge.region}", FUNNEL, visitors, TRUTH, options.seed + edge.region, stop
+        )
 
 
 def _serves(edge: Edge, version: str, session: dict[str, Any]) -> bool:
@@ -309,8 +319,12 @@ def _audit(data_dir: Path) -> dict[str, Any]:
         sent = channels.setdefault(entry.channel, [0, 0])
         sent[0] += 1
         sent[1] += entry.id in receipted
-    return {"ok": result.ok, "message": result.message(), "entries": result.entries,
-            "sends": {channel: {"messages": n, "receipts": r} for channel, (n, r) in sorted(channels.items())}}
+    return {
+        "ok": result.ok,
+        "message": result.message(),
+        "entries": result.entries,
+        "sends": {channel: {"messages": n, "receipts": r} for channel, (n, r) in sorted(channels.items())},
+    }
 
 
 def _rounds_summary(run: dict[str, Any], seconds: float) -> dict[str, Any]:
@@ -345,31 +359,65 @@ def _run(options: Options, stages: Stages, cluster: Cluster, stack: contextlib.E
     stages(f"starting the hub (SQLite store, Flower SuperLink on 127.0.0.1:{cluster.superlink_port})")
     admin = stack.enter_context(cluster.start_hub())
     base = _push_models(admin, options.models)
-    stages(f"hub on {cluster.hub.url}: emotion v{base['emotion']} and funnel v{base['funnel']} registered and promoted to stable")
+    stages(
+        f"hub on {cluster.hub.url}: emotion v{base['emotion']} and funnel v{base['funnel']} registered and promoted to stable"
+    )
 
     cluster.start_edges({region: admin.create_token({"region": str(region)})["token"] for region in REGIONS})
     for edge in cluster.edges:
-        stages(f"edge {edge.region} on {edge.url} up (region={edge.region}): enrolling, then its SuperNode joins the SuperLink")
+        stages(
+            f"edge {edge.region} on {edge.url} up (region={edge.region}): enrolling, then its SuperNode joins the SuperLink"
+        )
     wait_until(lambda: all(_ready(e) for e in cluster.edges), 120, "the edges to load the hub's models")
     stages("all edges serve the hub's models")
 
     labels = read_manifest(options.models / "emotion" / list_versions(options.models, "emotion")[-1])["labels"]
     work = _workload(options, labels)
-    stages(f"traffic ({work.source}): {options.sessions} sessions and {options.texts} texts per edge, scored and stored as local training data")
-    gather(start_jobs([lambda s, e=e, i=i: _feed(recorder, e, work.outcomes[i], work.texts[i], s) for i, e in enumerate(cluster.edges)], stop), stop)
+    stages(
+        f"traffic ({work.source}): {options.sessions} sessions and {options.texts} texts per edge, scored and stored as local training data"
+    )
+    gather(
+        start_jobs(
+            [
+                lambda s, e=e, i=i: _feed(recorder, e, work.outcomes[i], work.texts[i], s)
+                for i, e in enumerate(cluster.edges)
+            ],
+            stop,
+        ),
+        stop,
+    )
 
     admin.create_funnel(FUNNEL, list(TRUTH.steps))
     variants = [{"name": name, "weight": 1.0} for name in TRUTH.rates]
-    admin.create_experiment({"id": EXPERIMENT, "funnel_id": FUNNEL, "variants": variants, "decision_step": TRUTH.steps[-1], "allocation": options.allocation, "salt": "demo"})
+    admin.create_experiment(
+        {
+            "id": EXPERIMENT,
+            "funnel_id": FUNNEL,
+            "variants": variants,
+            "decision_step": TRUTH.steps[-1],
+            "allocation": options.allocation,
+            "salt": "demo",
+        }
+    )
     admin.start(EXPERIMENT)
     wait_until(lambda: all(_has_experiment(e) for e in cluster.edges), 60, "the edges to pull the experiment")
-    stages(f"funnel {FUNNEL!r} {'>'.join(TRUTH.steps)} and {options.allocation} experiment {EXPERIMENT!r} (A vs B) running on every edge")
+    stages(
+        f"funnel {FUNNEL!r} {'>'.join(TRUTH.steps)} and {options.allocation} experiment {EXPERIMENT!r} (A vs B) running on every edge"
+    )
 
-    wait_until(lambda: cluster.online_supernodes() == len(REGIONS), 120, "three SuperNodes at the hub's SuperLink", every=1.0)
-    stages("3 SuperNodes online; federated run: 2 rounds of the funnel model, min 3 nodes; visitors walk the funnel meanwhile")
+    wait_until(
+        lambda: cluster.online_supernodes() == len(REGIONS), 120, "three SuperNodes at the hub's SuperLink", every=1.0
+    )
+    stages(
+        "3 SuperNodes online; federated run: 2 rounds of the funnel model, min 3 nodes; visitors walk the funnel meanwhile"
+    )
     started = time.monotonic()
-    run = admin.start_run({"model": "funnel", "rounds": 2, "min_nodes": len(REGIONS), "timeout_s": 90, "deadline_s": 600})
-    walkers = start_jobs([lambda s, e=e, i=i: _visitors(recorder, e, i, options, s) for i, e in enumerate(cluster.edges)], stop)
+    run = admin.start_run(
+        {"model": "funnel", "rounds": 2, "min_nodes": len(REGIONS), "timeout_s": 90, "deadline_s": 600}
+    )
+    walkers = start_jobs(
+        [lambda s, e=e, i=i: _visitors(recorder, e, i, options, s) for i, e in enumerate(cluster.edges)], stop
+    )
     run = rounds_cli.wait(admin, run["run_id"], poll_s=1.0, show_progress=True)
     rounds_seconds = time.monotonic() - started
     if run["status"] != "finished":
@@ -383,10 +431,18 @@ def _run(options: Options, stages: Stages, cluster: Cluster, stack: contextlib.E
 
     admin.promote("funnel", version, "stable")
     probe = work.outcomes[0][0].session
-    wait_until(lambda: all(_serves(e, version, probe) for e in cluster.edges), 60, f"every edge to serve funnel v{version}")
+    wait_until(
+        lambda: all(_serves(e, version, probe) for e in cluster.edges), 60, f"every edge to serve funnel v{version}"
+    )
     stages(f"funnel v{version} promoted to stable and served by every edge")
     # the app's traffic now gets the new version's answers
-    gather(start_jobs([lambda s, e=e, i=i: _feed(recorder, e, work.outcomes[i][:20], [], s) for i, e in enumerate(cluster.edges)], stop), stop)
+    gather(
+        start_jobs(
+            [lambda s, e=e, i=i: _feed(recorder, e, work.outcomes[i][:20], [], s) for i, e in enumerate(cluster.edges)],
+            stop,
+        ),
+        stop,
+    )
 
     def hub_has_every_count() -> bool:
         results = admin.results(EXPERIMENT)
@@ -411,14 +467,24 @@ def _run(options: Options, stages: Stages, cluster: Cluster, stack: contextlib.E
     return {
         "wall_s": round(stages.elapsed(), 1),
         "keep": options.keep,
-        "hub": {"url": cluster.hub.url, "dashboard": cluster.hub.url + "/dashboard", "admin_token_file": str(cluster.hub_dir / ADMIN_TOKEN_FILE),
-                "superlink": f"127.0.0.1:{cluster.superlink_port}", "data_dir": str(cluster.root)},
+        "hub": {
+            "url": cluster.hub.url,
+            "dashboard": cluster.hub.url + "/dashboard",
+            "admin_token_file": str(cluster.hub_dir / ADMIN_TOKEN_FILE),
+            "superlink": f"127.0.0.1:{cluster.superlink_port}",
+            "data_dir": str(cluster.root),
+        },
         "edges": edges,
         "traffic": {"source": work.source, **recorder.summary()},
         "federated": _rounds_summary(run, rounds_seconds),
         "experiment": experiment,
-        "model": {"name": "funnel", "base_version": run["base_version"], "version": version, "stage": "stable",
-                  "served_by": sum(1 for e in edges if version in e["answers"].get("funnel", {}))},
+        "model": {
+            "name": "funnel",
+            "base_version": run["base_version"],
+            "version": version,
+            "stage": "stable",
+            "served_by": sum(1 for e in edges if version in e["answers"].get("funnel", {})),
+        },
     }
 
 
@@ -431,26 +497,50 @@ def _fmt(value: Any, pattern: str = "{:.4f}") -> str:
 
 def summary_text(s: dict[str, Any]) -> list[str]:
     t, f, x = s["traffic"], s["federated"], s["experiment"]
-    lines = [f"nexus demo: the whole system ran on loopback in {s['wall_s']:.0f} s", "", "edges (model versions that answered this run's requests):"]
+    lines = [
+        f"nexus demo: the whole system ran on loopback in {s['wall_s']:.0f} s",
+        "",
+        "edges (model versions that answered this run's requests):",
+    ]
     for e in s["edges"]:
-        answers = "; ".join(f"{model} " + ", ".join(f"v{v}: {n}" for v, n in versions.items()) for model, versions in e["answers"].items())
+        answers = "; ".join(
+            f"{model} " + ", ".join(f"v{v}: {n}" for v, n in versions.items())
+            for model, versions in e["answers"].items()
+        )
         lines.append(f"  region {e['region']}  {e['url']}  node {e['node_id']}  {answers}")
-    lines += ["", f"traffic ({t['source']}): {t['requests']} requests, {t['errors']} errors, p50 {_fmt(t['p50_ms'], '{:.1f}')} ms"]
+    lines += [
+        "",
+        f"traffic ({t['source']}): {t['requests']} requests, {t['errors']} errors, p50 {_fmt(t['p50_ms'], '{:.1f}')} ms",
+    ]
     for route, r in t["routes"].items():
-        lines.append(f"  {route:<15} {r['requests']:>6} requests  p50 {r['p50_ms']:>6.1f} ms  p99 {r['p99_ms']:>6.1f} ms")
+        lines.append(
+            f"  {route:<15} {r['requests']:>6} requests  p50 {r['p50_ms']:>6.1f} ms  p99 {r['p99_ms']:>6.1f} ms"
+        )
     lines += ["", f"federated run {f['run_id']} ({f['seconds']:.0f} s): funnel v{f['base_version']} -> v{f['version']}",
               f"  {'ROUND':>5} {'NODES':>5} {'LOSS':>8} {f['score_name'].upper():>8} {'BYTES_OUT':>10} {'BYTES_IN':>9} {'SECONDS':>8}"]  # fmt: skip
     for r in f["rounds"]:
-        lines.append(f"  {r['round']:>5} {r['participants']:>5} {_fmt(r['loss']):>8} {_fmt(r['score']):>8} {r['bytes_out']:>10} {r['bytes_in']:>9} {_fmt(r['duration_s'], '{:.1f}'):>8}")
-    lines += ["", f"experiment {x['id']} ({x['allocation']}, {x['visitors']} visitors; truth: " + ", ".join(f"{k} buys {v:.0%}" for k, v in x["truth"].items()) + "):"]
+        lines.append(
+            f"  {r['round']:>5} {r['participants']:>5} {_fmt(r['loss']):>8} {_fmt(r['score']):>8} {r['bytes_out']:>10} {r['bytes_in']:>9} {_fmt(r['duration_s'], '{:.1f}'):>8}"
+        )
+    lines += [
+        "",
+        f"experiment {x['id']} ({x['allocation']}, {x['visitors']} visitors; truth: "
+        + ", ".join(f"{k} buys {v:.0%}" for k, v in x["truth"].items())
+        + "):",
+    ]
     for v in x["variants"]:
         lines.append(f"  {v['name']}: {_fmt(v['converted'], '{}')}/{_fmt(v['assigned'], '{}')} bought = {_fmt(v['rate'], '{:.1%}')}"
                      + (f"  P(beats {x['control']}) = {_fmt(v['prob_beat_control'], '{:.3f}')}" if v["name"] != x["control"] else ""))  # fmt: skip
-    lines += ["", "privacy (each edge's audit log, as `nexus audit verify` sees it; sends with the hub's signed receipt):"]
+    lines += [
+        "",
+        "privacy (each edge's audit log, as `nexus audit verify` sees it; sends with the hub's signed receipt):",
+    ]
     for e in s["edges"]:
         a = e["audit"]
         sends = ", ".join(f"{ch} {c['receipts']}/{c['messages']}" for ch, c in a["sends"].items())
-        lines.append(f"  region {e['region']}  {'intact' if a['ok'] else 'NOT INTACT'}, {a['entries']} entries; {sends}")
+        lines.append(
+            f"  region {e['region']}  {'intact' if a['ok'] else 'NOT INTACT'}, {a['entries']} entries; {sends}"
+        )
     m, hub = s["model"], s["hub"]
     lines += ["", f"new model: funnel v{m['version']} (stable, parent v{m['base_version']}) served by {m['served_by']}/{len(s['edges'])} edges",
               f"dashboard: {hub['dashboard']} (log in with the admin token in {hub['admin_token_file']})"]  # fmt: skip
@@ -481,17 +571,40 @@ def _run_cli(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    demo = sub.add_parser("demo", help="run a hub and three edges on loopback with traffic, an experiment and federated rounds")
-    demo.add_argument("--data-dir", type=Path, help="an empty folder for every node's data (default: a temp dir, removed at the end)")
-    demo.add_argument("--data", type=Path, metavar="DIR", help="replay the shared data sets (online-shoppers/, goemotions-ekman/) instead of synthetic traffic")
-    demo.add_argument("--models", type=Path, help="model repository with the bundles to start from (default: the shipped bundles)")
-    demo.add_argument("--sessions", type=int, default=Options.sessions, help="sessions per edge, scored and stored as outcomes")
-    demo.add_argument("--texts", type=int, default=Options.texts, help="texts per edge, classified and stored as feedback")
-    demo.add_argument("--visitors", type=int, default=Options.visitors, help="visitors through the experiment, over all edges")
+    demo = sub.add_parser(
+        "demo", help="run a hub and three edges on loopback with traffic, an experiment and federated rounds"
+    )
+    demo.add_argument(
+        "--data-dir", type=Path, help="an empty folder for every node's data (default: a temp dir, removed at the end)"
+    )
+    demo.add_argument(
+        "--data",
+        type=Path,
+        metavar="DIR",
+        help="replay the shared data sets (online-shoppers/, goemotions-ekman/) instead of synthetic traffic",
+    )
+    demo.add_argument(
+        "--models", type=Path, help="model repository with the bundles to start from (default: the shipped bundles)"
+    )
+    demo.add_argument(
+        "--sessions", type=int, default=Options.sessions, help="sessions per edge, scored and stored as outcomes"
+    )
+    demo.add_argument(
+        "--texts", type=int, default=Options.texts, help="texts per edge, classified and stored as feedback"
+    )
+    demo.add_argument(
+        "--visitors", type=int, default=Options.visitors, help="visitors through the experiment, over all edges"
+    )
     demo.add_argument("--allocation", choices=("fixed", "thompson"), default=Options.allocation)
-    demo.add_argument("--keep", action="store_true", help="keep everything running after the summary until Ctrl-C (open the dashboard)")
+    demo.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep everything running after the summary until Ctrl-C (open the dashboard)",
+    )
     demo.add_argument("--json", action="store_true", help="print the summary as JSON")
-    demo.add_argument("--standalone", action="store_true", help="the one-edge tour: calls and answers of a node without a hub")
+    demo.add_argument(
+        "--standalone", action="store_true", help="the one-edge tour: calls and answers of a node without a hub"
+    )
     demo.set_defaults(func=_run_cli)
 
 
@@ -503,10 +616,23 @@ TEXTS = [
     "I'm a bit worried the size won't fit.",
 ]
 SESSION = {
-    "Administrative": 3, "Administrative_Duration": 80.0, "Informational": 1, "Informational_Duration": 12.0,
-    "ProductRelated": 24, "ProductRelated_Duration": 910.5, "BounceRates": 0.003, "ExitRates": 0.015,
-    "PageValues": 28.4, "SpecialDay": 0.0, "Month": "Nov", "OperatingSystems": 2, "Browser": 2,
-    "Region": 1, "TrafficType": 2, "VisitorType": "Returning_Visitor", "Weekend": False,
+    "Administrative": 3,
+    "Administrative_Duration": 80.0,
+    "Informational": 1,
+    "Informational_Duration": 12.0,
+    "ProductRelated": 24,
+    "ProductRelated_Duration": 910.5,
+    "BounceRates": 0.003,
+    "ExitRates": 0.015,
+    "PageValues": 28.4,
+    "SpecialDay": 0.0,
+    "Month": "Nov",
+    "OperatingSystems": 2,
+    "Browser": 2,
+    "Region": 1,
+    "TrafficType": 2,
+    "VisitorType": "Returning_Visitor",
+    "Weekend": False,
 }
 
 
@@ -517,7 +643,9 @@ class Console:
     def section(self, title: str) -> None:
         print(f"\n== {title}", file=self.out)
 
-    def call(self, client: httpx.Client, method: str, path: str, body: Any = None, raw: bytes | None = None) -> httpx.Response:
+    def call(
+        self, client: httpx.Client, method: str, path: str, body: Any = None, raw: bytes | None = None
+    ) -> httpx.Response:
         shown = raw.decode(errors="replace") if raw is not None else json.dumps(body) if body is not None else ""
         # Long bodies keep their end, where the interesting field usually is.
         shown = shown if len(shown) <= 160 else shown[:80] + " ... " + shown[-70:]
@@ -544,11 +672,19 @@ def _show_edge(console: Console, edge: ServerProcess) -> None:
         console.section("purchase probability of a session")
         answer = console.call(client, "POST", "/v1/funnel/score", {"session": SESSION}).json()
         if "probabilities" in answer:
-            print(f"   P(purchase) = {answer['probabilities'][0]:.3f} (funnel model version {answer['model_version']})", file=console.out)
+            print(
+                f"   P(purchase) = {answer['probabilities'][0]:.3f} (funnel model version {answer['model_version']})",
+                file=console.out,
+            )
 
         console.section("Open Inference Protocol v2")
         console.call(client, "GET", "/v2/models/emotion")
-        console.call(client, "POST", "/v2/models/emotion/infer", {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [TEXTS[0]]}]})
+        console.call(
+            client,
+            "POST",
+            "/v2/models/emotion/infer",
+            {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [TEXTS[0]]}]},
+        )
 
         console.section("bad requests get a 4xx naming the problem")
         console.call(client, "POST", "/v1/emotion", {"texts": []})

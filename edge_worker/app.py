@@ -12,9 +12,10 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -63,8 +64,12 @@ class MetricsMiddleware:
         finally:
             # The router writes the matched endpoint into the shared scope.
             route = self.templates.get(scope.get("endpoint"), "unmatched")
-            self.metrics.inc("nexus_edge_requests_total", (("route", route), ("method", scope["method"]), ("status", str(status))))
-            self.metrics.observe("nexus_edge_request_duration_seconds", (("route", route),), time.perf_counter() - start)
+            self.metrics.inc(
+                "nexus_edge_requests_total", (("route", route), ("method", scope["method"]), ("status", str(status)))
+            )
+            self.metrics.observe(
+                "nexus_edge_request_duration_seconds", (("route", route),), time.perf_counter() - start
+            )
 
 
 def create_app(settings: EdgeSettings) -> Starlette:
@@ -113,7 +118,9 @@ def create_app(settings: EdgeSettings) -> Starlette:
             from edge_worker.sync import run as run_sync  # the seam: see the module docstring
 
             state.tasks.append(asyncio.create_task(run_sync(state), name="nexus-sync"))
-            state.tasks.append(asyncio.create_task(funnels.run_sync(state, app.state.funnels), name="nexus-funnel-sync"))
+            state.tasks.append(
+                asyncio.create_task(funnels.run_sync(state, app.state.funnels), name="nexus-funnel-sync")
+            )
             if settings.supernode and settings.superlink:
                 from edge_worker.federation import run as run_supernode
 
@@ -138,7 +145,9 @@ def create_app(settings: EdgeSettings) -> Starlette:
     app.state.edge = state
     app.state.operator_token = load_or_create_operator_token(settings.data_dir)  # GET /v1/privacy/audit
     if settings.privacy_epsilon is not None or settings.privacy_delta is not None:
-        PrivacyBudget(settings.data_dir, settings.privacy_epsilon, settings.privacy_delta)  # before the SuperNode starts
+        PrivacyBudget(
+            settings.data_dir, settings.privacy_epsilon, settings.privacy_delta
+        )  # before the SuperNode starts
     app.state.funnels = funnels.FunnelConfig(settings.data_dir)  # the hub's funnel config, cached
     app.state.openapi = build_openapi([op for op, _ in table], "Nexus Edge node", routes.SERVER_VERSION, DESCRIPTION)
     return app
@@ -171,7 +180,9 @@ def _purge_and_log(store: LocalStore, data_dir: Path, days: float) -> int:
 
 async def _enforce_retention(state: EdgeState) -> None:
     try:
-        removed = await state.in_store(_purge_and_log, state.store, state.settings.data_dir, state.settings.retention_days)
+        removed = await state.in_store(
+            _purge_and_log, state.store, state.settings.data_dir, state.settings.retention_days
+        )
     except Exception:  # a locked or full disk must not end retention for good
         log.exception("retention pass failed; retrying in %.0f s", state.settings.retention_interval_s)
         return

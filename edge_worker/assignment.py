@@ -32,7 +32,7 @@ ASSIGNED = "$assigned"
 
 def bucket(experiment_id: str, salt: str, visitor_id: str) -> float:
     """The visitor's uniform position ``u`` in [0, 1) for this experiment and salt."""
-    digest = hashlib.sha256(f"{experiment_id}:{salt}:{visitor_id}".encode("utf-8")).digest()
+    digest = hashlib.sha256(f"{experiment_id}:{salt}:{visitor_id}".encode()).digest()
     return (int.from_bytes(digest[:8], "big") >> 11) / float(1 << 53)
 
 

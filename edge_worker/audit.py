@@ -25,7 +25,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from models.bundle import key_id
 from models.errors import NexusError
+
 # canonical_json, sign_receipt and utc_now are also used from here by the log's tools and tests
 from models.receipts import canonical_json, sign_receipt, signature_verifies, utc_now  # noqa: F401
 
@@ -47,7 +48,7 @@ TREE_HEAD_FORMAT = "nexus-audit-sth/1"
 SEND, REFUSAL, ERASURE, RETENTION, HUB_KEY = "send", "refusal", "erasure", "retention", "hub-key"
 
 _MESSAGE_ID = "CASE WHEN json_valid(summary) THEN json_extract(summary, '$.message') END"
-_SCHEMA = """
+_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS entries (
     id INTEGER PRIMARY KEY,
     time TEXT NOT NULL,
@@ -75,7 +76,7 @@ CREATE TABLE IF NOT EXISTS receipts (
 -- a Flower receipt finds its entry by the instruction id in the summary (entry_for_message);
 -- guarded so that a summary edited into bad JSON still reaches verify() instead of failing here
 CREATE INDEX IF NOT EXISTS entries_by_message ON entries (channel, {_MESSAGE_ID});
-""".format(_MESSAGE_ID=_MESSAGE_ID)
+"""
 # Guards against our own code editing history; an attacker can drop them, verify() is the proof.
 _TRIGGERS = "".join(
     f"CREATE TRIGGER IF NOT EXISTS {table}_no_{op.lower()} BEFORE {op} ON {table} "
@@ -179,7 +180,11 @@ def _read_or_create(path: Path, make: Callable[[], bytes]) -> bytes:
 def load_or_create_operator_token(data_dir: Path) -> str:
     """The edge's operator token (``Authorization: Bearer`` for ``GET /v1/privacy/audit``),
     created on first start, 0600, never logged."""
-    return _read_or_create(Path(data_dir) / OPERATOR_TOKEN_FILE, lambda: secrets.token_urlsafe(32).encode()).decode().strip()
+    return (
+        _read_or_create(Path(data_dir) / OPERATOR_TOKEN_FILE, lambda: secrets.token_urlsafe(32).encode())
+        .decode()
+        .strip()
+    )
 
 
 def load_or_create_key(path: Path) -> Ed25519PrivateKey:
@@ -247,9 +252,16 @@ class Entry:
     def canonical(self) -> bytes:
         # The summary is hashed as stored text, so even a re-spaced equivalent JSON is a change.
         fields = {
-            "id": self.id, "time": self.time, "event": self.event, "channel": self.channel,
-            "destination": self.destination, "kind": self.kind, "bytes": self.bytes,
-            "sha256": self.sha256, "summary": self.summary_json, "reason": self.reason,
+            "id": self.id,
+            "time": self.time,
+            "event": self.event,
+            "channel": self.channel,
+            "destination": self.destination,
+            "kind": self.kind,
+            "bytes": self.bytes,
+            "sha256": self.sha256,
+            "summary": self.summary_json,
+            "reason": self.reason,
         }
         return canonical_json(fields).encode("utf-8")
 
@@ -266,7 +278,13 @@ class TreeHead:
     signature: str
 
     def message(self) -> bytes:
-        body = {"format": TREE_HEAD_FORMAT, "size": self.size, "root": self.root, "time": self.time, "key_id": self.key_id}
+        body = {
+            "format": TREE_HEAD_FORMAT,
+            "size": self.size,
+            "root": self.root,
+            "time": self.time,
+            "key_id": self.key_id,
+        }
         return canonical_json(body).encode("utf-8")
 
     def verifies(self, public_key: Ed25519PublicKey) -> bool:
@@ -290,7 +308,11 @@ def load_tree_head(path: Path) -> TreeHead:
     if isinstance(data, dict) and "tree_head" in data:
         data = data["tree_head"]
     types = {"size": int, "root": str, "time": str, "key_id": str, "signature": str}
-    if not isinstance(data, dict) or any(type(data.get(name)) is not kind for name, kind in types.items()) or data["size"] < 1:
+    if (
+        not isinstance(data, dict)
+        or any(type(data.get(name)) is not kind for name, kind in types.items())
+        or data["size"] < 1
+    ):
         raise AuditError(f"{path} holds no signed tree head {{size, root, time, key_id, signature}}")
     return TreeHead(**{name: data[name] for name in types})
 
@@ -305,7 +327,11 @@ class InclusionProof:
 
     def verifies(self) -> bool:
         return verify_inclusion(
-            bytes.fromhex(self.leaf_hash), self.entry_id - 1, self.size, [bytes.fromhex(p) for p in self.path], bytes.fromhex(self.root)
+            bytes.fromhex(self.leaf_hash),
+            self.entry_id - 1,
+            self.size,
+            [bytes.fromhex(p) for p in self.path],
+            bytes.fromhex(self.root),
         )
 
 
@@ -335,8 +361,18 @@ def _connect(path: Path) -> sqlite3.Connection:
 
 
 def _entry(row: sqlite3.Row) -> Entry:
-    return Entry(row["id"], row["time"], row["event"], row["channel"], row["destination"], row["kind"],
-                 row["bytes"], row["sha256"], row["summary"], row["reason"])
+    return Entry(
+        row["id"],
+        row["time"],
+        row["event"],
+        row["channel"],
+        row["destination"],
+        row["kind"],
+        row["bytes"],
+        row["sha256"],
+        row["summary"],
+        row["reason"],
+    )
 
 
 def _head(row: sqlite3.Row) -> TreeHead:
@@ -350,7 +386,9 @@ class AuditLog:
     def __init__(self, data_dir: Path, key: Ed25519PrivateKey | Path | None = None) -> None:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        self._key = key if isinstance(key, Ed25519PrivateKey) else load_or_create_key(Path(key or self.data_dir / KEY_FILE))
+        self._key = (
+            key if isinstance(key, Ed25519PrivateKey) else load_or_create_key(Path(key or self.data_dir / KEY_FILE))
+        )
         self.key_id = key_id(self._key.public_key())
         self._salt = _read_or_create(self.data_dir / SALT_FILE, lambda: os.urandom(32))
         self._lock = threading.Lock()
@@ -366,14 +404,16 @@ class AuditLog:
     def pinned_hub_key(self) -> str | None:
         """The newest pinned hub key (raw base64), None before the first pin."""
         with self._lock:
-            row = self._conn.execute("SELECT summary FROM entries WHERE event = ? ORDER BY id DESC LIMIT 1", (HUB_KEY,)).fetchone()
+            row = self._conn.execute(
+                "SELECT summary FROM entries WHERE event = ? ORDER BY id DESC LIMIT 1", (HUB_KEY,)
+            ).fetchone()
         key = None if row is None else _hub_key_from_summary(row["summary"])
         return None if key is None else public_key_b64(key)
 
     def close(self) -> None:
         self._conn.close()
 
-    def __enter__(self) -> "AuditLog":
+    def __enter__(self) -> AuditLog:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -383,10 +423,19 @@ class AuditLog:
 
     def record_send(self, channel: str, destination: str, kind: str, body: bytes, summary: Mapping[str, Any]) -> Entry:
         """Call *before* sending ``body``; keep the entry's id for :meth:`attach_receipt`."""
-        return self._append(SEND, channel, destination, kind, len(body), hashlib.sha256(body).hexdigest(), summary, None)
+        return self._append(
+            SEND, channel, destination, kind, len(body), hashlib.sha256(body).hexdigest(), summary, None
+        )
 
-    def record_refusal(self, channel: str, destination: str, kind: str, reason: str, body: bytes = b"",
-                       summary: Mapping[str, Any] | None = None) -> Entry:
+    def record_refusal(
+        self,
+        channel: str,
+        destination: str,
+        kind: str,
+        reason: str,
+        body: bytes = b"",
+        summary: Mapping[str, Any] | None = None,
+    ) -> Entry:
         digest = hashlib.sha256(body).hexdigest() if body else ""
         return self._append(REFUSAL, channel, destination, kind, len(body), digest, summary or {}, reason)
 
@@ -395,8 +444,11 @@ class AuditLog:
         return self._append(ERASURE, "local", "local-store", "visitor-erasure", 0, "", summary, None)
 
     def record_retention(self, cutoff: float, retention_days: float, rows: Mapping[str, int]) -> Entry:
-        summary = {"cutoff": datetime.fromtimestamp(cutoff, timezone.utc).isoformat().replace("+00:00", "Z"),
-                   "retention_days": retention_days, "rows": dict(rows)}
+        summary = {
+            "cutoff": datetime.fromtimestamp(cutoff, UTC).isoformat().replace("+00:00", "Z"),
+            "retention_days": retention_days,
+            "rows": dict(rows),
+        }
         return self._append(RETENTION, "local", "local-store", "retention-run", 0, "", summary, None)
 
     def pin_hub_key(self, hub_key: Ed25519PublicKey, destination: str) -> Entry:
@@ -436,8 +488,17 @@ class AuditLog:
             ).fetchone()
         return None if row is None else int(row["id"])
 
-    def _append(self, event: str, channel: str, destination: str, kind: str, nbytes: int, sha256: str,
-                summary: Mapping[str, Any], reason: str | None) -> Entry:
+    def _append(
+        self,
+        event: str,
+        channel: str,
+        destination: str,
+        kind: str,
+        nbytes: int,
+        sha256: str,
+        summary: Mapping[str, Any],
+        reason: str | None,
+    ) -> Entry:
         try:
             summary_json = canonical_json(dict(summary))
         except (TypeError, ValueError) as exc:
@@ -448,7 +509,9 @@ class AuditLog:
                 last = self._conn.execute("SELECT size, frontier FROM tree_heads ORDER BY size DESC LIMIT 1").fetchone()
                 size = last["size"] if last else 0
                 frontier: Frontier = [(h, bytes.fromhex(x)) for h, x in json.loads(last["frontier"])] if last else []
-                entry = Entry(size + 1, utc_now(), event, channel, destination, kind, nbytes, sha256, summary_json, reason)
+                entry = Entry(
+                    size + 1, utc_now(), event, channel, destination, kind, nbytes, sha256, summary_json, reason
+                )
                 self._conn.execute(
                     "INSERT INTO entries (id, time, event, channel, destination, kind, bytes, sha256, summary, reason) "
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -459,7 +522,14 @@ class AuditLog:
                 signature = base64.b64encode(self._key.sign(head.message())).decode()
                 self._conn.execute(
                     "INSERT INTO tree_heads (size, root, time, key_id, signature, frontier) VALUES (?, ?, ?, ?, ?, ?)",
-                    (head.size, head.root, head.time, head.key_id, signature, json.dumps([[h, x.hex()] for h, x in frontier])),
+                    (
+                        head.size,
+                        head.root,
+                        head.time,
+                        head.key_id,
+                        signature,
+                        json.dumps([[h, x.hex()] for h, x in frontier]),
+                    ),
                 )
                 self._conn.execute("COMMIT")
             except BaseException:
@@ -473,7 +543,8 @@ class AuditLog:
         """``(entries, bytes sent)``: one aggregate query, cheap enough for every heartbeat."""
         with self._lock:
             row = self._conn.execute(
-                "SELECT COUNT(*) AS n, COALESCE(SUM(CASE WHEN event = ? THEN bytes END), 0) AS sent FROM entries", (SEND,)
+                "SELECT COUNT(*) AS n, COALESCE(SUM(CASE WHEN event = ? THEN bytes END), 0) AS sent FROM entries",
+                (SEND,),
             ).fetchone()
         return int(row["n"]), int(row["sent"])
 
@@ -488,15 +559,20 @@ class AuditLog:
 def _pinned_hub_key(conn: sqlite3.Connection, before_entry: int) -> Ed25519PublicKey | None:
     """The newest key pinned before the entry; before the first pin, the first one: the
     enrollment reply carries the key its own receipt is signed with (trust on first use)."""
-    row = conn.execute(
-        "SELECT summary FROM entries WHERE event = ? AND id < ? ORDER BY id DESC LIMIT 1", (HUB_KEY, before_entry)
-    ).fetchone() or conn.execute("SELECT summary FROM entries WHERE event = ? ORDER BY id LIMIT 1", (HUB_KEY,)).fetchone()
+    row = (
+        conn.execute(
+            "SELECT summary FROM entries WHERE event = ? AND id < ? ORDER BY id DESC LIMIT 1", (HUB_KEY, before_entry)
+        ).fetchone()
+        or conn.execute("SELECT summary FROM entries WHERE event = ? ORDER BY id LIMIT 1", (HUB_KEY,)).fetchone()
+    )
     return None if row is None else _hub_key_from_summary(row["summary"])
 
 
 def _hub_key_from_summary(summary_json: str) -> Ed25519PublicKey | None:
     try:
-        return Ed25519PublicKey.from_public_bytes(base64.b64decode(json.loads(summary_json)["public_key"], validate=True))
+        return Ed25519PublicKey.from_public_bytes(
+            base64.b64decode(json.loads(summary_json)["public_key"], validate=True)
+        )
     except (ValueError, KeyError, TypeError):
         return None
 
@@ -559,7 +635,9 @@ class AuditReader:
         if not 1 <= entry_id <= size <= len(leaves):
             raise AuditError(f"entry {entry_id} is not in a tree of size {size} (the log holds {len(leaves)})")
         path = inclusion_path(leaves[:size], entry_id - 1)
-        return InclusionProof(entry_id, leaves[entry_id - 1].hex(), size, _mth(leaves[:size]).hex(), [p.hex() for p in path])
+        return InclusionProof(
+            entry_id, leaves[entry_id - 1].hex(), size, _mth(leaves[:size]).hex(), [p.hex() for p in path]
+        )
 
 
 # ---------------------------------------------------------------- verification
@@ -578,18 +656,32 @@ class Verification:
 
     def message(self) -> str:
         if self.ok:
-            return (f"audit log intact: {self.entries} entries, {self.tree_heads} signed tree heads, "
-                    f"{self.receipts} receipts, root {self.root}")
+            return (
+                f"audit log intact: {self.entries} entries, {self.tree_heads} signed tree heads, "
+                f"{self.receipts} receipts, root {self.root}"
+            )
         where = "" if self.first_bad is None else f"entry {self.first_bad}: "
         return f"audit log NOT intact: {where}{self.reason}"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"ok": self.ok, "entries": self.entries, "tree_heads": self.tree_heads, "receipts": self.receipts,
-                "root": self.root, "node_key_id": self.node_key_id, "first_bad_entry": self.first_bad, "reason": self.reason}
+        return {
+            "ok": self.ok,
+            "entries": self.entries,
+            "tree_heads": self.tree_heads,
+            "receipts": self.receipts,
+            "root": self.root,
+            "node_key_id": self.node_key_id,
+            "first_bad_entry": self.first_bad,
+            "reason": self.reason,
+        }
 
 
-def verify(data_dir: Path, node_key: Ed25519PublicKey | None = None, hub_key: Ed25519PublicKey | None = None,
-           held_head: TreeHead | None = None) -> Verification:
+def verify(
+    data_dir: Path,
+    node_key: Ed25519PublicKey | None = None,
+    hub_key: Ed25519PublicKey | None = None,
+    held_head: TreeHead | None = None,
+) -> Verification:
     """Walk the whole log: every leaf, every signed tree head, every receipt, in entry
     order, and name the first entry that fails. ``node_key`` defaults to the key file in
     the data dir (an officer should hold a copy apart); ``hub_key`` overrides the pinned one.
@@ -604,8 +696,11 @@ def verify(data_dir: Path, node_key: Ed25519PublicKey | None = None, hub_key: Ed
         return Verification(False, len(entries), len(heads), len(receipts), None, key_id(node_key), entry_id, reason)
 
     if held_head is not None and not held_head.verifies(node_key):
-        return bad(None, f"the tree head held elsewhere (size {held_head.size}, key {held_head.key_id}) does not verify against "
-                         f"the node key {key_id(node_key)}: forged, or the log was re-signed under another key")
+        return bad(
+            None,
+            f"the tree head held elsewhere (size {held_head.size}, key {held_head.key_id}) does not verify against "
+            f"the node key {key_id(node_key)}: forged, or the log was re-signed under another key",
+        )
     frontier: Frontier = []
     # before the first pin, receipts are checked against it (see _pinned_hub_key)
     first_pin = next((e for e in entries if e.event == HUB_KEY), None)
@@ -635,9 +730,13 @@ def verify(data_dir: Path, node_key: Ed25519PublicKey | None = None, hub_key: Ed
                 return bad(expected, problem)
     n = len(entries)
     if held_head is not None and held_head.size > n:
-        return bad(n + 1, f"entry missing: a tree head held elsewhere covers {held_head.size} entries, the log holds {n}")
+        return bad(
+            n + 1, f"entry missing: a tree head held elsewhere covers {held_head.size} entries, the log holds {n}"
+        )
     if any(size > n for size in heads):
         return bad(n + 1, f"entry missing: a signed tree head covers {max(heads)} entries, the log holds {n}")
     if any(entry_id > n or entry_id < 1 for entry_id in receipts):
         return bad(min(i for i in receipts if i > n or i < 1), "receipt for an entry that is not in the log")
-    return Verification(True, n, len(heads), len(receipts), frontier_root(frontier).hex() if n else None, key_id(node_key))
+    return Verification(
+        True, n, len(heads), len(receipts), frontier_root(frontier).hex() if n else None, key_id(node_key)
+    )

@@ -60,8 +60,12 @@ def _report(args: argparse.Namespace) -> int:
 
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", required=True, help="the edge node's data dir")
-    parser.add_argument("--node-key", help=f"the node's public key held apart from the node (default: {KEY_FILE} in the data dir)")
-    parser.add_argument("--hub-key", help="the hub's public key (PEM or raw base64); default: the key pinned in the log")
+    parser.add_argument(
+        "--node-key", help=f"the node's public key held apart from the node (default: {KEY_FILE} in the data dir)"
+    )
+    parser.add_argument(
+        "--hub-key", help="the hub's public key (PEM or raw base64); default: the key pinned in the log"
+    )
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -70,8 +74,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     verify_p = asub.add_parser("verify", help="check every entry, signed tree head and hub receipt")
     _common(verify_p)
-    verify_p.add_argument("--head", help="a signed tree head held elsewhere (JSON: the hub's copy, or a report with "
-                          "'tree_head'): the log must still hold its entries with its root")
+    verify_p.add_argument(
+        "--head",
+        help="a signed tree head held elsewhere (JSON: the hub's copy, or a report with "
+        "'tree_head'): the log must still hold its entries with its root",
+    )
     verify_p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     verify_p.set_defaults(func=_verify)
 
@@ -79,5 +86,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     _common(report_p)
     report_p.add_argument("--format", choices=("json", "html"), default="json")
     report_p.add_argument("--out", help="write to this file instead of stdout")
-    report_p.add_argument("--retention-days", type=float, help="retention limit (default: from the newest retention run)")
+    report_p.add_argument(
+        "--retention-days", type=float, help="retention limit (default: from the newest retention run)"
+    )
     report_p.set_defaults(func=_report)

@@ -13,7 +13,7 @@ import html
 import sqlite3
 import time
 from collections.abc import Iterable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,17 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge_worker import dp_budget
 from edge_worker.audit import (
-    DB_NAME, ERASURE, HUB_KEY, REFUSAL, RETENTION, SEND, AuditError, AuditReader, Entry, utc_now, verify,
+    DB_NAME,
+    ERASURE,
+    HUB_KEY,
+    REFUSAL,
+    RETENTION,
+    SEND,
+    AuditError,
+    AuditReader,
+    Entry,
+    utc_now,
+    verify,
 )
 
 FORMAT = "nexus-audit-report/1"
@@ -35,7 +45,7 @@ _MAX_FILES = 500
 def _iso(value: Any) -> Any:
     """Epoch seconds (how the edge store keeps time) as ISO 8601; other values unchanged."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return datetime.fromtimestamp(value, timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+        return datetime.fromtimestamp(value, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
     return value
 
 
@@ -66,7 +76,12 @@ def _tables(path: Path) -> list[dict[str, Any]]:
     Generic on purpose: the node's stores define their own schemas."""
     conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
     try:
-        names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name")]
+        names = [
+            r[0]
+            for r in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' ORDER BY name"
+            )
+        ]
         out = []
         for name in names:
             quoted = '"' + name.replace('"', '""') + '"'
@@ -101,7 +116,9 @@ def inventory(data_dir: Path, retention_days: float | None) -> dict[str, Any]:
             table["oldest"] = _iso(table.get("oldest"))
             # The audit log is the record of processing itself and is kept, not retained-away.
             table["beyond_retention"] = bool(
-                retention_days is not None and rel != DB_NAME and oldest is not None
+                retention_days is not None
+                and rel != DB_NAME
+                and oldest is not None
                 and oldest < time.time() - retention_days * 86400
             )
         databases.append({"path": rel, "tables": tables})
@@ -116,10 +133,19 @@ def egress(entries: Iterable[Entry], receipts: dict[int, str]) -> dict[str, Any]
     for entry in entries:
         if entry.event != SEND:
             continue
-        group = groups.setdefault((entry.channel, entry.destination), {
-            "channel": entry.channel, "destination": entry.destination, "messages": 0, "bytes": 0,
-            "receipts": 0, "first": entry.time, "last": entry.time, "kinds": {},
-        })
+        group = groups.setdefault(
+            (entry.channel, entry.destination),
+            {
+                "channel": entry.channel,
+                "destination": entry.destination,
+                "messages": 0,
+                "bytes": 0,
+                "receipts": 0,
+                "first": entry.time,
+                "last": entry.time,
+                "kinds": {},
+            },
+        )
         group["messages"] += 1
         group["bytes"] += entry.bytes
         group["receipts"] += entry.id in receipts
@@ -131,8 +157,15 @@ def egress(entries: Iterable[Entry], receipts: dict[int, str]) -> dict[str, Any]
 
 
 def _brief(entry: Entry) -> dict[str, Any]:
-    return {"entry": entry.id, "time": entry.time, "channel": entry.channel, "destination": entry.destination,
-            "kind": entry.kind, "reason": entry.reason, "summary": entry.summary}
+    return {
+        "entry": entry.id,
+        "time": entry.time,
+        "channel": entry.channel,
+        "destination": entry.destination,
+        "kind": entry.kind,
+        "reason": entry.reason,
+        "summary": entry.summary,
+    }
 
 
 def _section(entries: list[Entry]) -> dict[str, Any]:
@@ -151,8 +184,12 @@ def _rows_deleted(entries: list[Entry]) -> int:
 # ---------------------------------------------------------------- report
 
 
-def build_report(data_dir: Path, node_key: Ed25519PublicKey | None = None, hub_key: Ed25519PublicKey | None = None,
-                 retention_days: float | None = None) -> dict[str, Any]:
+def build_report(
+    data_dir: Path,
+    node_key: Ed25519PublicKey | None = None,
+    hub_key: Ed25519PublicKey | None = None,
+    retention_days: float | None = None,
+) -> dict[str, Any]:
     """The whole report as JSON-ready data. ``node_key`` defaults to the key file in the
     data dir; ``retention_days`` to the value of the newest retention run."""
     data_dir = Path(data_dir)
@@ -175,17 +212,30 @@ def build_report(data_dir: Path, node_key: Ed25519PublicKey | None = None, hub_k
     report["privacy_budget"] = dp_budget.read_summary(data_dir)
     report["refusals"] = _section(by_event[REFUSAL])
     report["erasures"] = {**_section(by_event[ERASURE]), "rows_deleted": _rows_deleted(by_event[ERASURE])}
-    report["retention"] = {**_section(retention_runs), "rows_deleted": _rows_deleted(retention_runs),
-                           "last_run": retention_runs[-1].time if retention_runs else None}
+    report["retention"] = {
+        **_section(retention_runs),
+        "rows_deleted": _rows_deleted(retention_runs),
+        "last_run": retention_runs[-1].time if retention_runs else None,
+    }
     report["hub_keys"] = [e.summary.get("key_id") for e in by_event[HUB_KEY]]
-    report["tree_head"] = None if head is None else {"size": head.size, "root": head.root, "time": head.time,
-                                                     "key_id": head.key_id, "signature": head.signature}
+    report["tree_head"] = (
+        None
+        if head is None
+        else {
+            "size": head.size,
+            "root": head.root,
+            "time": head.time,
+            "key_id": head.key_id,
+            "signature": head.signature,
+        }
+    )
     report["verification"] = _verification(data_dir, node_key, hub_key, "audit_log_error" in report)
     return report
 
 
-def _verification(data_dir: Path, node_key: Ed25519PublicKey | None, hub_key: Ed25519PublicKey | None,
-                  no_log: bool) -> dict[str, Any]:
+def _verification(
+    data_dir: Path, node_key: Ed25519PublicKey | None, hub_key: Ed25519PublicKey | None, no_log: bool
+) -> dict[str, Any]:
     if no_log:
         return {"ok": False, "reason": "no readable audit log"}
     try:
@@ -216,13 +266,19 @@ def bar_chart(rows: list[dict[str, Any]]) -> str:
     label_w, bar_w, row_h = 320, 360, 26
     top = max(r["bytes"] for r in rows) or 1
     height = row_h * len(rows) + 10
-    parts = [f'<svg class="chart" role="img" aria-label="bytes sent per channel and destination" '
-             f'xmlns="http://www.w3.org/2000/svg" width="{label_w + bar_w + 110}" height="{height}">']
+    parts = [
+        f'<svg class="chart" role="img" aria-label="bytes sent per channel and destination" '
+        f'xmlns="http://www.w3.org/2000/svg" width="{label_w + bar_w + 110}" height="{height}">'
+    ]
     for i, r in enumerate(rows):
         y = 5 + i * row_h
         w = max(1, round(bar_w * r["bytes"] / top))
-        parts.append(f'<text x="{label_w - 8}" y="{y + 17}" text-anchor="end">{_e(r["channel"])} → {_e(r["destination"])}</text>')
-        parts.append(f'<rect x="{label_w}" y="{y + 3}" width="{w}" height="{row_h - 8}" fill="#3b6ea8"><title>{r["bytes"]} bytes</title></rect>')
+        parts.append(
+            f'<text x="{label_w - 8}" y="{y + 17}" text-anchor="end">{_e(r["channel"])} → {_e(r["destination"])}</text>'
+        )
+        parts.append(
+            f'<rect x="{label_w}" y="{y + 3}" width="{w}" height="{row_h - 8}" fill="#3b6ea8"><title>{r["bytes"]} bytes</title></rect>'
+        )
         parts.append(f'<text x="{label_w + w + 6}" y="{y + 17}">{_e(_bytes(r["bytes"]))}</text>')
     parts.append("</svg>")
     return "".join(parts)
@@ -249,50 +305,112 @@ th{background:#f3f3f3}.ok{color:#11692e;font-weight:bold}.bad{color:#a11;font-we
 
 def render_html(report: dict[str, Any]) -> str:
     v = report["verification"]
-    status = (f'<p class="ok">Audit log verified: {v["entries"]} entries, {v["tree_heads"]} signed tree heads, '
-              f'{v["receipts"]} hub receipts.</p>') if v.get("ok") else (
-        f'<p class="bad">Audit log does NOT verify: entry {_e(v.get("first_bad_entry"))}: {_e(v.get("reason"))}</p>')
+    status = (
+        (
+            f'<p class="ok">Audit log verified: {v["entries"]} entries, {v["tree_heads"]} signed tree heads, '
+            f"{v['receipts']} hub receipts.</p>"
+        )
+        if v.get("ok")
+        else (
+            f'<p class="bad">Audit log does NOT verify: entry {_e(v.get("first_bad_entry"))}: {_e(v.get("reason"))}</p>'
+        )
+    )
     inv = report["inventory"]
     table_rows = [
-        (db["path"], t.get("table"), t.get("rows"), t.get("oldest"), "yes" if t.get("beyond_retention") else "no", ", ".join(t.get("columns", [])))
-        for db in inv["databases"] for t in db["tables"]
+        (
+            db["path"],
+            t.get("table"),
+            t.get("rows"),
+            t.get("oldest"),
+            "yes" if t.get("beyond_retention") else "no",
+            ", ".join(t.get("columns", [])),
+        )
+        for db in inv["databases"]
+        for t in db["tables"]
     ]
     eg = report["egress"]
     budget = report["privacy_budget"]
-    budget_html = "<p>No differential-privacy budget is set up on this node.</p>" if budget is None else _table(
-        ["epsilon budget", "epsilon spent", "epsilon remaining", "delta", "rounds", "accountant"],
-        [(budget["epsilon_budget"] if budget["epsilon_budget"] is not None else "unlimited", f'{budget["epsilon_spent"]:.4f}',
-          "" if budget["epsilon_remaining"] is None else f'{budget["epsilon_remaining"]:.4f}', budget["delta"], budget["rounds"],
-          budget["accountant"])])
+    budget_html = (
+        "<p>No differential-privacy budget is set up on this node.</p>"
+        if budget is None
+        else _table(
+            ["epsilon budget", "epsilon spent", "epsilon remaining", "delta", "rounds", "accountant"],
+            [
+                (
+                    budget["epsilon_budget"] if budget["epsilon_budget"] is not None else "unlimited",
+                    f"{budget['epsilon_spent']:.4f}",
+                    "" if budget["epsilon_remaining"] is None else f"{budget['epsilon_remaining']:.4f}",
+                    budget["delta"],
+                    budget["rounds"],
+                    budget["accountant"],
+                )
+            ],
+        )
+    )
     head = report["tree_head"] or {}
     sections = [
         f"<h1>Privacy audit report</h1><p>Data dir <code>{_e(report['data_dir'])}</code>, generated {_e(report['generated_at'])}.</p>",
-        "<h2>1. Verification</h2>", status,
+        "<h2>1. Verification</h2>",
+        status,
         f"<p>Latest signed tree head: size {_e(head.get('size'))}, root <code>{_e(head.get('root'))}</code>, "
         f"time {_e(head.get('time'))}, node key {_e(head.get('key_id'))}.</p>",
         "<h2>2. Data inventory</h2>",
         f"<p>Retention limit: {_e(inv['retention_days'] if inv['retention_days'] is not None else 'unknown (no retention run logged)')} days.</p>",
         _table(["database", "table", "rows", "oldest row", "older than retention", "columns"], table_rows),
-        _table(["file", "bytes", "SQLite"], [(f["path"], f["bytes"], "yes" if f["sqlite"] else "no") for f in inv["files"]]),
+        _table(
+            ["file", "bytes", "SQLite"], [(f["path"], f["bytes"], "yes" if f["sqlite"] else "no") for f in inv["files"]]
+        ),
         "<h2>3. Egress ledger</h2>",
         f"<p>{eg['totals']['messages']} messages, {_e(_bytes(eg['totals']['bytes']))}, {eg['totals']['receipts']} with a hub receipt.</p>",
         bar_chart(eg["by_channel"]),
-        _table(["channel", "destination", "messages", "bytes", "receipts", "first", "last", "kinds"],
-               [(g["channel"], g["destination"], g["messages"], g["bytes"], g["receipts"], g["first"], g["last"],
-                 ", ".join(f"{k}: {n}" for k, n in sorted(g["kinds"].items()))) for g in eg["by_channel"]]),
-        "<h2>4. Privacy budget</h2>", budget_html,
-        "<h2>5. Refusals</h2>", f"<p>{report['refusals']['count']} refusals (undeclared payloads at the egress gateway, rounds over the privacy budget).</p>",
-        _table(["entry", "time", "channel", "destination", "kind", "reason"],
-               [(r["entry"], r["time"], r["channel"], r["destination"], r["kind"], r["reason"]) for r in report["refusals"]["recent"]]),
+        _table(
+            ["channel", "destination", "messages", "bytes", "receipts", "first", "last", "kinds"],
+            [
+                (
+                    g["channel"],
+                    g["destination"],
+                    g["messages"],
+                    g["bytes"],
+                    g["receipts"],
+                    g["first"],
+                    g["last"],
+                    ", ".join(f"{k}: {n}" for k, n in sorted(g["kinds"].items())),
+                )
+                for g in eg["by_channel"]
+            ],
+        ),
+        "<h2>4. Privacy budget</h2>",
+        budget_html,
+        "<h2>5. Refusals</h2>",
+        f"<p>{report['refusals']['count']} refusals (undeclared payloads at the egress gateway, rounds over the privacy budget).</p>",
+        _table(
+            ["entry", "time", "channel", "destination", "kind", "reason"],
+            [
+                (r["entry"], r["time"], r["channel"], r["destination"], r["kind"], r["reason"])
+                for r in report["refusals"]["recent"]
+            ],
+        ),
         "<h2>6. Erasures</h2>",
         f"<p>{report['erasures']['count']} visitor erasures, {report['erasures']['rows_deleted']} rows deleted. "
         "Visitors appear only as keyed hashes.</p>",
-        _table(["entry", "time", "visitor (keyed hash)", "rows deleted"],
-               [(r["entry"], r["time"], r["summary"].get("visitor"), _counts(r["summary"].get("rows"))) for r in report["erasures"]["recent"]]),
+        _table(
+            ["entry", "time", "visitor (keyed hash)", "rows deleted"],
+            [
+                (r["entry"], r["time"], r["summary"].get("visitor"), _counts(r["summary"].get("rows")))
+                for r in report["erasures"]["recent"]
+            ],
+        ),
         "<h2>7. Retention runs</h2>",
         f"<p>{report['retention']['count']} runs, {report['retention']['rows_deleted']} rows deleted, last {_e(report['retention']['last_run'])}.</p>",
-        _table(["entry", "time", "cutoff", "rows deleted"],
-               [(r["entry"], r["time"], r["summary"].get("cutoff"), _counts(r["summary"].get("rows"))) for r in report["retention"]["recent"]]),
+        _table(
+            ["entry", "time", "cutoff", "rows deleted"],
+            [
+                (r["entry"], r["time"], r["summary"].get("cutoff"), _counts(r["summary"].get("rows")))
+                for r in report["retention"]["recent"]
+            ],
+        ),
     ]
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Nexus Edge privacy audit</title>'
-            f"<style>{_CSS}</style></head><body>{''.join(sections)}</body></html>\n")
+    return (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Nexus Edge privacy audit</title>'
+        f"<style>{_CSS}</style></head><body>{''.join(sections)}</body></html>\n"
+    )

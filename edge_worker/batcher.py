@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any, Callable, Generic, Sequence, TypeVar
+from typing import Any, Generic, TypeVar
 
 from edge_worker.metrics import Registry
 
@@ -94,7 +95,9 @@ class MicroBatcher:
     def _dispatch(self) -> None:
         # Start batches while a thread is free and the queue holds a full batch or has
         # waited long enough; otherwise leave it to gather.
-        while self._pending and self._free_slots > 0 and (self._deadline_passed or self._pending_items >= self.max_batch):
+        while (
+            self._pending and self._free_slots > 0 and (self._deadline_passed or self._pending_items >= self.max_batch)
+        ):
             batch = self._take_batch()
             self._free_slots -= 1
             task = asyncio.get_running_loop().create_task(self._execute(batch))

@@ -34,10 +34,23 @@ EMOTION_BODY = json.dumps({"text": "I was so happy when the package arrived earl
 FUNNEL_BODY = json.dumps(
     {
         "session": {
-            "Administrative": 2, "Administrative_Duration": 35.5, "Informational": 0, "Informational_Duration": 0.0,
-            "ProductRelated": 18, "ProductRelated_Duration": 640.2, "BounceRates": 0.004, "ExitRates": 0.021,
-            "PageValues": 12.7, "SpecialDay": 0.0, "Month": "Nov", "OperatingSystems": 2, "Browser": 2,
-            "Region": 1, "TrafficType": 2, "VisitorType": "Returning_Visitor", "Weekend": False,
+            "Administrative": 2,
+            "Administrative_Duration": 35.5,
+            "Informational": 0,
+            "Informational_Duration": 0.0,
+            "ProductRelated": 18,
+            "ProductRelated_Duration": 640.2,
+            "BounceRates": 0.004,
+            "ExitRates": 0.021,
+            "PageValues": 12.7,
+            "SpecialDay": 0.0,
+            "Month": "Nov",
+            "OperatingSystems": 2,
+            "Browser": 2,
+            "Region": 1,
+            "TrafficType": 2,
+            "VisitorType": "Returning_Visitor",
+            "Weekend": False,
         }
     }
 )
@@ -76,13 +89,26 @@ def parse_wrk(output: str) -> Load:
     return Load(rps, p50, p99, requests, errors)
 
 
-def wrk_output(url: str, script: str, duration: float, connections: int, threads: int, script_args: Sequence[str] = ()) -> str:
+def wrk_output(
+    url: str, script: str, duration: float, connections: int, threads: int, script_args: Sequence[str] = ()
+) -> str:
     """wrk's stdout for ``duration`` seconds (whole, at least 1) of load shaped by the Lua ``script``."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as file:
         file.write(script)
-    argv = ["wrk", f"-t{min(threads, connections)}", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency", "-s", file.name, url]
+    argv = [
+        "wrk",
+        f"-t{min(threads, connections)}",
+        f"-c{connections}",
+        f"-d{max(1, round(duration))}s",
+        "--latency",
+        "-s",
+        file.name,
+        url,
+    ]
     try:
-        return subprocess.run([*argv, "--", *script_args], capture_output=True, text=True, check=True, timeout=duration + 60).stdout
+        return subprocess.run(
+            [*argv, "--", *script_args], capture_output=True, text=True, check=True, timeout=duration + 60
+        ).stdout
     finally:
         os.unlink(file.name)
 
@@ -116,7 +142,9 @@ async def _httpx_load(url: str, body: str, duration: float, connections: int) ->
         await asyncio.gather(*(worker() for _ in range(connections)))
         elapsed = time.perf_counter() - begin
     ms = np.array(latencies) * 1e3
-    return Load(len(latencies) / elapsed, float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), len(latencies), errors)
+    return Load(
+        len(latencies) / elapsed, float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), len(latencies), errors
+    )
 
 
 def run_httpx(url: str, body: str, duration: float, connections: int, threads: int) -> Load:
@@ -154,13 +182,17 @@ def paired_ratio(tops: Sequence[Load], bottoms: Sequence[Load]) -> float:
 def echo_server(workers: int) -> ServerProcess:
     """The bare Starlette echo (not started), under the uvicorn options every node uses."""
     port = free_port()
-    return ServerProcess("echo", [sys.executable, "-m", "edge_worker.echo", "--port", str(port), "--workers", str(workers)], port)
+    return ServerProcess(
+        "echo", [sys.executable, "-m", "edge_worker.echo", "--port", str(port), "--workers", str(workers)], port
+    )
 
 
 L = TypeVar("L", bound=Load)
 
 
-def interleave(drivers: Mapping[str, Callable[[float], L]], rounds: int, slice_s: float, progress: Progress) -> dict[str, list[L]]:
+def interleave(
+    drivers: Mapping[str, Callable[[float], L]], rounds: int, slice_s: float, progress: Progress
+) -> dict[str, list[L]]:
     """A 1 s warm-up of every target (caches, allocators, connection set-up), then ``rounds``
     rounds in which each target gets ``slice_s`` seconds in turn: a burst of load from
     elsewhere on the machine hits every target of a round alike."""
@@ -205,7 +237,9 @@ def bench_edge(
             servers[name] = stack.enter_context(ServerProcess(name, argv, port, env={"NEXUS_BATCHING": batching}))
 
         def driver(target: Target) -> Callable[[float], Load]:
-            return lambda seconds: drive(servers[target.server].url + target.path, target.body, seconds, connections, threads)
+            return lambda seconds: drive(
+                servers[target.server].url + target.path, target.body, seconds, connections, threads
+            )
 
         loads = interleave({t.name: driver(t) for t in TARGETS_DRIVEN}, rounds, slice_s, progress)
     progress.close()
@@ -233,7 +267,15 @@ def bench_edge(
 
 
 def _run(args: argparse.Namespace) -> int:
-    report = bench_edge(args.duration, args.connections, args.workers, args.generator, args.models, args.rounds, show_progress=not args.json)
+    report = bench_edge(
+        args.duration,
+        args.connections,
+        args.workers,
+        args.generator,
+        args.models,
+        args.rounds,
+        show_progress=not args.json,
+    )
     if args.json:
         print(json.dumps(report))
     else:

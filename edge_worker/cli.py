@@ -50,11 +50,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--port", type=int, help="port (default 8000)")
     serve.add_argument("--workers", type=int, help="server processes (default 1)")
     serve.add_argument("--hub", help="hub URL: sync models and counters with it (default: standalone)")
-    serve.add_argument("--enroll-token", help="the hub's one-time enrollment token (used once; the node then keeps its identity)")
+    serve.add_argument(
+        "--enroll-token", help="the hub's one-time enrollment token (used once; the node then keeps its identity)"
+    )
     serve.add_argument("--enroll-token-file", type=Path, help="file holding the hub's one-time enrollment token")
-    serve.add_argument("--no-supernode", action="store_true", help="the Flower SuperNode runs beside this node, not as its child")
-    serve.add_argument("--superlink", metavar="HOST:PORT", help="the hub's Flower SuperLink: run a SuperNode joining it once enrolled "
-                       "('auto': the one the hub names, if on loopback)")
+    serve.add_argument(
+        "--no-supernode", action="store_true", help="the Flower SuperNode runs beside this node, not as its child"
+    )
+    serve.add_argument(
+        "--superlink",
+        metavar="HOST:PORT",
+        help="the hub's Flower SuperLink: run a SuperNode joining it once enrolled "
+        "('auto': the one the hub names, if on loopback)",
+    )
     serve.add_argument("--supernode-port", type=int, help="port of the child SuperNode's app API (default: a free one)")
     serve.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
     serve.set_defaults(func=_serve)

@@ -113,7 +113,10 @@ class PrivacyBudget:
 
     def can_spend(self, noise_multiplier: float, rounds: int = 1, sample_rate: float = 1.0) -> bool:
         self.refresh()
-        return self.epsilon_budget is None or self.epsilon_after(noise_multiplier, rounds, sample_rate) <= self.epsilon_budget
+        return (
+            self.epsilon_budget is None
+            or self.epsilon_after(noise_multiplier, rounds, sample_rate) <= self.epsilon_budget
+        )
 
     # -- spending
 
@@ -131,10 +134,16 @@ class PrivacyBudget:
             rdp = np.array(self._state["rdp"]) + rounds * gaussian_rdp(noise_multiplier, sample_rate)
             self._state["rdp"] = rdp.tolist()
             self._state["rounds"] += rounds
-            self._state["history"] = self._state["history"][-(_HISTORY - 1):] + [{
-                "time": utc_now(), "label": label, "noise_multiplier": noise_multiplier,
-                "sample_rate": sample_rate, "rounds": rounds, "epsilon": after,
-            }]
+            self._state["history"] = self._state["history"][-(_HISTORY - 1) :] + [
+                {
+                    "time": utc_now(),
+                    "label": label,
+                    "noise_multiplier": noise_multiplier,
+                    "sample_rate": sample_rate,
+                    "rounds": rounds,
+                    "epsilon": after,
+                }
+            ]
             self._save(self._state)
         return after
 
@@ -166,8 +175,15 @@ class PrivacyBudget:
 
     def _load(self) -> dict[str, Any]:
         if not self.path.exists():
-            return {"format": FORMAT, "epsilon_budget": None, "delta": 1e-5, "orders": ORDERS.tolist(),
-                    "rdp": [0.0] * len(ORDERS), "rounds": 0, "history": []}
+            return {
+                "format": FORMAT,
+                "epsilon_budget": None,
+                "delta": 1e-5,
+                "orders": ORDERS.tolist(),
+                "rdp": [0.0] * len(ORDERS),
+                "rounds": 0,
+                "history": [],
+            }
         try:
             state = json.loads(self.path.read_text())
         except (OSError, ValueError) as exc:
@@ -186,5 +202,3 @@ class PrivacyBudget:
 def read_summary(data_dir: Path) -> dict[str, Any] | None:
     """The report's view: None when this node never set up a budget."""
     return PrivacyBudget(data_dir).summary() if (Path(data_dir) / BUDGET_FILE).exists() else None
-
-

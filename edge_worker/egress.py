@@ -30,7 +30,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from edge_worker.audit import AuditLog, Entry, canonical_json
 from edge_worker.identity import NodeIdentity
 from edge_worker.payloads import (
-    ASSIGNMENT_POLL, BUNDLE_DOWNLOAD, COUNTERS, ENROLLMENT, HEARTBEAT, Declarations, PayloadRefused, check_payload,
+    ASSIGNMENT_POLL,
+    BUNDLE_DOWNLOAD,
+    COUNTERS,
+    ENROLLMENT,
+    HEARTBEAT,
+    Declarations,
+    PayloadRefused,
+    check_payload,
 )
 from models.errors import NexusError
 from models.receipts import HEADER as RECEIPT_HEADER
@@ -76,7 +83,11 @@ class HubRejected(NexusError):
 
 class HubGateway:
     def __init__(
-        self, hub_url: str, audit: AuditLog, declared: Declarations | None = None, timeout: float = 10.0,
+        self,
+        hub_url: str,
+        audit: AuditLog,
+        declared: Declarations | None = None,
+        timeout: float = 10.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.hub_url = hub_url.rstrip("/")
@@ -94,7 +105,9 @@ class HubGateway:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _admit(self, kind: str, method: str, path: str, payload: Mapping[str, Any] | None, in_path: bool = False) -> tuple[bytes, Entry]:
+    async def _admit(
+        self, kind: str, method: str, path: str, payload: Mapping[str, Any] | None, in_path: bool = False
+    ) -> tuple[bytes, Entry]:
         """Check ``payload`` and log it: the refusal (then raise), or the send of its exact
         body (none when the payload travels ``in_path``)."""
         channel = CHANNELS.get(kind, "sync")
@@ -110,7 +123,9 @@ class HubGateway:
         except (TypeError, ValueError) as exc:  # passed the schema but is not plain JSON
             await asyncio.to_thread(self.audit.record_refusal, channel, self.hub_url, kind, f"not JSON: {exc}")
             raise PayloadRefused(kind, f"not JSON: {exc}") from None
-        entry = await asyncio.to_thread(self.audit.record_send, channel, self.hub_url, kind, body, {**summary, "request": f"{method} {path}"})
+        entry = await asyncio.to_thread(
+            self.audit.record_send, channel, self.hub_url, kind, body, {**summary, "request": f"{method} {path}"}
+        )
         return body, entry
 
     async def _receipt(self, entry: Entry, response: httpx.Response) -> None:
@@ -145,7 +160,13 @@ class HubGateway:
         return headers
 
     async def _send(
-        self, kind: str, method: str, path: str, payload: Mapping[str, Any] | None, authenticated: bool = True, headers: dict[str, str] | None = None
+        self,
+        kind: str,
+        method: str,
+        path: str,
+        payload: Mapping[str, Any] | None,
+        authenticated: bool = True,
+        headers: dict[str, str] | None = None,
     ) -> httpx.Response:
         """The one place a request body leaves the node: check, log, send, keep the receipt."""
         request_headers = self._headers(authenticated, headers)
@@ -199,14 +220,18 @@ class HubGateway:
     async def report_counters(self, node_id: str, counts: Mapping[tuple[str, str, str], int]) -> dict[str, Any]:
         """Absolute per-node counts (hub.funnel_schemas.NodeReportIn): a retry can never double-count."""
         rows = [{"experiment": e, "variant": v, "step": s, "count": c} for (e, v, s), c in sorted(counts.items())]
-        return (await self._send(COUNTERS, "POST", "/v1/nodes/me/counters", {"node_id": node_id, "counts": rows})).json()
+        return (
+            await self._send(COUNTERS, "POST", "/v1/nodes/me/counters", {"node_id": node_id, "counts": rows})
+        ).json()
 
     async def download_file(self, model: str, version: str, name: str, dest: Path, max_bytes: int) -> str:
         """Stream one bundle file to ``dest`` (via ``dest.part``); return its sha256. The
         request carries no body: its path is checked and logged like one."""
         path = f"/v1/models/{model}/versions/{version}/files/{name}"
         headers = self._headers(True)
-        _, entry = await self._admit(BUNDLE_DOWNLOAD, "GET", path, {"model": model, "version": version, "name": name}, in_path=True)
+        _, entry = await self._admit(
+            BUNDLE_DOWNLOAD, "GET", path, {"model": model, "version": version, "name": name}, in_path=True
+        )
         part = dest.with_name(dest.name + ".part")
         digest, size = hashlib.sha256(), 0
         try:
@@ -223,7 +248,9 @@ class HubGateway:
                         digest.update(chunk)
                         fh.write(chunk)
         except httpx.HTTPError as exc:
-            raise HubUnreachable(f"{self.hub_url}: download of {model}/{version}/{name} broke off: {type(exc).__name__}") from None
+            raise HubUnreachable(
+                f"{self.hub_url}: download of {model}/{version}/{name} broke off: {type(exc).__name__}"
+            ) from None
         finally:
             self._count(BUNDLE_DOWNLOAD, 0, size)
         os.replace(part, dest)

@@ -82,8 +82,11 @@ def _target(configured: str, data_dir: Path) -> str | None:
     if match is None:
         return None
     if match["host"] not in _LOOPBACK:
-        log.error("the hub names the SuperLink %s, which is not on loopback: the child SuperNode has no TLS, so it is not started "
-                  "(run the SuperNode beside the node with TLS, see docs/deploy.md)", address)
+        log.error(
+            "the hub names the SuperLink %s, which is not on loopback: the child SuperNode has no TLS, so it is not started "
+            "(run the SuperNode beside the node with TLS, see docs/deploy.md)",
+            address,
+        )
         return None
     return address
 
@@ -101,7 +104,9 @@ async def run(state: EdgeState) -> None:
         identity, address = load_identity(data_dir), _target(settings.superlink, data_dir)
 
     def supernode(address: str) -> SuperNode:
-        return SuperNode(SuperNodeConfig(address, data_dir, port=settings.supernode_port or _free_port(), tags=identity.tags))
+        return SuperNode(
+            SuperNodeConfig(address, data_dir, port=settings.supernode_port or _free_port(), tags=identity.tags)
+        )
 
     node = supernode(address)
     try:
@@ -114,7 +119,12 @@ async def run(state: EdgeState) -> None:
             try:
                 if node.process is None:
                     await asyncio.to_thread(node.start, 60.0)
-                    log.info("flower supernode joined %s with tags %s (log in %s)", node.config.superlink, identity.tags, data_dir / "supernode.log")
+                    log.info(
+                        "flower supernode joined %s with tags %s (log in %s)",
+                        node.config.superlink,
+                        identity.tags,
+                        data_dir / "supernode.log",
+                    )
                 elif await asyncio.to_thread(node.supervise):
                     log.warning("flower supernode had died; restarted (restart %d)", node.restarts)
             except NexusError as exc:

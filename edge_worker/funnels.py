@@ -190,17 +190,45 @@ async def event(request: Request) -> Response:
     e = spec.running
     experiment = None if e is None else (e.id, e.salt, e.variants)
     variant, counted = await state.in_store(state.store.funnel_event, spec.id, experiment, body.visitor_id, body.step)
-    return JSONResponse({"funnel": spec.id, "experiment": None if e is None else e.id, "variant": variant, "step": body.step, "counted": counted})
+    return JSONResponse(
+        {
+            "funnel": spec.id,
+            "experiment": None if e is None else e.id,
+            "variant": variant,
+            "step": body.step,
+            "counted": counted,
+        }
+    )
 
 
 def operations() -> list[tuple[Operation, Any]]:
     funnel = {"funnel": {"type": "string", "pattern": _ID}}
     refused = {404: ErrorResponse, 422: ErrorResponse}
     return [
-        (Operation("post", "/v1/funnels/{funnel}/assign", "the visitor's variant in the funnel's running experiment (sticky)", "funnels",
-                   AssignRequest, {200: AssignResponse, **refused}, funnel), assign),
-        (Operation("post", "/v1/funnels/{funnel}/events", "count a funnel step once per visitor (the event stays on this node)", "funnels",
-                   EventRequest, {200: EventResponse, **refused}, funnel), event),
+        (
+            Operation(
+                "post",
+                "/v1/funnels/{funnel}/assign",
+                "the visitor's variant in the funnel's running experiment (sticky)",
+                "funnels",
+                AssignRequest,
+                {200: AssignResponse, **refused},
+                funnel,
+            ),
+            assign,
+        ),
+        (
+            Operation(
+                "post",
+                "/v1/funnels/{funnel}/events",
+                "count a funnel step once per visitor (the event stays on this node)",
+                "funnels",
+                EventRequest,
+                {200: EventResponse, **refused},
+                funnel,
+            ),
+            event,
+        ),
     ]
 
 

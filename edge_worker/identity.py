@@ -55,7 +55,9 @@ def load_identity(data_dir: Path) -> NodeIdentity | None:
     path = Path(data_dir) / IDENTITY_FILE
     try:
         raw = json.loads(path.read_text())
-        identity = NodeIdentity(str(raw["node_id"]), str(raw["node_secret"]), str(raw["hub_public_key"]), dict(raw.get("tags", {})))
+        identity = NodeIdentity(
+            str(raw["node_id"]), str(raw["node_secret"]), str(raw["hub_public_key"]), dict(raw.get("tags", {}))
+        )
         identity.public_key()
     except FileNotFoundError:
         return None

@@ -33,9 +33,10 @@ import os
 import shutil
 import threading
 import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal, Sequence
+from typing import Any, Literal
 
 Labels = tuple[tuple[str, str], ...]
 Merge = Literal["sum", "livesum", "livemax"]
@@ -89,14 +90,14 @@ class _Family:
             lines.append(f"{self.name}_count{_labels(key)} {cumulative}")
         return lines
 
-    def copy(self, *, with_values: bool = True) -> "_Family":
+    def copy(self, *, with_values: bool = True) -> _Family:
         family = _Family(self.name, self.kind, self.help, self.buckets, self.merge)
         if with_values:
             family.values = dict(self.values)
             family.hist = {k: (list(counts), list(total)) for k, (counts, total) in self.hist.items()}
         return family
 
-    def add(self, other: "_Family") -> None:
+    def add(self, other: _Family) -> None:
         """Fold another worker's series of this family in, by the family's merge rule."""
         pick = max if self.merge == "livemax" else (lambda a, b: a + b)
         for key, value in other.values.items():
@@ -108,13 +109,16 @@ class _Family:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "kind": self.kind, "help": self.help, "buckets": list(self.buckets), "merge": self.merge,
+            "kind": self.kind,
+            "help": self.help,
+            "buckets": list(self.buckets),
+            "merge": self.merge,
             "values": [[list(map(list, k)), v] for k, v in self.values.items()],
             "hist": [[list(map(list, k)), counts, total[0]] for k, (counts, total) in self.hist.items()],
         }
 
     @staticmethod
-    def from_json(name: str, data: dict[str, Any]) -> "_Family":
+    def from_json(name: str, data: dict[str, Any]) -> _Family:
         family = _Family(name, data["kind"], data["help"], tuple(data["buckets"]), data["merge"])
         family.values = {_key(k): float(v) for k, v in data["values"]}
         family.hist = {_key(k): (list(counts), [float(total)]) for k, counts, total in data["hist"]}
@@ -220,7 +224,9 @@ class Registry:
             family = self._families[name] = _Family(name, kind, help, buckets, rule)
         return family
 
-    def declare(self, name: str, kind: str, help: str, buckets: tuple[float, ...] = (), merge: Merge | None = None) -> None:
+    def declare(
+        self, name: str, kind: str, help: str, buckets: tuple[float, ...] = (), merge: Merge | None = None
+    ) -> None:
         """``merge``: how workers' series combine (module docstring); default ``sum``, gauges ``livemax``."""
         with self._lock:
             self._family(name, kind, help, buckets, merge)
@@ -308,13 +314,21 @@ def edge_registry() -> Registry:
     """The node's metric families, declared up front so a scrape always lists them."""
     registry = Registry()
     registry.declare("nexus_edge_requests_total", "counter", "HTTP requests by route, method and status")
-    registry.declare("nexus_edge_request_duration_seconds", "histogram", "HTTP request latency by route", LATENCY_BUCKETS)
+    registry.declare(
+        "nexus_edge_request_duration_seconds", "histogram", "HTTP request latency by route", LATENCY_BUCKETS
+    )
     registry.declare("nexus_edge_inference_items_total", "counter", "items (texts, sessions) scored per model")
-    registry.declare("nexus_edge_inference_duration_seconds", "histogram", "time to run one batch per model", LATENCY_BUCKETS)
+    registry.declare(
+        "nexus_edge_inference_duration_seconds", "histogram", "time to run one batch per model", LATENCY_BUCKETS
+    )
     registry.declare("nexus_edge_batch_size", "histogram", "items per executed batch", BATCH_BUCKETS)
     registry.declare("nexus_edge_queue_depth", "gauge", "items waiting for a batch slot per model", merge="livesum")
     registry.declare("nexus_edge_model_loaded_info", "gauge", "1 for the version each model serves", merge="livemax")
     registry.declare("nexus_edge_model_loads_total", "counter", "successful model (re)loads")
-    registry.declare("nexus_edge_model_load_failures_total", "counter", "bundles that failed to verify or load (old version kept)")
-    registry.declare("nexus_edge_store_rows_erased_total", "counter", "local-store rows removed by retention or erasure")
+    registry.declare(
+        "nexus_edge_model_load_failures_total", "counter", "bundles that failed to verify or load (old version kept)"
+    )
+    registry.declare(
+        "nexus_edge_store_rows_erased_total", "counter", "local-store rows removed by retention or erasure"
+    )
     return registry

@@ -87,7 +87,9 @@ def decode_items(served: Served, request: InferRequest, settings: EdgeSettings) 
     values = _flatten(tensor.data, len(tensor.shape))
     count = math.prod(tensor.shape)
     if count != len(values):
-        raise ApiError(400, f"input {spec.name!r} has shape {tensor.shape} ({count} elements) but {len(values)} data elements")
+        raise ApiError(
+            400, f"input {spec.name!r} has shape {tensor.shape} ({count} elements) but {len(values)} data elements"
+        )
     limit = settings.max_texts if served.name == "emotion" else settings.max_sessions
     if not 1 <= count <= limit:
         raise ApiError(422, f"input {spec.name!r} must hold 1 to {limit} elements, got {count}")

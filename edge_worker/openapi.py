@@ -47,15 +47,32 @@ def build_openapi(operations: list[Operation], title: str, version: str, descrip
     components = _Components()
     paths: dict[str, dict[str, Any]] = {}
     for op in operations:
-        responses = {str(status): _response(components, body, "success" if status < 300 else "refused") for status, body in op.responses.items()}
+        responses = {
+            str(status): _response(components, body, "success" if status < 300 else "refused")
+            for status, body in op.responses.items()
+        }
         if op.request is not None:
-            for status, why in ((400, "body is not JSON"), (413, "body over the size limit"), (422, "a field breaks the schema")):
+            for status, why in (
+                (400, "body is not JSON"),
+                (413, "body over the size limit"),
+                (422, "a field breaks the schema"),
+            ):
                 responses.setdefault(str(status), _response(components, ErrorResponse, why))
-        entry: dict[str, Any] = {"summary": op.summary, "tags": [op.tag], "operationId": f"{op.method}_{op.path}", "responses": responses}
+        entry: dict[str, Any] = {
+            "summary": op.summary,
+            "tags": [op.tag],
+            "operationId": f"{op.method}_{op.path}",
+            "responses": responses,
+        }
         if op.params:
-            entry["parameters"] = [{"name": name, "in": "path", "required": True, "schema": schema} for name, schema in op.params.items()]
+            entry["parameters"] = [
+                {"name": name, "in": "path", "required": True, "schema": schema} for name, schema in op.params.items()
+            ]
         if op.request is not None:
-            entry["requestBody"] = {"required": True, "content": {"application/json": {"schema": components.ref(op.request)}}}
+            entry["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": components.ref(op.request)}},
+            }
         paths.setdefault(op.path, {})[op.method] = entry
     return {
         "openapi": "3.1.0",

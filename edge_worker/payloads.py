@@ -24,8 +24,8 @@ import numpy as np
 from edge_worker.assignment import ASSIGNED
 from models.bundle import ARTIFACTS
 from models.errors import NexusError
-from models.receipts import HEAD_KEY_ID, HEAD_ROOT, HEAD_SIGNATURE, HEAD_TIME
 from models.export.onnx_graphs import read_initializers
+from models.receipts import HEAD_KEY_ID, HEAD_ROOT, HEAD_SIGNATURE, HEAD_TIME
 
 # The one list of payload kinds: the egress gateway (edge_worker/egress.py) sends nothing else.
 MODEL_UPDATE, COUNTERS, HEARTBEAT = "model-update", "counters", "heartbeat"
@@ -46,7 +46,9 @@ _MAX_INT = 2**53  # exact in a JSON double
 _AUDIT_FIELDS = ("bytes_sent", "audit_entries", "audit_ok", "audit_verified_at", "audit_head")
 # a tree head exactly as edge_worker.audit writes it (the hub checks the same formats)
 _HEAD_FIELDS = ("size", "root", "time", "key_id", "signature")
-_HEAD_ROOT, _HEAD_KEY_ID, _HEAD_TIME, _HEAD_SIGNATURE = map(re.compile, (HEAD_ROOT, HEAD_KEY_ID, HEAD_TIME, HEAD_SIGNATURE))
+_HEAD_ROOT, _HEAD_KEY_ID, _HEAD_TIME, _HEAD_SIGNATURE = map(
+    re.compile, (HEAD_ROOT, HEAD_KEY_ID, HEAD_TIME, HEAD_SIGNATURE)
+)
 
 
 class PayloadRefused(NexusError):
@@ -212,7 +214,11 @@ def _counters(payload: Mapping[str, Any], declared: Declarations) -> dict[str, A
 
 
 def _heartbeat(payload: Mapping[str, Any], declared: Declarations) -> dict[str, Any]:
-    _fields(payload, ("health",), ("models", "request_rate", "queue_depth", "bundle_refusals", "sync_errors", *_AUDIT_FIELDS))
+    _fields(
+        payload,
+        ("health",),
+        ("models", "request_rate", "queue_depth", "bundle_refusals", "sync_errors", *_AUDIT_FIELDS),
+    )
     if payload["health"] not in _HEALTH:
         raise _Refusal(f"health must be one of {', '.join(_HEALTH)}: free text is not allowed")
     summary: dict[str, Any] = {"health": payload["health"]}
@@ -220,7 +226,9 @@ def _heartbeat(payload: Mapping[str, Any], declared: Declarations) -> dict[str, 
     if not isinstance(models, Mapping):
         raise _Refusal("models must be an object of model name -> version")
     summary["models"] = {
-        _pattern("models key", name, _MODEL_NAME, "a model name"): _pattern(f"models.{name}", version, _VERSION, "a version number")
+        _pattern("models key", name, _MODEL_NAME, "a model name"): _pattern(
+            f"models.{name}", version, _VERSION, "a version number"
+        )
         for name, version in models.items()
     }
     if "request_rate" in payload:

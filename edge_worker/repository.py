@@ -11,9 +11,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -98,14 +99,18 @@ class ModelRepository:
             if current is not None and current.version == pinned:
                 return []
             return [pinned] if (self.root / name / pinned).is_dir() else []
-        newer = [v for v in reversed(self.versions(name)) if current is None or version_key(v) > version_key(current.version)]
+        newer = [
+            v for v in reversed(self.versions(name)) if current is None or version_key(v) > version_key(current.version)
+        ]
         return [v for v in newer if (name, v) not in self._failed]
 
     def _reload_one(self, name: str) -> None:
         candidates = self._candidates(name)
         if not candidates and name not in self._served:
             pinned = self._pins.get(name)
-            log.warning("no loadable %s bundle in %s%s", name, self.root, f" (pinned version {pinned})" if pinned else "")
+            log.warning(
+                "no loadable %s bundle in %s%s", name, self.root, f" (pinned version {pinned})" if pinned else ""
+            )
         # Newest first; at start-up an older version is better than none.
         for version in candidates:
             try:
@@ -157,7 +162,13 @@ class ModelRepository:
             self._metrics.remove("nexus_edge_model_loaded_info", self._info_labels(name, old.predictor))
         self._metrics.set("nexus_edge_model_loaded_info", self._info_labels(name, predictor), 1)
         self._metrics.inc("nexus_edge_model_loads_total", (("model", name),))
-        log.info("serving %s version %s (%s)%s", name, predictor.version, predictor.backend, f", was {old.version}" if old else "")
+        log.info(
+            "serving %s version %s (%s)%s",
+            name,
+            predictor.version,
+            predictor.backend,
+            f", was {old.version}" if old else "",
+        )
 
     def _current_version(self, name: str) -> str:
         served = self._served.get(name)
@@ -167,7 +178,9 @@ class ModelRepository:
     def _info_labels(name: str, predictor: Predictor) -> tuple[tuple[str, str], ...]:
         return (("model", name), ("version", predictor.version), ("backend", predictor.backend))
 
-    def batch_fn(self, name: str, rows: Callable[[np.ndarray, Served], list[Any]]) -> Callable[[list[Any]], BatchResult[Any]]:
+    def batch_fn(
+        self, name: str, rows: Callable[[np.ndarray, Served], list[Any]]
+    ) -> Callable[[list[Any]], BatchResult[Any]]:
         """The micro-batcher's function for ``name``: reads the current predictor once per
         batch, predicts, and turns the outputs into one answer row per item with ``rows``."""
 

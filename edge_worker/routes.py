@@ -20,6 +20,7 @@ from edge_worker.errors import ApiError, parse_body
 from edge_worker.openapi import Operation
 from edge_worker.outputs import FastJSONResponse, emotion_view
 from edge_worker.schemas import (
+    VISITOR_ID_PATTERN,
     EmotionResponse,
     EraseResponse,
     ErrorResponse,
@@ -33,7 +34,6 @@ from edge_worker.schemas import (
     Schemas,
     ServerMetadata,
     StoredResponse,
-    VISITOR_ID_PATTERN,
 )
 from edge_worker.state import EdgeState
 from edge_worker.store import LocalStore
@@ -99,7 +99,9 @@ def _require_operator(request: Request) -> None:
     """The privacy endpoints erase data or describe the node: the operator token only."""
     expected = f"Bearer {request.app.state.operator_token}"
     if not hmac.compare_digest(request.headers.get("authorization", "").encode(), expected.encode()):
-        raise ApiError(401, f"this endpoint needs the edge's operator token (the {OPERATOR_TOKEN_FILE} file in its data dir)")
+        raise ApiError(
+            401, f"this endpoint needs the edge's operator token (the {OPERATOR_TOKEN_FILE} file in its data dir)"
+        )
 
 
 async def erase_visitor(request: Request) -> Response:
@@ -186,18 +188,125 @@ def operations(schemas: Schemas, models: tuple[str, ...]) -> list[tuple[Operatio
     visitor = {"visitor_id": {"type": "string", "pattern": VISITOR_ID_PATTERN}}
     unavailable = {503: ErrorResponse}
     table = [
-        (Operation("post", "/v1/emotion", "emotion label scores of one or more texts", "inference", schemas.EmotionRequest, {200: EmotionResponse, **unavailable}), emotion),
-        (Operation("post", "/v1/funnel/score", "P(purchase) of one or more sessions", "inference", schemas.FunnelRequest, {200: FunnelResponse, **unavailable}), funnel_score),
-        (Operation("post", "/v1/feedback", "store a text with its true emotion labels (kept on this node)", "local store", schemas.FeedbackRequest, {201: StoredResponse, **unavailable}), feedback),
-        (Operation("post", "/v1/funnel/outcome", "store a session and whether it converted (kept on this node)", "local store", schemas.OutcomeRequest, {201: StoredResponse, **unavailable}), funnel_outcome),
-        (Operation("delete", "/v1/privacy/visitors/{visitor_id}", "erase every stored row of a visitor (logged in the audit log; operator token)", "privacy", None, {200: EraseResponse, 401: ErrorResponse, 422: ErrorResponse}, visitor), erase_visitor),
-        (Operation("get", "/v1/privacy/audit", "privacy audit report: data inventory, egress ledger, DP budget, refusals, erasures, verification (operator token)", "privacy", None, {200: "application/json", 401: ErrorResponse}), privacy_audit),
-        (Operation("get", "/v2", "server metadata (Open Inference Protocol v2)", "v2", None, {200: ServerMetadata}), server_metadata),
+        (
+            Operation(
+                "post",
+                "/v1/emotion",
+                "emotion label scores of one or more texts",
+                "inference",
+                schemas.EmotionRequest,
+                {200: EmotionResponse, **unavailable},
+            ),
+            emotion,
+        ),
+        (
+            Operation(
+                "post",
+                "/v1/funnel/score",
+                "P(purchase) of one or more sessions",
+                "inference",
+                schemas.FunnelRequest,
+                {200: FunnelResponse, **unavailable},
+            ),
+            funnel_score,
+        ),
+        (
+            Operation(
+                "post",
+                "/v1/feedback",
+                "store a text with its true emotion labels (kept on this node)",
+                "local store",
+                schemas.FeedbackRequest,
+                {201: StoredResponse, **unavailable},
+            ),
+            feedback,
+        ),
+        (
+            Operation(
+                "post",
+                "/v1/funnel/outcome",
+                "store a session and whether it converted (kept on this node)",
+                "local store",
+                schemas.OutcomeRequest,
+                {201: StoredResponse, **unavailable},
+            ),
+            funnel_outcome,
+        ),
+        (
+            Operation(
+                "delete",
+                "/v1/privacy/visitors/{visitor_id}",
+                "erase every stored row of a visitor (logged in the audit log; operator token)",
+                "privacy",
+                None,
+                {200: EraseResponse, 401: ErrorResponse, 422: ErrorResponse},
+                visitor,
+            ),
+            erase_visitor,
+        ),
+        (
+            Operation(
+                "get",
+                "/v1/privacy/audit",
+                "privacy audit report: data inventory, egress ledger, DP budget, refusals, erasures, verification (operator token)",
+                "privacy",
+                None,
+                {200: "application/json", 401: ErrorResponse},
+            ),
+            privacy_audit,
+        ),
+        (
+            Operation("get", "/v2", "server metadata (Open Inference Protocol v2)", "v2", None, {200: ServerMetadata}),
+            server_metadata,
+        ),
         (Operation("get", "/v2/health/live", "liveness", "v2", None, {200: Live}), live),
-        (Operation("get", "/v2/health/ready", "readiness: every configured model is loaded", "v2", None, {200: Ready, 503: Ready}), ready),
-        (Operation("get", "/v2/models/{name}", "model metadata", "v2", None, {200: ModelMetadata, 404: ErrorResponse, **unavailable}, name), model_metadata),
-        (Operation("get", "/v2/models/{name}/ready", "model readiness", "v2", None, {200: ModelReady, 404: ErrorResponse, 503: ModelReady}, name), model_ready),
-        (Operation("post", "/v2/models/{name}/infer", "inference with KServe v2 JSON tensors", "v2", InferRequest, {200: InferResponse, 404: ErrorResponse, **unavailable}, name), infer),
+        (
+            Operation(
+                "get",
+                "/v2/health/ready",
+                "readiness: every configured model is loaded",
+                "v2",
+                None,
+                {200: Ready, 503: Ready},
+            ),
+            ready,
+        ),
+        (
+            Operation(
+                "get",
+                "/v2/models/{name}",
+                "model metadata",
+                "v2",
+                None,
+                {200: ModelMetadata, 404: ErrorResponse, **unavailable},
+                name,
+            ),
+            model_metadata,
+        ),
+        (
+            Operation(
+                "get",
+                "/v2/models/{name}/ready",
+                "model readiness",
+                "v2",
+                None,
+                {200: ModelReady, 404: ErrorResponse, 503: ModelReady},
+                name,
+            ),
+            model_ready,
+        ),
+        (
+            Operation(
+                "post",
+                "/v2/models/{name}/infer",
+                "inference with KServe v2 JSON tensors",
+                "v2",
+                InferRequest,
+                {200: InferResponse, 404: ErrorResponse, **unavailable},
+                name,
+            ),
+            infer,
+        ),
         (Operation("get", "/metrics", "Prometheus metrics", "operations", None, {200: "text/plain"}), metrics),
         (Operation("get", "/openapi.json", "this document", "operations", None, {200: "application/json"}), openapi),
     ]

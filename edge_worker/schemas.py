@@ -22,9 +22,14 @@ VisitorId = Annotated[str, Field(min_length=1, max_length=128, pattern=VISITOR_I
 # Integers stay within float64's exact range: the featurizer turns them into floats.
 SAFE_INT = 2**53
 SessionValue = (
-    Annotated[StrictInt, Field(ge=-SAFE_INT, le=SAFE_INT)] | StrictFloat | StrictBool | Annotated[str, Field(max_length=64)]
+    Annotated[StrictInt, Field(ge=-SAFE_INT, le=SAFE_INT)]
+    | StrictFloat
+    | StrictBool
+    | Annotated[str, Field(max_length=64)]
 )
-Session = Annotated[dict[Annotated[str, Field(min_length=1, max_length=64)], SessionValue], Field(min_length=1, max_length=64)]
+Session = Annotated[
+    dict[Annotated[str, Field(min_length=1, max_length=64)], SessionValue], Field(min_length=1, max_length=64)
+]
 
 
 class _Body(BaseModel):
@@ -54,7 +59,7 @@ def build_schemas(settings: EdgeSettings) -> Schemas:
         texts: Annotated[list[Text], Field(min_length=1, max_length=settings.max_texts)] | None = None
 
         @model_validator(mode="after")
-        def _one_of(self) -> "EmotionRequest":
+        def _one_of(self) -> EmotionRequest:
             _exactly_one(self, "text", "texts")
             return self
 
@@ -68,7 +73,7 @@ def build_schemas(settings: EdgeSettings) -> Schemas:
         sessions: Annotated[list[Session], Field(min_length=1, max_length=settings.max_sessions)] | None = None
 
         @model_validator(mode="after")
-        def _one_of(self) -> "FunnelRequest":
+        def _one_of(self) -> FunnelRequest:
             _exactly_one(self, "session", "sessions")
             return self
 

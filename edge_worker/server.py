@@ -14,8 +14,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import httpx
 
@@ -53,8 +53,29 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def edge_argv(port: int, *, models_dir: Path | None = None, data_dir: Path | None = None, workers: int = 1, log_level: str = "warning") -> list[str]:
-    argv = [sys.executable, "-m", "nexus_cli", "edge", "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers), "--log-level", log_level]
+def edge_argv(
+    port: int,
+    *,
+    models_dir: Path | None = None,
+    data_dir: Path | None = None,
+    workers: int = 1,
+    log_level: str = "warning",
+) -> list[str]:
+    argv = [
+        sys.executable,
+        "-m",
+        "nexus_cli",
+        "edge",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--log-level",
+        log_level,
+    ]
     if models_dir is not None:
         argv += ["--models", str(models_dir)]
     if data_dir is not None:
@@ -65,7 +86,15 @@ def edge_argv(port: int, *, models_dir: Path | None = None, data_dir: Path | Non
 class ServerProcess:
     """A server in a child process, ready once ``ready_path`` answers 200."""
 
-    def __init__(self, name: str, argv: Sequence[str], port: int, *, env: Mapping[str, str] | None = None, ready_path: str = "/v2/health/ready") -> None:
+    def __init__(
+        self,
+        name: str,
+        argv: Sequence[str],
+        port: int,
+        *,
+        env: Mapping[str, str] | None = None,
+        ready_path: str = "/v2/health/ready",
+    ) -> None:
         self.name = name
         self.argv = list(argv)
         self.port = port
@@ -75,9 +104,11 @@ class ServerProcess:
         self._proc: subprocess.Popen[bytes] | None = None
         self._log = tempfile.TemporaryFile()
 
-    def start(self, timeout: float = 60.0) -> "ServerProcess":
+    def start(self, timeout: float = 60.0) -> ServerProcess:
         # Its own process group, so a Ctrl-C in the terminal reaches only us and we stop it in order.
-        self._proc = subprocess.Popen(self.argv, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self._proc = subprocess.Popen(
+            self.argv, env=self.env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
@@ -120,7 +151,7 @@ class ServerProcess:
         self._log.close()
         return proc.returncode
 
-    def __enter__(self) -> "ServerProcess":
+    def __enter__(self) -> ServerProcess:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -8,8 +8,9 @@ build the very same settings with :meth:`EdgeSettings.from_env`.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -95,7 +96,9 @@ class EdgeSettings(BaseModel):
     def _known_models(cls, value: tuple[str, ...]) -> tuple[str, ...]:
         unknown = [name for name in value if name not in FAMILIES]
         if unknown or not value:
-            raise ValueError(f"models must be a non-empty subset of {', '.join(FAMILIES)}; got {', '.join(value) or 'none'}")
+            raise ValueError(
+                f"models must be a non-empty subset of {', '.join(FAMILIES)}; got {', '.join(value) or 'none'}"
+            )
         return value
 
     def pool_threads(self) -> int:
@@ -111,7 +114,7 @@ class EdgeSettings(BaseModel):
         return getattr(self, f"{model}_version")
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> "EdgeSettings":
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> EdgeSettings:
         """Settings from ``NEXUS_*`` variables, then ``overrides`` (None values ignored)."""
         environ = os.environ if environ is None else environ
         values: dict[str, Any] = {}

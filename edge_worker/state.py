@@ -9,13 +9,14 @@ bundles into ``settings.models_dir``, then either ``repository.activate(model, v
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from edge_worker.batcher import MicroBatcher
 from edge_worker.metrics import Registry
-from edge_worker.repository import ModelRepository, ModelNotReady, Served
+from edge_worker.repository import ModelNotReady, ModelRepository, Served
 from edge_worker.schemas import Schemas
 from edge_worker.settings import EdgeSettings
 from edge_worker.store import LocalStore
@@ -32,7 +33,9 @@ class EdgeState:
     batchers: dict[str, MicroBatcher]
     inference_pool: ThreadPoolExecutor
     #: SQLite calls run on one thread of their own, off the event loop
-    store_pool: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="nexus-store"))
+    store_pool: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="nexus-store")
+    )
     store: LocalStore | None = None
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
 

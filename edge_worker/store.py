@@ -14,8 +14,9 @@ import json
 import sqlite3
 import threading
 import time
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence, TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -91,13 +92,17 @@ class LocalStore:
         with self._lock:
             return self._db.execute("PRAGMA journal_mode").fetchone()[0]
 
-    def add_feedback(self, text: str, labels: Sequence[str], visitor_id: str | None = None, now: float | None = None) -> int:
+    def add_feedback(
+        self, text: str, labels: Sequence[str], visitor_id: str | None = None, now: float | None = None
+    ) -> int:
         return self._insert(
             "INSERT INTO feedback (created_at, visitor_id, text, labels) VALUES (?, ?, ?, ?)",
             (time.time() if now is None else now, visitor_id, text, json.dumps(sorted(set(labels)))),
         )
 
-    def add_outcome(self, session: dict[str, Any], converted: bool, visitor_id: str | None = None, now: float | None = None) -> int:
+    def add_outcome(
+        self, session: dict[str, Any], converted: bool, visitor_id: str | None = None, now: float | None = None
+    ) -> int:
         return self._insert(
             "INSERT INTO funnel_outcome (created_at, visitor_id, session, converted) VALUES (?, ?, ?, ?)",
             (time.time() if now is None else now, visitor_id, json.dumps(session, sort_keys=True), int(converted)),
@@ -132,7 +137,10 @@ class LocalStore:
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                removed = {table: self._db.execute(f"DELETE FROM {table} WHERE {where}", params).rowcount for table in _VISITOR_TABLES}
+                removed = {
+                    table: self._db.execute(f"DELETE FROM {table} WHERE {where}", params).rowcount
+                    for table in _VISITOR_TABLES
+                }
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
@@ -159,7 +167,12 @@ class LocalStore:
 
     # -- funnels: sticky assignment, deduplicated steps, absolute counters -------------------
     def funnel_assign(
-        self, experiment_id: str, salt: str, visitor_id: str, variants: Sequence[tuple[str, float]], now: float | None = None
+        self,
+        experiment_id: str,
+        salt: str,
+        visitor_id: str,
+        variants: Sequence[tuple[str, float]],
+        now: float | None = None,
     ) -> str:
         """The visitor's variant, stored (and counted as ``$assigned``) the first time."""
         return self._funnel_transaction(lambda: self._assign(experiment_id, salt, visitor_id, variants, now))
@@ -180,10 +193,20 @@ class LocalStore:
         """
 
         def body() -> tuple[str | None, bool]:
-            variant = None if experiment is None else self._assign(experiment[0], experiment[1], visitor_id, experiment[2], now)
+            variant = (
+                None
+                if experiment is None
+                else self._assign(experiment[0], experiment[1], visitor_id, experiment[2], now)
+            )
             inserted = self._db.execute(
                 "INSERT OR IGNORE INTO funnel_event VALUES (?, ?, ?, ?, ?)",
-                (funnel_id, "" if experiment is None else experiment[0], visitor_id, step, time.time() if now is None else now),
+                (
+                    funnel_id,
+                    "" if experiment is None else experiment[0],
+                    visitor_id,
+                    step,
+                    time.time() if now is None else now,
+                ),
             ).rowcount
             if inserted and experiment is not None and variant is not None:
                 self._count(experiment[0], variant, step)
@@ -202,7 +225,9 @@ class LocalStore:
             self._db.execute("COMMIT")
             return result
 
-    def _assign(self, experiment_id: str, salt: str, visitor_id: str, variants: Sequence[tuple[str, float]], now: float | None) -> str:
+    def _assign(
+        self, experiment_id: str, salt: str, visitor_id: str, variants: Sequence[tuple[str, float]], now: float | None
+    ) -> str:
         row = self._db.execute(
             "SELECT variant FROM funnel_assignment WHERE experiment = ? AND visitor_id = ?", (experiment_id, visitor_id)
         ).fetchone()
@@ -210,7 +235,8 @@ class LocalStore:
         variant = sticky_assign(stored, experiment_id, salt, visitor_id, variants)
         if stored is None:
             self._db.execute(
-                "INSERT INTO funnel_assignment VALUES (?, ?, ?, ?)", (experiment_id, visitor_id, variant, time.time() if now is None else now)
+                "INSERT INTO funnel_assignment VALUES (?, ?, ?, ?)",
+                (experiment_id, visitor_id, variant, time.time() if now is None else now),
             )
             self._count(experiment_id, variant, ASSIGNED)
         return variant

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
 from models.errors import NexusError
 from models.flower_process import FlowerProcess

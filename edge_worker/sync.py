@@ -23,9 +23,10 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Callable, Collection
+from typing import IO, TYPE_CHECKING, Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -33,7 +34,16 @@ from edge_worker.audit import AuditLog, verify
 from edge_worker.egress import HeartbeatPayload, HubGateway, HubUnreachable
 from edge_worker.federation import remember_superlink
 from edge_worker.identity import NodeIdentity, load_identity, save_identity, write_private_json
-from models.bundle import MANIFEST, SIGNATURE, BundleError, install_bundle, read_manifest, sha256_file, verify_bundle, verify_signature
+from models.bundle import (
+    MANIFEST,
+    SIGNATURE,
+    BundleError,
+    install_bundle,
+    read_manifest,
+    sha256_file,
+    verify_bundle,
+    verify_signature,
+)
 from models.errors import NexusError
 
 if TYPE_CHECKING:
@@ -139,7 +149,9 @@ def _adopt(target: Path, staging: Path, key: Ed25519PublicKey) -> None:
     """A local copy of the hub's bundle without its signature (a shipped default bundle
     the operator also pushed): same manifest bytes, so the hub's signature covers it."""
     if (target / MANIFEST).read_bytes() != (staging / MANIFEST).read_bytes():
-        raise Refused(f"{target} holds another bundle than the hub's version {target.name}; remove it to install the hub's")
+        raise Refused(
+            f"{target} holds another bundle than the hub's version {target.name}; remove it to install the hub's"
+        )
     verify_bundle(target)
     tmp = target / f".{SIGNATURE}.tmp"
     shutil.copyfile(staging / SIGNATURE, tmp)
@@ -203,7 +215,7 @@ class SyncAgent:
         self._superlink: object = None
 
     # -- loop ------------------------------------------------------------------------------
-    async def run(self, after_cycle: Callable[["SyncAgent"], None] | None = None) -> None:
+    async def run(self, after_cycle: Callable[[SyncAgent], None] | None = None) -> None:
         """Until cancelled: restore what was applied, then sync on the poll interval.
 
         Several server processes of one node share its data dir: the one holding the
@@ -218,7 +230,7 @@ class SyncAgent:
                 self._audit_task.cancel()
             self._leader.release()
 
-    async def _loop(self, after_cycle: Callable[["SyncAgent"], None] | None) -> None:
+    async def _loop(self, after_cycle: Callable[[SyncAgent], None] | None) -> None:
         while True:
             if self._leader.acquire():
                 self._schedule_audit_verification()
@@ -242,7 +254,10 @@ class SyncAgent:
         waits for it (only the leader does it; it is the one that heartbeats)."""
         if self._audit_task is not None and not self._audit_task.done():
             return
-        if self._audit_started_at is not None and time.monotonic() - self._audit_started_at < self.audit_verify_interval_s:
+        if (
+            self._audit_started_at is not None
+            and time.monotonic() - self._audit_started_at < self.audit_verify_interval_s
+        ):
             return
         self._audit_started_at = time.monotonic()
         self._audit_task = asyncio.create_task(self.verify_audit())
@@ -266,7 +281,9 @@ class SyncAgent:
         self.stats.consecutive_failures += 1
         self.stats.last_error = str(exc)
         if isinstance(exc, HubUnreachable):
-            log.warning("hub unreachable (%d in a row), serving the last good models: %s", self.stats.consecutive_failures, exc)
+            log.warning(
+                "hub unreachable (%d in a row), serving the last good models: %s", self.stats.consecutive_failures, exc
+            )
         elif isinstance(exc, NexusError):
             log.error("sync failed: %s", exc)
         else:
@@ -339,7 +356,9 @@ class SyncAgent:
         if not self.enroll_token:
             raise NexusError("this node is not enrolled: start it once with --enroll-token")
         reply = await self.gateway.enroll(self.enroll_token)
-        identity = NodeIdentity(reply["node_id"], reply["node_secret"], reply["public_key"], dict(reply.get("tags", {})))
+        identity = NodeIdentity(
+            reply["node_id"], reply["node_secret"], reply["public_key"], dict(reply.get("tags", {}))
+        )
         identity.public_key()
         save_identity(self.data_dir, identity)
         self.identity = self.gateway.identity = identity
@@ -408,7 +427,13 @@ class SyncAgent:
         self.state.refused[model] = {"version": version, "archive_sha256": digest, "reason": reason}
         shutil.rmtree(self.data_dir / STAGING_DIR / f"{model}-{version}-{digest[:16]}", ignore_errors=True)
         self._save()
-        log.error("refused %s version %s from the hub, keeping %s: %s", model, version, self.state.applied.get(model, "the current model"), reason)
+        log.error(
+            "refused %s version %s from the hub, keeping %s: %s",
+            model,
+            version,
+            self.state.applied.get(model, "the current model"),
+            reason,
+        )
 
     def _save(self) -> None:
         write_private_json(self.data_dir / STATE_FILE, asdict(self.state))
@@ -421,17 +446,23 @@ _METRICS = (
     ("nexus_edge_hub_consecutive_failures", "gauge", "failed sync cycles in a row (0 when the hub answers)"),
     ("nexus_edge_hub_last_sync_timestamp_seconds", "gauge", "unix time of the last successful sync"),
     ("nexus_edge_hub_bundles_installed_total", "counter", "hub bundles verified, installed and served"),
-    ("nexus_edge_hub_bundles_refused_total", "counter", "hub bundles refused (bad sha256 or signature); old model kept"),
+    (
+        "nexus_edge_hub_bundles_refused_total",
+        "counter",
+        "hub bundles refused (bad sha256 or signature); old model kept",
+    ),
     ("nexus_edge_hub_refused_bundle_info", "gauge", "1 for each assigned model/version currently refused"),
     ("nexus_edge_egress_messages_total", "counter", "requests sent to the hub per payload kind"),
     ("nexus_edge_egress_bytes_total", "counter", "bytes exchanged with the hub per payload kind and direction"),
 )
 
 
-async def run(state: "EdgeState") -> None:
+async def run(state: EdgeState) -> None:
     """The sync agent of a running edge node, exporting its state to ``/metrics``."""
     settings = state.settings
-    token = settings.enroll_token or (settings.enroll_token_file.read_text().strip() if settings.enroll_token_file else None)
+    token = settings.enroll_token or (
+        settings.enroll_token_file.read_text().strip() if settings.enroll_token_file else None
+    )
     gateway = HubGateway(str(settings.hub_url), AuditLog(settings.data_dir))
     metrics = state.metrics
     for name, kind, help_text in _METRICS:
@@ -440,7 +471,12 @@ async def run(state: "EdgeState") -> None:
 
     def status() -> NodeStatus:
         ready = state.repository.ready()
-        return NodeStatus(models=state.served_versions(), health="ok" if ready else "starting", request_rate=rate.per_second(), queue_depth=state.queue_depth())
+        return NodeStatus(
+            models=state.served_versions(),
+            health="ok" if ready else "starting",
+            request_rate=rate.per_second(),
+            queue_depth=state.queue_depth(),
+        )
 
     def export(agent: SyncAgent) -> None:
         metrics.set("nexus_edge_hub_sync_errors_total", (), agent.stats.sync_errors)
@@ -452,7 +488,9 @@ async def run(state: "EdgeState") -> None:
             metrics.set("nexus_edge_hub_refused_bundle_info", (("model", model), ("version", refused["version"])), 1)
         for kind, count in gateway.messages.items():
             metrics.set("nexus_edge_egress_messages_total", (("kind", kind),), count)
-            metrics.set("nexus_edge_egress_bytes_total", (("kind", kind), ("direction", "out")), gateway.bytes_out[kind])
+            metrics.set(
+                "nexus_edge_egress_bytes_total", (("kind", kind), ("direction", "out")), gateway.bytes_out[kind]
+            )
             metrics.set("nexus_edge_egress_bytes_total", (("kind", kind), ("direction", "in")), gateway.bytes_in[kind])
 
     agent = SyncAgent(
@@ -474,12 +512,15 @@ async def run(state: "EdgeState") -> None:
 class _RequestRate:
     """Items scored per second since the previous heartbeat, from the inference counters."""
 
-    def __init__(self, state: "EdgeState") -> None:
+    def __init__(self, state: EdgeState) -> None:
         self.state = state
         self._last = (time.monotonic(), self._total())
 
     def _total(self) -> float:
-        return sum(self.state.metrics.value("nexus_edge_inference_items_total", (("model", m),)) for m in self.state.settings.models)
+        return sum(
+            self.state.metrics.value("nexus_edge_inference_items_total", (("model", m),))
+            for m in self.state.settings.models
+        )
 
     def per_second(self) -> float:
         now, total = time.monotonic(), self._total()

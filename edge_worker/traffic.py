@@ -64,13 +64,41 @@ def synthetic_sessions(n: int, region: int, rng: np.random.Generator) -> list[Ou
 
 # A tiny grammar: a text is an opener, a subject and a closer of one emotion.
 _GRAMMAR: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
-    "joy": (("I love", "So happy with", "Thank you for", "Really enjoying"), ("my new shoes", "the fast delivery", "this jacket", "the gift box"), ("!", ", made my day!", ", thanks so much.", " :)")),
-    "anger": (("I am furious about", "This is outrageous:", "Fed up with", "So angry about"), ("the late parcel", "your support team", "the wrong size again", "the hidden fees"), ("!", ". Unacceptable.", ", fix it now.", "!!")),
-    "sadness": (("I'm so sad about", "Disappointed by", "Heartbroken that I lost", "Feeling down about"), ("the cancelled order", "my favourite mug", "the sold-out dress", "the broken lamp"), (".", " :(", ", what a pity.", "...")),
-    "fear": (("I'm worried about", "Scared that", "Nervous about", "Afraid of"), ("my card details", "the parcel getting lost", "the size not fitting", "a scam"), (".", "...", ", please help.", "?")),
-    "surprise": (("Wow, I didn't expect", "What a surprise:", "I can't believe", "No way,"), ("the free upgrade", "it arrived today", "the discount", "two gifts in the box"), ("!", "?!", ", wow.", "!")),
-    "disgust": (("Gross,", "Disgusting:", "Yuck,", "Revolting,"), ("the food smelled rotten", "the shirt was stained", "the box was full of hair", "the seller's reply"), (".", "!", ", never again.", ". Eww.")),
-    "neutral": (("Where is", "Can you update", "Please send", "What is the status of"), ("my order", "the invoice", "the tracking number", "the return label"), ("?", ".", ", thanks.", " please.")),
+    "joy": (
+        ("I love", "So happy with", "Thank you for", "Really enjoying"),
+        ("my new shoes", "the fast delivery", "this jacket", "the gift box"),
+        ("!", ", made my day!", ", thanks so much.", " :)"),
+    ),
+    "anger": (
+        ("I am furious about", "This is outrageous:", "Fed up with", "So angry about"),
+        ("the late parcel", "your support team", "the wrong size again", "the hidden fees"),
+        ("!", ". Unacceptable.", ", fix it now.", "!!"),
+    ),
+    "sadness": (
+        ("I'm so sad about", "Disappointed by", "Heartbroken that I lost", "Feeling down about"),
+        ("the cancelled order", "my favourite mug", "the sold-out dress", "the broken lamp"),
+        (".", " :(", ", what a pity.", "..."),
+    ),
+    "fear": (
+        ("I'm worried about", "Scared that", "Nervous about", "Afraid of"),
+        ("my card details", "the parcel getting lost", "the size not fitting", "a scam"),
+        (".", "...", ", please help.", "?"),
+    ),
+    "surprise": (
+        ("Wow, I didn't expect", "What a surprise:", "I can't believe", "No way,"),
+        ("the free upgrade", "it arrived today", "the discount", "two gifts in the box"),
+        ("!", "?!", ", wow.", "!"),
+    ),
+    "disgust": (
+        ("Gross,", "Disgusting:", "Yuck,", "Revolting,"),
+        ("the food smelled rotten", "the shirt was stained", "the box was full of hair", "the seller's reply"),
+        (".", "!", ", never again.", ". Eww."),
+    ),
+    "neutral": (
+        ("Where is", "Can you update", "Please send", "What is the status of"),
+        ("my order", "the invoice", "the tracking number", "the return label"),
+        ("?", ".", ", thanks.", " please."),
+    ),
 }
 
 
@@ -135,12 +163,22 @@ class Recorder:
     def summary(self) -> dict[str, Any]:
         with self._lock:
             routes = {
-                route: {"requests": len(ms), "errors": self.errors[route], "p50_ms": round(float(np.median(ms)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2)}
+                route: {
+                    "requests": len(ms),
+                    "errors": self.errors[route],
+                    "p50_ms": round(float(np.median(ms)), 2),
+                    "p99_ms": round(float(np.percentile(ms, 99)), 2),
+                }
                 for route, ms in sorted(self.latencies_ms.items())
             }
             total = sum(len(ms) for ms in self.latencies_ms.values())
             every = [x for ms in self.latencies_ms.values() for x in ms]
-        return {"requests": total, "errors": sum(r["errors"] for r in routes.values()), "p50_ms": round(float(np.median(every)), 2) if every else None, "routes": routes}
+        return {
+            "requests": total,
+            "errors": sum(r["errors"] for r in routes.values()),
+            "p50_ms": round(float(np.median(every)), 2) if every else None,
+            "routes": routes,
+        }
 
 
 # -- visitors through a funnel ----------------------------------------------------------------
@@ -166,7 +204,16 @@ class Tally:
         self.reached.update(other.reached)
 
 
-def walk_visitors(recorder: Recorder, http: httpx.Client, edge: str, funnel: str, visitors: list[str], truth: Truth, seed: int, stop: threading.Event) -> Tally:
+def walk_visitors(
+    recorder: Recorder,
+    http: httpx.Client,
+    edge: str,
+    funnel: str,
+    visitors: list[str],
+    truth: Truth,
+    seed: int,
+    stop: threading.Event,
+) -> Tally:
     """Each visitor is assigned a variant by the edge, then walks the funnel under ``truth``."""
     tally = Tally()
     rng = np.random.default_rng(seed)
@@ -182,7 +229,9 @@ def walk_visitors(recorder: Recorder, http: httpx.Client, edge: str, funnel: str
         for step, rate in zip(truth.steps, (1.0, *truth.rates[variant])):
             if rng.random() >= rate:
                 break
-            event = recorder.call(http, edge, "funnel event", f"/v1/funnels/{funnel}/events", {"visitor_id": visitor, "step": step})
+            event = recorder.call(
+                http, edge, "funnel event", f"/v1/funnels/{funnel}/events", {"visitor_id": visitor, "step": step}
+            )
             event.raise_for_status()
             if event.json()["counted"]:
                 tally.reached[(variant, step)] += 1

@@ -30,9 +30,10 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 from flwr.app import Context, Error, Message, MetricRecord, RecordDict
@@ -44,7 +45,8 @@ from edge_worker.dp_budget import BUDGET_FILE, BudgetExhausted, PrivacyBudget
 from edge_worker.payloads import MODEL_UPDATE
 from federated import codec
 from federated.digest import describe, reply_body
-from federated.receipts import ACK_KIND, MESSAGE_TYPE as RECEIPTS_MESSAGE, receipts_in
+from federated.receipts import ACK_KIND, receipts_in
+from federated.receipts import MESSAGE_TYPE as RECEIPTS_MESSAGE
 from federated.strategy import ARRAYS, CONFIG, METRICS
 from models.errors import NexusError
 
@@ -62,12 +64,17 @@ class DpSettings:
     clipping_norm: float = 1.0
 
     @classmethod
-    def from_run_config(cls, config: Mapping[str, Any]) -> "DpSettings":
+    def from_run_config(cls, config: Mapping[str, Any]) -> DpSettings:
         try:
             dp = cls(float(config.get(RUN_NOISE, 0.0)), float(config.get(RUN_CLIP, 1.0)))
         except (TypeError, ValueError):
             raise NexusError(f"run config {RUN_NOISE} and {RUN_CLIP} must be numbers") from None
-        if not (math.isfinite(dp.noise_multiplier) and dp.noise_multiplier >= 0 and math.isfinite(dp.clipping_norm) and dp.clipping_norm > 0):
+        if not (
+            math.isfinite(dp.noise_multiplier)
+            and dp.noise_multiplier >= 0
+            and math.isfinite(dp.clipping_norm)
+            and dp.clipping_norm > 0
+        ):
             raise NexusError(f"run config needs {RUN_NOISE} >= 0 and {RUN_CLIP} > 0")
         return dp
 
@@ -118,16 +125,20 @@ class _Refused(Exception):
         self.summary = summary
 
 
-def _handle(msg: Message, context: Context, call_next: ClientAppCallable, data_dir: Path, category: str) -> tuple[Message, dict[str, Any] | None]:
+def _handle(
+    msg: Message, context: Context, call_next: ClientAppCallable, data_dir: Path, category: str
+) -> tuple[Message, dict[str, Any] | None]:
     dp = DpSettings.from_run_config(context.run_config) if category == "train" else None
     budget = _budget(data_dir, dp) if dp is not None else None
     if dp is not None and budget is not None and not budget.can_spend(dp.noise_multiplier):
         raise _Refused(_over_budget(budget, dp), _dp_summary(dp, budget))
     try:
         reply = call_next(msg, context)
-    except Exception as exc:  # noqa: BLE001 - becomes an error reply with a fixed text
+    except Exception as exc:
         log.exception("the ClientApp failed on a %s message", category)
-        return _error_reply(msg, f"{type(exc).__name__}: {exc}" if isinstance(exc, NexusError) else type(exc).__name__), None
+        return _error_reply(
+            msg, f"{type(exc).__name__}: {exc}" if isinstance(exc, NexusError) else type(exc).__name__
+        ), None
     if dp is None or reply.has_error() or not dp.enabled:
         return reply, None
     _privatize(msg, reply, dp, np.random.default_rng())
@@ -151,12 +162,18 @@ def _budget(data_dir: Path, dp: DpSettings) -> PrivacyBudget | None:
 def _over_budget(budget: PrivacyBudget, dp: DpSettings) -> str:
     if not dp.enabled:
         return f"privacy budget set (epsilon {budget.epsilon_budget:g}) and the run adds no noise ({RUN_NOISE} = 0): not taking part"
-    return (f"privacy budget exhausted: epsilon would reach {budget.epsilon_after(dp.noise_multiplier):.3f} "
-            f"> budget {budget.epsilon_budget:g} (spent {budget.spent:.3f}): not taking part")
+    return (
+        f"privacy budget exhausted: epsilon would reach {budget.epsilon_after(dp.noise_multiplier):.3f} "
+        f"> budget {budget.epsilon_budget:g} (spent {budget.spent:.3f}): not taking part"
+    )
 
 
 def _dp_summary(dp: DpSettings, budget: PrivacyBudget | None) -> dict[str, Any]:
-    summary: dict[str, Any] = {"noise_multiplier": dp.noise_multiplier, "clipping_norm": dp.clipping_norm, "sample_rate": 1.0}
+    summary: dict[str, Any] = {
+        "noise_multiplier": dp.noise_multiplier,
+        "clipping_norm": dp.clipping_norm,
+        "sample_rate": 1.0,
+    }
     if budget is not None:
         summary.update(delta=budget.delta, epsilon_spent=budget.spent, epsilon_budget=budget.epsilon_budget)
     return summary
@@ -170,7 +187,9 @@ def _privatize(msg: Message, reply: Message, dp: DpSettings, rng: np.random.Gene
     norm = math.sqrt(sum(float(np.sum(d * d)) for d in delta.values()))
     scale = min(1.0, dp.clipping_norm / norm) if norm > 0 else 1.0
     std = dp.noise_multiplier * dp.clipping_norm
-    noisy = {name: (base[name] + d * scale + rng.normal(0.0, std, d.shape)).astype(np.float32) for name, d in delta.items()}
+    noisy = {
+        name: (base[name] + d * scale + rng.normal(0.0, std, d.shape)).astype(np.float32) for name, d in delta.items()
+    }
     examples = reply.content[METRICS]["num-examples"]
     reply.content = RecordDict({ARRAYS: codec.to_record(noisy), METRICS: MetricRecord({"num-examples": examples})})
 
@@ -179,7 +198,12 @@ def _check_numeric(reply: Message) -> None:
     """Only numbers leave through Flower (a string array would be free text)."""
     if reply.has_error():
         return
-    bad = sorted(f"{rn}/{n}" for rn, record in reply.content.array_records.items() for n, a in record.items() if np.dtype(a.dtype).kind not in _NUMERIC)
+    bad = sorted(
+        f"{rn}/{n}"
+        for rn, record in reply.content.array_records.items()
+        for n, a in record.items()
+        if np.dtype(a.dtype).kind not in _NUMERIC
+    )
     if bad:
         raise _Refused(f"non-numeric arrays refused: {', '.join(bad)}", {})
 
@@ -190,9 +214,19 @@ def _error_reply(msg: Message, reason: str) -> Message:
 
 def _record(audit: AuditLog, msg: Message, reply: Message, kind: str, dp: dict[str, Any] | None) -> None:
     # "message" (the instruction this replies to) is what the hub's receipt names
-    summary: dict[str, Any] = {"message_type": msg.metadata.message_type, "run": msg.metadata.run_id, "message": msg.metadata.message_id}
+    summary: dict[str, Any] = {
+        "message_type": msg.metadata.message_type,
+        "run": msg.metadata.run_id,
+        "message": msg.metadata.message_id,
+    }
     if reply.has_error():
-        audit.record_send(CHANNEL, DESTINATION, ERROR_KIND, reply_body(reply), {**summary, "code": int(reply.error.code), "reason": reply.error.reason})
+        audit.record_send(
+            CHANNEL,
+            DESTINATION,
+            ERROR_KIND,
+            reply_body(reply),
+            {**summary, "code": int(reply.error.code), "reason": reply.error.reason},
+        )
         return
     body, described = describe(reply.content)
     audit.record_send(CHANNEL, DESTINATION, kind, body, {**summary, **described, "dp": dp})

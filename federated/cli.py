@@ -13,17 +13,33 @@ from federated.settings import STRATEGIES
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("federated", help="federated learning experiments")
     sub = parser.add_subparsers(dest="federated_command", required=True, metavar="COMMAND")
-    sim = sub.add_parser("simulate", help="compare central, federated and local-only training (in-process Flower rounds)")
+    sim = sub.add_parser(
+        "simulate", help="compare central, federated and local-only training (in-process Flower rounds)"
+    )
     sim.add_argument("--model", choices=("funnel", "emotion"), required=True)
-    sim.add_argument("--data", type=Path, required=True, help="funnel: sessions CSV; emotion: train.tsv (labels.txt beside it)")
-    sim.add_argument("--eval", type=Path, help="scored on this file; funnel: the same CSV means its fixed held-out split (default); emotion: dev.tsv beside --data")
-    sim.add_argument("--partition", default=None, help="region | iid | dirichlet:ALPHA (default: region for funnel, dirichlet:0.5 for emotion)")
+    sim.add_argument(
+        "--data", type=Path, required=True, help="funnel: sessions CSV; emotion: train.tsv (labels.txt beside it)"
+    )
+    sim.add_argument(
+        "--eval",
+        type=Path,
+        help="scored on this file; funnel: the same CSV means its fixed held-out split (default); emotion: dev.tsv beside --data",
+    )
+    sim.add_argument(
+        "--partition",
+        default=None,
+        help="region | iid | dirichlet:ALPHA (default: region for funnel, dirichlet:0.5 for emotion)",
+    )
     sim.add_argument("--nodes", type=int, default=10, help="nodes for iid / dirichlet partitions")
     sim.add_argument("--rounds", type=int, default=None, help="federated rounds (default: 20 funnel, 5 emotion)")
     sim.add_argument("--local-epochs", type=int, default=2, help="local epochs per round")
     sim.add_argument("--strategy", choices=STRATEGIES, default="fedavg")
     sim.add_argument("--compression", choices=COMPRESSIONS, default="int8", help="emotion update encoding")
-    sim.add_argument("--compare-dense", action="store_true", help="emotion: also run with dense fp32 updates to state the accuracy cost of compression")
+    sim.add_argument(
+        "--compare-dense",
+        action="store_true",
+        help="emotion: also run with dense fp32 updates to state the accuracy cost of compression",
+    )
     sim.add_argument("--seed", type=int, default=0)
     sim.add_argument("--json", action="store_true", help="print the full report as JSON on stdout")
     sim.set_defaults(func=_simulate)
@@ -54,7 +70,12 @@ def _simulate(args: argparse.Namespace) -> int:
     for arm in ("central", "federated", "local_only"):
         scores = report[arm]
         mean = scores.get("partition_mean")
-        print(f"{arm:11s} {metric} pooled {scores['pooled']:.4f}" + (f"  partition mean {mean:.4f}" if mean is not None else ""))
+        print(
+            f"{arm:11s} {metric} pooled {scores['pooled']:.4f}"
+            + (f"  partition mean {mean:.4f}" if mean is not None else "")
+        )
     b = report["bytes_per_update"]
-    print(f"bytes per update: {b['mean']:.0f} ({b['compression']}), dense fp32 {b['dense_fp32']}, {b['ratio']:.1f}x smaller; {report['seconds']}s")
+    print(
+        f"bytes per update: {b['mean']:.0f} ({b['compression']}), dense fp32 {b['dense_fp32']}, {b['ratio']:.1f}x smaller; {report['seconds']}s"
+    )
     return 0

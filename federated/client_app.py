@@ -9,7 +9,8 @@ app over in-memory partitions with :func:`make_client_app`.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -70,7 +71,9 @@ def make_client_app(loader: Loader, mods: Sequence[Mod] = ()) -> ClientApp:
         task = task_for(spec.family)
         base = codec.from_record(msg.content[ARRAYS])
         lr = float(config["lr"]) or task.default_lr
-        out = task.train(base, data, int(config["local-epochs"]), _round_seed(config), lr, float(config.get("proximal-mu", 0.0)))
+        out = task.train(
+            base, data, int(config["local-epochs"]), _round_seed(config), lr, float(config.get("proximal-mu", 0.0))
+        )
         arrays = codec.encode(out.weights, base, out.touched_rows, str(config["compression"]))
         metrics = MetricRecord({"num-examples": len(data), "train-loss": out.loss})
         return Message(RecordDict({ARRAYS: arrays, METRICS: metrics}), reply_to=msg)
@@ -95,7 +98,9 @@ def make_client_app(loader: Loader, mods: Sequence[Mod] = ()) -> ClientApp:
     @app.query()
     def query(msg: Message, context: Context) -> Message:
         # tags only: the data dir is a local path and none of the hub's business
-        tags = {k: v for k, v in context.node_config.items() if k != "data-dir" and isinstance(v, (str, int, float, bool))}
+        tags = {
+            k: v for k, v in context.node_config.items() if k != "data-dir" and isinstance(v, (str, int, float, bool))
+        }
         config = ConfigRecord(tags)
         return Message(RecordDict({NODE_CONFIG: config}), reply_to=msg)
 

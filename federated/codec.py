@@ -14,7 +14,12 @@ from flwr.app import Array, ArrayRecord
 Weights = dict[str, np.ndarray]
 COMPRESSIONS = ("none", "fp16", "int8")
 SPARSE_KEY = "embedding"
-_ROWS, _Q, _SCALE, _HALF = (f"{SPARSE_KEY}.rows", f"{SPARSE_KEY}.delta_q", f"{SPARSE_KEY}.delta_scale", f"{SPARSE_KEY}.delta_fp16")
+_ROWS, _Q, _SCALE, _HALF = (
+    f"{SPARSE_KEY}.rows",
+    f"{SPARSE_KEY}.delta_q",
+    f"{SPARSE_KEY}.delta_scale",
+    f"{SPARSE_KEY}.delta_fp16",
+)
 
 
 class UpdateError(ValueError):
@@ -73,7 +78,9 @@ def decode(record: ArrayRecord, base: Weights) -> Weights:
     else:
         raise UpdateError("sparse embedding update without its delta")
     if delta.shape != (len(rows), table.shape[1]):
-        raise UpdateError(f"embedding delta shape {delta.shape} does not match {len(rows)} rows of width {table.shape[1]}")
+        raise UpdateError(
+            f"embedding delta shape {delta.shape} does not match {len(rows)} rows of width {table.shape[1]}"
+        )
     full = table.copy()
     full[rows] += delta
     arrays[SPARSE_KEY] = full

@@ -31,11 +31,17 @@ def describe(content: RecordDict) -> tuple[bytes, dict[str, Any]]:
     parts, arrays = [], {}
     for record_name, record in sorted(content.array_records.items()):
         for name, array in sorted(record.items()):
-            arrays[f"{record_name}/{name}"] = {"shape": list(array.shape), "dtype": array.dtype, "bytes": len(array.data),
-                                               "sha256": hashlib.sha256(array.data).hexdigest()}
+            arrays[f"{record_name}/{name}"] = {
+                "shape": list(array.shape),
+                "dtype": array.dtype,
+                "bytes": len(array.data),
+                "sha256": hashlib.sha256(array.data).hexdigest(),
+            }
             parts.append(array.data)
-    records = {name: {k: _plain(v) for k, v in record.items()}
-               for name, record in sorted([*content.metric_records.items(), *content.config_records.items()])}
+    records = {
+        name: {k: _plain(v) for k, v in record.items()}
+        for name, record in sorted([*content.metric_records.items(), *content.config_records.items()])
+    }
     parts.append(canonical_json(records).encode("utf-8"))
     return b"".join(parts), {"arrays": arrays, "records": records}
 

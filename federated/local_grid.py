@@ -9,7 +9,8 @@ becomes an error reply, as a SuperNode would send.
 from __future__ import annotations
 
 import uuid
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
@@ -37,7 +38,9 @@ class LocalGrid(Grid):
             raise RuntimeError("no run set")
         return self._run
 
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None) -> Message:
+    def create_message(
+        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None
+    ) -> Message:
         return Message(content, dst_node_id=dst_node_id, message_type=message_type, group_id=group_id, ttl=ttl)
 
     def get_node_ids(self) -> Iterable[int]:
@@ -52,8 +55,10 @@ class LocalGrid(Grid):
             context = self.contexts[msg.metadata.dst_node_id]
             try:
                 reply = self.app(msg, context)
-            except Exception as exc:  # noqa: BLE001 - a failing node must not end the round
-                reply = Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, f"{type(exc).__name__}: {exc}"), reply_to=msg)
+            except Exception as exc:
+                reply = Message(
+                    Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, f"{type(exc).__name__}: {exc}"), reply_to=msg
+                )
             self._replies[message_id] = reply
             ids.append(message_id)
         return ids

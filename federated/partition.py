@@ -7,8 +7,8 @@ mixes. Multi-label examples are assigned by their first label.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -59,7 +59,9 @@ def dirichlet(labels: np.ndarray, nodes: int, alpha: float, seed: int) -> Partit
         rows = [np.sort(np.concatenate(s)) for s in shares]
         if min(len(r) for r in rows) >= MIN_PER_NODE:
             return Partition([f"node-{i}" for i in range(nodes)], rows)
-    raise NexusError(f"no Dirichlet({alpha}) draw gave every one of {nodes} nodes {MIN_PER_NODE} examples; raise alpha or lower --nodes")
+    raise NexusError(
+        f"no Dirichlet({alpha}) draw gave every one of {nodes} nodes {MIN_PER_NODE} examples; raise alpha or lower --nodes"
+    )
 
 
 def parse(text: str) -> tuple[str, float]:

@@ -19,9 +19,10 @@ import hashlib
 import json
 import os
 from collections import defaultdict
+from collections.abc import Iterable, Mapping
 from logging import INFO, WARNING
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.app import ConfigRecord, Message, RecordDict
@@ -47,7 +48,7 @@ class ReceiptBook:
         self.delivered = 0
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] = os.environ) -> "ReceiptBook | None":
+    def from_env(cls, environ: Mapping[str, str] = os.environ) -> ReceiptBook | None:
         path = environ.get(KEY_ENV)
         return cls(load_signing_key(Path(path))) if path else None
 
@@ -55,7 +56,13 @@ class ReceiptBook:
         """Sign a receipt for every reply, before anything decodes or rewrites it."""
         for reply in replies:
             body = reply_body(reply)
-            receipt = sign_receipt(self.key, hashlib.sha256(body).hexdigest(), len(body), utc_now(), message=reply.metadata.reply_to_message_id)
+            receipt = sign_receipt(
+                self.key,
+                hashlib.sha256(body).hexdigest(),
+                len(body),
+                utc_now(),
+                message=reply.metadata.reply_to_message_id,
+            )
             self._pending[reply.metadata.src_node_id].append(canonical_json(receipt))
             self.issued += 1
 
@@ -85,7 +92,14 @@ class ReceiptBook:
         acked = sum(1 for r in replies if not r.has_error())
         self.delivered += owed_count
         level = INFO if acked == len(messages) else WARNING
-        log(level, "receipts: %d issued, the last %d sent to %d nodes, %d acknowledged", self.issued, owed_count, len(messages), acked)
+        log(
+            level,
+            "receipts: %d issued, the last %d sent to %d nodes, %d acknowledged",
+            self.issued,
+            owed_count,
+            len(messages),
+            acked,
+        )
         return acked
 
 

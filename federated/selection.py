@@ -7,13 +7,13 @@ the strategy a :class:`SelectedGrid` that only lists the matching nodes.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from logging import INFO, WARNING
-from typing import Iterable
 
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
-from flwr.supercore.run import Run
 from flwr.serverapp import Grid
 from flwr.supercore import log
+from flwr.supercore.run import Run
 
 from federated.settings import parse_select
 
@@ -34,7 +34,9 @@ class SelectedGrid(Grid):
     def run(self) -> Run:
         return self.inner.run
 
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None) -> Message:
+    def create_message(
+        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None
+    ) -> Message:
         return self.inner.create_message(content, message_type, dst_node_id, group_id, ttl)
 
     def get_node_ids(self) -> Iterable[int]:
@@ -56,7 +58,12 @@ def node_configs(grid: Grid, timeout: float) -> dict[int, dict[str, str]]:
     out: dict[int, dict[str, str]] = {}
     for reply in grid.send_and_receive(queries, timeout=timeout):
         if reply.has_error():
-            log(WARNING, "node %s did not answer the selection query: %s", reply.metadata.src_node_id, reply.error.reason)
+            log(
+                WARNING,
+                "node %s did not answer the selection query: %s",
+                reply.metadata.src_node_id,
+                reply.error.reason,
+            )
             continue
         config = reply.content.config_records.get(NODE_CONFIG, ConfigRecord())
         out[reply.metadata.src_node_id] = {k: str(v) for k, v in config.items()}
@@ -69,6 +76,8 @@ def select_nodes(grid: Grid, select: str, timeout: float) -> Grid:
     if not tags:
         return grid
     configs = node_configs(grid, timeout)
-    chosen = sorted(node for node, config in configs.items() if all(config.get(k) in allowed for k, allowed in tags.items()))
+    chosen = sorted(
+        node for node, config in configs.items() if all(config.get(k) in allowed for k, allowed in tags.items())
+    )
     log(INFO, "selection %r: nodes %s of %d online", select, chosen, len(configs))
     return SelectedGrid(grid, chosen)

@@ -13,9 +13,10 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from flwr.app import ConfigRecord, Context
@@ -46,7 +47,11 @@ def load_base(settings: RunSettings) -> tuple[ModelSpec, codec.Weights]:
         manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
         weights = read_initializers(path / "model.onnx")
         labels = tuple(manifest.get("labels", ()))
-        shape = {"buckets": weights["embedding"].shape[0], "dim": weights["embedding"].shape[1], "n_labels": len(labels)} if "embedding" in weights else {"hidden": weights["w0"].shape[1]}
+        shape = (
+            {"buckets": weights["embedding"].shape[0], "dim": weights["embedding"].shape[1], "n_labels": len(labels)}
+            if "embedding" in weights
+            else {"hidden": weights["w0"].shape[1]}
+        )
         spec = ModelSpec(manifest["family"], manifest["featurizer"], labels, shape)
     else:
         spec = ModelSpec.from_json(path.read_text(encoding="utf-8"))
@@ -62,13 +67,26 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
     os.replace(tmp, path)  # readers never see half a file
 
 
-def run_rounds(grid: Grid, settings: RunSettings, spec: ModelSpec, initial: codec.Weights, on_round: Callable[[RoundRecord], None] | None = None,
-               receipts: ReceiptBook | None = None) -> RunResult:
+def run_rounds(
+    grid: Grid,
+    settings: RunSettings,
+    spec: ModelSpec,
+    initial: codec.Weights,
+    on_round: Callable[[RoundRecord], None] | None = None,
+    receipts: ReceiptBook | None = None,
+) -> RunResult:
     """Every round of the run; writes the outputs when ``settings.output_path`` is set.
     With ``receipts``, every reply gets a signed receipt, delivered before the run ends."""
     task = task_for(spec.family)
     rounds: list[RoundRecord] = []
-    summary: dict[str, Any] = {"status": "running", "model": spec.family, "strategy": settings.strategy, "settings": settings.__dict__, "score_name": task.score_name, "rounds": []}
+    summary: dict[str, Any] = {
+        "status": "running",
+        "model": spec.family,
+        "strategy": settings.strategy,
+        "settings": settings.__dict__,
+        "score_name": task.score_name,
+        "rounds": [],
+    }
     metrics_path = settings.metrics_path
     if metrics_path is not None:
         metrics_path.parent.mkdir(parents=True, exist_ok=True)
@@ -84,11 +102,19 @@ def run_rounds(grid: Grid, settings: RunSettings, spec: ModelSpec, initial: code
     strategy = build_strategy(settings, task.score_name, record, receipts)
     grid = select_nodes(grid, settings.select, settings.timeout)
     train_config = ConfigRecord(
-        {"model-spec": spec.to_json(), "local-epochs": settings.local_epochs, "lr": settings.lr, "seed": settings.seed, "compression": settings.compression}
+        {
+            "model-spec": spec.to_json(),
+            "local-epochs": settings.local_epochs,
+            "lr": settings.lr,
+            "seed": settings.seed,
+            "compression": settings.compression,
+        }
     )
     evaluate_config = ConfigRecord({"model-spec": spec.to_json(), "seed": settings.seed})
     started = time.time()
-    result = strategy.start(grid, codec.to_record(initial), settings.num_rounds, settings.timeout, train_config, evaluate_config)
+    result = strategy.start(
+        grid, codec.to_record(initial), settings.num_rounds, settings.timeout, train_config, evaluate_config
+    )
     weights = codec.from_record(result.arrays) if result.arrays is not None and len(result.arrays) else initial
     if receipts is not None:
         receipts.flush(grid, min(settings.timeout, FLUSH_TIMEOUT_S))
@@ -98,7 +124,12 @@ def run_rounds(grid: Grid, settings: RunSettings, spec: ModelSpec, initial: code
         with open(out, "wb") as fh:  # a file object: np.savez would otherwise append ".npz"
             np.savez(fh, **weights)
         participants = sorted({node for r in rounds for node in r.nodes})
-        summary.update(status="finished", seconds=round(time.time() - started, 3), model_spec=json.loads(spec.to_json()), participants=participants)
+        summary.update(
+            status="finished",
+            seconds=round(time.time() - started, 3),
+            model_spec=json.loads(spec.to_json()),
+            participants=participants,
+        )
         _write_json(metrics_path, summary)
     return RunResult(weights, rounds)
 

@@ -6,13 +6,13 @@ accepts run-config keys the app declares); keep the two in step.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
-
-from models.errors import NexusError
+from typing import Any
 
 from federated.codec import COMPRESSIONS
+from models.errors import NexusError
 
 STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedtrimmedavg", "krum")
 

@@ -14,9 +14,10 @@ import contextlib
 import logging
 import sys
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 from flwr.supercore.logger import FLOWER_LOGGER
@@ -82,7 +83,9 @@ def _load_funnel(cfg: SimConfig) -> Dataset:
     spec = ModelSpec("funnel", fit_spec(train), ("purchase",), {"hidden": funnel_train.HIDDEN})
     task = task_for("funnel")
     keys = lambda sessions: np.asarray([str(s["Region"]) for s in sessions])  # noqa: E731
-    return Dataset(spec, task.featurize(spec, train, y_train), keys(train), task.featurize(spec, held, y_eval), keys(held))
+    return Dataset(
+        spec, task.featurize(spec, train, y_train), keys(train), task.featurize(spec, held, y_eval), keys(held)
+    )
 
 
 def _load_emotion(cfg: SimConfig) -> Dataset:
@@ -93,7 +96,9 @@ def _load_emotion(cfg: SimConfig) -> Dataset:
     shape = {"buckets": int(EMOTION_FEATURIZER["buckets"]), "dim": EMOTION_DIM, "n_labels": len(labels)}
     spec = ModelSpec("emotion", dict(EMOTION_FEATURIZER), tuple(labels), shape)
     task = task_for("emotion")
-    return Dataset(spec, task.featurize(spec, train.texts, train.labels), None, task.featurize(spec, held.texts, held.labels), None)
+    return Dataset(
+        spec, task.featurize(spec, train.texts, train.labels), None, task.featurize(spec, held.texts, held.labels), None
+    )
 
 
 def _partition(cfg: SimConfig, ds: Dataset) -> partitioning.Partition:
@@ -111,7 +116,9 @@ def _score(task: Task, scores: np.ndarray, labels: np.ndarray, seed: int) -> flo
     return float(task.metrics(scores, labels, seed)[task.score_name])
 
 
-def _arm_scores(task: Task, ds: Dataset, names: list[str], models: Mapping[str, codec.Weights], seed: int) -> dict[str, Any]:
+def _arm_scores(
+    task: Task, ds: Dataset, names: list[str], models: Mapping[str, codec.Weights], seed: int
+) -> dict[str, Any]:
     """Pooled and per-partition scores; ``models`` maps partition name -> weights ("*" = one for all)."""
     routed = ds.eval_keys is not None and "*" not in models
     if "*" in models:
@@ -157,17 +164,30 @@ def _quiet_flower() -> Any:
                 handler.setStream(stream)
 
 
-def _federated(cfg: SimConfig, ds: Dataset, part: partitioning.Partition, initial: codec.Weights, compression: str) -> tuple[codec.Weights, list[RoundRecord]]:
+def _federated(
+    cfg: SimConfig, ds: Dataset, part: partitioning.Partition, initial: codec.Weights, compression: str
+) -> tuple[codec.Weights, list[RoundRecord]]:
     shares = {name: ds.train.take(rows) for name, rows in zip(part.names, part.rows)}
     node_configs = {i + 1: {"partition": name} for i, name in enumerate(part.names)}
     loader = lambda node_config, spec: shares[node_config["partition"]]  # noqa: E731 - data already featurised
     settings = RunSettings(
-        model=cfg.model, num_rounds=cfg.rounds, local_epochs=cfg.local_epochs, strategy=cfg.strategy,
-        min_nodes=len(part.names), compression=compression, seed=cfg.seed,
+        model=cfg.model,
+        num_rounds=cfg.rounds,
+        local_epochs=cfg.local_epochs,
+        strategy=cfg.strategy,
+        min_nodes=len(part.names),
+        compression=compression,
+        seed=cfg.seed,
     )
     progress = Progress(f"federated {cfg.model} ({compression})", cfg.rounds)
     with _quiet_flower():
-        result = run_rounds(LocalGrid(make_client_app(loader), node_configs), settings, ds.spec, initial, on_round=lambda r: progress.update(1, score=r.score or float("nan")))
+        result = run_rounds(
+            LocalGrid(make_client_app(loader), node_configs),
+            settings,
+            ds.spec,
+            initial,
+            on_round=lambda r: progress.update(1, score=r.score or float("nan")),
+        )
     progress.close()
     return result.weights, result.rounds
 
@@ -178,12 +198,19 @@ def simulate(cfg: SimConfig) -> dict[str, Any]:
     ds = _load_funnel(cfg) if cfg.model == "funnel" else _load_emotion(cfg)
     part = _partition(cfg, ds)
     # every arm trains on the rows the ClientApp trains on: each node's non-held-out share
-    train_rows = {name: rows[task.split(ds.train.labels[rows], cfg.seed)[0]] for name, rows in zip(part.names, part.rows)}
+    train_rows = {
+        name: rows[task.split(ds.train.labels[rows], cfg.seed)[0]] for name, rows in zip(part.names, part.rows)
+    }
     initial = task.init_weights(ds.spec, cfg.seed)
     epochs, lr = CENTRAL_EPOCHS[cfg.model], task.default_lr
 
-    central = task.train(initial, ds.train.take(np.sort(np.concatenate(list(train_rows.values())))), epochs, cfg.seed, lr, 0.0).weights
-    local = {name: task.train(initial, ds.train.take(rows), epochs, cfg.seed, lr, 0.0).weights for name, rows in train_rows.items()}
+    central = task.train(
+        initial, ds.train.take(np.sort(np.concatenate(list(train_rows.values())))), epochs, cfg.seed, lr, 0.0
+    ).weights
+    local = {
+        name: task.train(initial, ds.train.take(rows), epochs, cfg.seed, lr, 0.0).weights
+        for name, rows in train_rows.items()
+    }
     federated, rounds = _federated(cfg, ds, part, initial, cfg.compression)
 
     update_bytes = [b for r in rounds for b in r.update_bytes]
@@ -196,12 +223,25 @@ def simulate(cfg: SimConfig) -> dict[str, Any]:
         "rounds": cfg.rounds,
         "local_epochs": cfg.local_epochs,
         "central_epochs": epochs,
-        "nodes": [{"name": n, "train_rows": int(len(train_rows[n])), "rows": int(len(r))} for n, r in zip(part.names, part.rows)],
+        "nodes": [
+            {"name": n, "train_rows": int(len(train_rows[n])), "rows": int(len(r))}
+            for n, r in zip(part.names, part.rows)
+        ],
         "eval_rows": len(ds.eval),
         "central": _arm_scores(task, ds, part.names, {"*": central}, cfg.seed),
         "federated": _arm_scores(task, ds, part.names, {"*": federated}, cfg.seed),
         "local_only": _arm_scores(task, ds, part.names, local, cfg.seed),
-        "per_round": [{"round": r.round, "participants": r.participants, "loss": r.loss, task.score_name: r.score, "bytes_in": r.bytes_in, "bytes_out": r.bytes_out} for r in rounds],
+        "per_round": [
+            {
+                "round": r.round,
+                "participants": r.participants,
+                "loss": r.loss,
+                task.score_name: r.score,
+                "bytes_in": r.bytes_in,
+                "bytes_out": r.bytes_out,
+            }
+            for r in rounds
+        ],
         "bytes_per_update": {
             "compression": cfg.compression,
             "mean": float(np.mean(update_bytes)) if update_bytes else None,

@@ -9,9 +9,10 @@ hands the rest to the aggregator, and records one :class:`RoundRecord` per round
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from logging import INFO, WARNING
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
@@ -65,14 +66,18 @@ class RoundGuard:
     _global: codec.Weights
     _record: RoundRecord
 
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         self._record = RoundRecord(server_round, time.time())
         self._global = codec.from_record(arrays)
         messages = list(super().configure_train(server_round, arrays, config, grid))  # type: ignore[misc]
         self._record.bytes_out += _sent_bytes(messages)
         return self._with_receipts(messages)
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         replies = list(replies)
         self._sign(replies)  # before decoding rewrites the content
         record = self._record
@@ -90,7 +95,9 @@ class RoundGuard:
             except codec.UpdateError as exc:
                 self._reject(msg, str(exc))
         accepted: list[Message] = []
-        for (msg, weights), verdict in zip(decoded, validation.judge([w for _, w in decoded], self._global, self.max_update_norm)):
+        for (msg, weights), verdict in zip(
+            decoded, validation.judge([w for _, w in decoded], self._global, self.max_update_norm)
+        ):
             if verdict.reason is not None:
                 self._reject(msg, verdict.reason)
                 continue
@@ -109,7 +116,9 @@ class RoundGuard:
         log(WARNING, "round %d: rejected the update of node %s: %s", self._record.round, node, reason)
         self._record.rejected.append({"node": node, "reason": reason})
 
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
         messages = list(super().configure_evaluate(server_round, arrays, config, grid))  # type: ignore[misc]
         self._record.bytes_out += _sent_bytes(messages)
         return self._with_receipts(messages)
@@ -131,15 +140,32 @@ class RoundGuard:
             record.loss = float(metrics["loss"]) if "loss" in metrics else None
             record.score = float(metrics[self.score_name]) if self.score_name in metrics else None
         record.duration_s = round(time.time() - record.started_at, 3)
-        log(INFO, "round %d: %d participants, loss %s, %s %s, %.1fs", server_round, record.participants, record.loss, self.score_name, record.score, record.duration_s)
+        log(
+            INFO,
+            "round %d: %d participants, loss %s, %s %s, %.1fs",
+            server_round,
+            record.participants,
+            record.loss,
+            self.score_name,
+            record.score,
+            record.duration_s,
+        )
         self.on_round(record)
         return metrics
 
 
-_BASES: dict[str, type[Strategy]] = {"fedavg": FedAvg, "fedprox": FedProx, "fedadam": FedAdam, "fedtrimmedavg": FedTrimmedAvg, "krum": Krum}
+_BASES: dict[str, type[Strategy]] = {
+    "fedavg": FedAvg,
+    "fedprox": FedProx,
+    "fedadam": FedAdam,
+    "fedtrimmedavg": FedTrimmedAvg,
+    "krum": Krum,
+}
 
 
-def build_strategy(settings: RunSettings, score_name: str, on_round: Callable[[RoundRecord], None], receipts: ReceiptBook | None = None) -> Strategy:
+def build_strategy(
+    settings: RunSettings, score_name: str, on_round: Callable[[RoundRecord], None], receipts: ReceiptBook | None = None
+) -> Strategy:
     base = _BASES[settings.strategy]
     kwargs: dict[str, Any] = {
         "fraction_train": settings.fraction,

@@ -9,8 +9,9 @@ trainer, and scores weights (ROC-AUC for the funnel, macro-F1 for emotion).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -36,7 +37,10 @@ class ModelSpec:
     shape: dict[str, int] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        return json.dumps({"family": self.family, "featurizer": self.featurizer, "labels": list(self.labels), "shape": self.shape}, sort_keys=True)
+        return json.dumps(
+            {"family": self.family, "featurizer": self.featurizer, "labels": list(self.labels), "shape": self.shape},
+            sort_keys=True,
+        )
 
     @classmethod
     def from_json(cls, text: str) -> ModelSpec:
@@ -90,7 +94,9 @@ class FunnelTask:
     default_lr = funnel_train.LR
 
     def init_weights(self, spec: ModelSpec, seed: int) -> Weights:
-        return funnel_train.init_weights(spec.featurizer, seed, hidden=int(spec.shape.get("hidden", funnel_train.HIDDEN)))
+        return funnel_train.init_weights(
+            spec.featurizer, seed, hidden=int(spec.shape.get("hidden", funnel_train.HIDDEN))
+        )
 
     def featurize(self, spec: ModelSpec, raw: Sequence[Any], labels: np.ndarray) -> Examples:
         X = FunnelFeaturizer.from_spec(spec.featurizer).transform(list(raw))

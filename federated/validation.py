@@ -57,7 +57,11 @@ def judge(updates: list[Weights], base: Weights, max_norm: float = MAX_UPDATE_NO
     if len(norms) >= 3:
         limit = MEDIAN_FACTOR * float(np.median(norms))
         verdicts = [
-            Verdict(v.index, f"update norm {v.norm:.3g} is over {MEDIAN_FACTOR:g}x the round median {limit / MEDIAN_FACTOR:.3g}", v.norm)
+            Verdict(
+                v.index,
+                f"update norm {v.norm:.3g} is over {MEDIAN_FACTOR:g}x the round median {limit / MEDIAN_FACTOR:.3g}",
+                v.norm,
+            )
             if v.reason is None and v.norm > limit and limit > 0
             else v
             for v in verdicts

@@ -17,8 +17,9 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
+from typing import Any, TypeVar
 
 import anyio.to_thread
 from pydantic import BaseModel, ValidationError
@@ -29,7 +30,17 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from hub import audit_heads, schemas
-from hub.auth import NODE_PREFIX, AuthError, Authenticator, Principal, Role, check_store_admin, hash_secret, load_or_create_admin_token, new_secret
+from hub.auth import (
+    NODE_PREFIX,
+    Authenticator,
+    AuthError,
+    Principal,
+    Role,
+    check_store_admin,
+    hash_secret,
+    load_or_create_admin_token,
+    new_secret,
+)
 from hub.keys import check_store_key, load_or_create_key, public_key_b64
 from hub.registry import Conflict, NotFound, Registry
 from hub.settings import HubSettings
@@ -173,25 +184,43 @@ def build_hub(settings: HubSettings, store: Store | None = None) -> Hub:
     admin_token = load_or_create_admin_token(settings.data_dir)
     check_store_key(store, key)
     check_store_admin(store, admin_token)
-    return Hub(settings, store, Registry(store, key), Authenticator(store, admin_token), public_key_b64(key), key_id(key.public_key()))
+    return Hub(
+        settings,
+        store,
+        Registry(store, key),
+        Authenticator(store, admin_token),
+        public_key_b64(key),
+        key_id(key.public_key()),
+    )
 
 
 def create_app(settings: HubSettings, store: Store | None = None) -> Starlette:
     hub = build_hub(settings, store)
 
     # -- public ---------------------------------------------------------------------------
-    @endpoint(hub, )
+    @endpoint(
+        hub,
+    )
     async def info(request: Request) -> Response:
         return JSONResponse(
-            {"public_key": hub.public_key, "key_id": hub.key_id, "poll_interval_s": settings.poll_interval_s, "superlink": settings.superlink_address()}
+            {
+                "public_key": hub.public_key,
+                "key_id": hub.key_id,
+                "poll_interval_s": settings.poll_interval_s,
+                "superlink": settings.superlink_address(),
+            }
         )
 
-    @endpoint(hub, )
+    @endpoint(
+        hub,
+    )
     async def healthz(request: Request) -> Response:
         await store_call(hub.store, hub.store.ping)
         return JSONResponse({"status": "ok"})
 
-    @endpoint(hub, )
+    @endpoint(
+        hub,
+    )
     async def enroll(request: Request) -> Response:
         body: schemas.Enroll = await parse_body(request, schemas.Enroll)
         tags = await store_call(hub.store, hub.store.take_enroll_token, hash_secret(body.token), hub.clock())
@@ -202,7 +231,13 @@ def create_app(settings: HubSettings, store: Store | None = None) -> Starlette:
         await store_call(hub.store, hub.store.add_node, NodeRecord(node_id, hash_secret(secret), tags, hub.clock()))
         log.info("enrolled node %s tags=%s", node_id, tags)
         return JSONResponse(
-            {"node_id": node_id, "node_secret": secret, "tags": tags, "public_key": hub.public_key, "poll_interval_s": settings.poll_interval_s},
+            {
+                "node_id": node_id,
+                "node_secret": secret,
+                "tags": tags,
+                "public_key": hub.public_key,
+                "poll_interval_s": settings.poll_interval_s,
+            },
             status_code=201,
         )
 
@@ -226,7 +261,10 @@ def create_app(settings: HubSettings, store: Store | None = None) -> Starlette:
         assignments = await store_call(hub.store, hub.registry.assignments_for, principal.node)
         body = {
             "node_id": principal.node.node_id,
-            "models": {m: {"version": a.version, "archive_sha256": a.archive_sha256, "archive_bytes": a.archive_bytes} for m, a in assignments.items()},
+            "models": {
+                m: {"version": a.version, "archive_sha256": a.archive_sha256, "archive_bytes": a.archive_bytes}
+                for m, a in assignments.items()
+            },
         }
         raw = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
         etag = '"' + hashlib.sha256(raw).hexdigest()[:32] + '"'
@@ -261,7 +299,12 @@ def create_app(settings: HubSettings, store: Store | None = None) -> Starlette:
         record, created = await offload(hub.registry.push, data)
         log.info("push %s %s (created=%s)", record.model, record.version, created)
         return JSONResponse(
-            {"model": record.model, "version": record.version, "created": created, "archive_sha256": record.archive_sha256},
+            {
+                "model": record.model,
+                "version": record.version,
+                "created": created,
+                "archive_sha256": record.archive_sha256,
+            },
             status_code=201 if created else 200,
         )
 
@@ -276,19 +319,42 @@ def create_app(settings: HubSettings, store: Store | None = None) -> Starlette:
     @endpoint(hub, "admin")
     async def promote(request: Request, principal: Principal) -> Response:
         body: schemas.Promote = await parse_body(request, schemas.Promote)
-        action = await store_call(hub.store, hub.registry.promote, request.path_params["model"], body.version, body.stage, body.percent)
-        return JSONResponse({"action": action.action_id, "kind": action.kind, "version": action.version, "percent": action.percent})
+        action = await store_call(
+            hub.store, hub.registry.promote, request.path_params["model"], body.version, body.stage, body.percent
+        )
+        return JSONResponse(
+            {"action": action.action_id, "kind": action.kind, "version": action.version, "percent": action.percent}
+        )
 
     @endpoint(hub, "admin")
     async def assign(request: Request, principal: Principal) -> Response:
         body: schemas.Assign = await parse_body(request, schemas.Assign)
-        action = await store_call(hub.store, hub.registry.assign, request.path_params["model"], body.version, body.select, body.percent)
-        return JSONResponse({"action": action.action_id, "kind": action.kind, "version": action.version, "select": action.selector, "percent": action.percent})
+        action = await store_call(
+            hub.store, hub.registry.assign, request.path_params["model"], body.version, body.select, body.percent
+        )
+        return JSONResponse(
+            {
+                "action": action.action_id,
+                "kind": action.kind,
+                "version": action.version,
+                "select": action.selector,
+                "percent": action.percent,
+            }
+        )
 
     @endpoint(hub, "admin")
     async def rollback(request: Request, principal: Principal) -> Response:
         action = await store_call(hub.store, hub.registry.rollback, request.path_params["model"])
-        return JSONResponse({"rolled_back": {"action": action.action_id, "kind": action.kind, "version": action.version, "selector": action.selector}})
+        return JSONResponse(
+            {
+                "rolled_back": {
+                    "action": action.action_id,
+                    "kind": action.kind,
+                    "version": action.version,
+                    "selector": action.selector,
+                }
+            }
+        )
 
     async def not_found(request: Request, exc: Exception) -> Response:
         return _error(getattr(exc, "status_code", 404), getattr(exc, "detail", "not found"))
@@ -319,6 +385,7 @@ def create_app(settings: HubSettings, store: Store | None = None) -> Starlette:
     from hub.dashboard import dashboard_routes  # imported here: the dashboard imports this module
 
     routes += dashboard_routes(hub, rounds)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         stop_thompson = funnels_api.start_thompson(hub)
@@ -328,7 +395,9 @@ def create_app(settings: HubSettings, store: Store | None = None) -> Starlette:
         stop_thompson()
         hub.store.close()
 
-    app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={NexusError: _nexus_error, HTTPException: not_found})
+    app = Starlette(
+        routes=routes, lifespan=lifespan, exception_handlers={NexusError: _nexus_error, HTTPException: not_found}
+    )
     # every node request is answered with a signed receipt of the body the hub read (docs/privacy.md)
     app.add_middleware(ReceiptMiddleware, key=hub.registry.key, wants=_from_a_node)
     app.state.hub = hub

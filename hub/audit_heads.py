@@ -31,7 +31,9 @@ def _regressed(largest: Mapping[str, Any], head: Mapping[str, Any] | None) -> bo
     return head["size"] < largest["size"] or (head["size"] == largest["size"] and head["root"] != largest["root"])
 
 
-def track(previous: Mapping[str, Any] | None, beat: dict[str, Any], now: float) -> tuple[dict[str, Any], dict[str, Any] | None]:
+def track(
+    previous: Mapping[str, Any] | None, beat: dict[str, Any], now: float
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """``beat`` with the largest head and any regression carried forward from the
     ``previous`` stored heartbeat, and the regression this heartbeat newly shows (None
     when there is none, or when one is already recorded: the first one stays)."""

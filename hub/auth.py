@@ -57,7 +57,9 @@ def node_credential(node_id: str, secret: str) -> str:
 def check_store_admin(store: Store, admin_token: str) -> None:
     """Replicas of one store must share the admin token file, like the signing key."""
     if store.claim_meta("admin_token_sha256", hash_secret(admin_token)) != hash_secret(admin_token):
-        raise NexusError(f"this store belongs to a hub with another admin token; copy {ADMIN_TOKEN_FILE} from its data dir")
+        raise NexusError(
+            f"this store belongs to a hub with another admin token; copy {ADMIN_TOKEN_FILE} from its data dir"
+        )
 
 
 class Authenticator:

@@ -194,7 +194,7 @@ def noise_seed_for(secret: bytes, experiment_id: str, counts: Counts) -> int:
     """
     h = hashlib.sha256(secret + b"\0" + experiment_id.encode("utf-8"))
     for (variant, step), count in sorted(counts.items()):
-        h.update(f"\0{variant}:{step}={count}".encode("utf-8"))
+        h.update(f"\0{variant}:{step}={count}".encode())
     return int.from_bytes(h.digest()[:8], "big")
 
 

@@ -8,9 +8,9 @@ process) is the other side, so on a small machine the figure is a lower bound.
 from __future__ import annotations
 
 import asyncio
-import socket
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -45,7 +45,22 @@ class _HubProcess:
     def __init__(self, data_dir: Path, store: str) -> None:
         self.url = f"http://127.0.0.1:{_free_port()}"
         port = self.url.rsplit(":", 1)[1]
-        cmd = [sys.executable, "-m", "nexus_cli", "hub", "serve", "--data-dir", str(data_dir), "--store", store, "--port", port, "--poll-interval", str(EDGE_POLL_S), "--no-superlink"]
+        cmd = [
+            sys.executable,
+            "-m",
+            "nexus_cli",
+            "hub",
+            "serve",
+            "--data-dir",
+            str(data_dir),
+            "--store",
+            store,
+            "--port",
+            port,
+            "--poll-interval",
+            str(EDGE_POLL_S),
+            "--no-superlink",
+        ]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + 60
         while True:
@@ -71,7 +86,15 @@ class _Edge:
     def __init__(self, url: str, root: Path, token: str) -> None:
         self.served: dict[str, str] = {}
         self.switched_at: dict[str, float] = {}
-        self.agent = SyncAgent(HubGateway(url, AuditLog(root)), root, root / "models", self._activate, self._status, enroll_token=token, backoff=Backoff(0.1, 1.0))
+        self.agent = SyncAgent(
+            HubGateway(url, AuditLog(root)),
+            root,
+            root / "models",
+            self._activate,
+            self._status,
+            enroll_token=token,
+            backoff=Backoff(0.1, 1.0),
+        )
 
     def _activate(self, model: str, version: str) -> None:
         self.served[model] = version
@@ -111,8 +134,11 @@ async def _heartbeats(url: str, creds: list[str], seconds: float, connections: i
         nonlocal errors
         reader, writer = await asyncio.open_connection(host, int(port))
         requests = [
-            (f"POST /v1/nodes/me/heartbeat HTTP/1.1\r\nHost: {host}\r\nAuthorization: {cred}\r\n"
-             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+            (
+                f"POST /v1/nodes/me/heartbeat HTTP/1.1\r\nHost: {host}\r\nAuthorization: {cred}\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            ).encode()
+            + body
             for cred in share
         ]
         i = 0
@@ -150,7 +176,10 @@ async def _heartbeats(url: str, creds: list[str], seconds: float, connections: i
 async def _rollout(hub: _HubProcess, root: Path, edges: int) -> dict[str, float]:
     hub.admin.push(_bundle(root, "1"))
     hub.admin.promote("funnel", "1", "stable")
-    sims = [_Edge(hub.url, root / f"edge-{i}", hub.admin.create_token({"region": str(i % 3)})["token"]) for i in range(edges)]
+    sims = [
+        _Edge(hub.url, root / f"edge-{i}", hub.admin.create_token({"region": str(i % 3)})["token"])
+        for i in range(edges)
+    ]
     tasks = [asyncio.create_task(e.agent.run()) for e in sims]
     try:
         await _until(lambda: all(e.served.get("funnel") == "1" for e in sims), 60)

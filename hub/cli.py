@@ -13,8 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hub import audit_heads, funnels_cli
-from hub import rounds_cli
+from hub import audit_heads, funnels_cli, rounds_cli
 from hub.client import DEFAULT_URL, OperatorClient, resolve_token
 from hub.settings import DEFAULT_PORT, HubSettings
 from models.errors import NexusError
@@ -38,14 +37,23 @@ def _serve(args: argparse.Namespace) -> int:
     from hub.app import create_app
 
     settings = HubSettings(
-        data_dir=Path(args.data_dir), store=args.store, host=args.host, port=args.port, offline_after_s=args.offline_after, poll_interval_s=args.poll_interval,
+        data_dir=Path(args.data_dir),
+        store=args.store,
+        host=args.host,
+        port=args.port,
+        offline_after_s=args.offline_after,
+        poll_interval_s=args.poll_interval,
         thompson_interval_s=args.thompson_interval,
         **rounds_cli.serve_settings(args),
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(settings)
     # The token itself is never printed: only where to read it.
-    print(f"nexus hub on http://{settings.host}:{settings.port} store={settings.store_url()} admin token in {settings.data_dir / 'admin.token'}", file=sys.stderr, flush=True)
+    print(
+        f"nexus hub on http://{settings.host}:{settings.port} store={settings.store_url()} admin token in {settings.data_dir / 'admin.token'}",
+        file=sys.stderr,
+        flush=True,
+    )
     uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
     return 0
 
@@ -99,7 +107,10 @@ def _models(args: argparse.Namespace) -> int:
         elif action == "list":
             models = client.models()
             rows = [f"{'MODEL':<16} {'STABLE':<8} {'CANARY':<12} VERSIONS"]
-            rows += [f"{m['model']:<16} {m['stable'] or '-':<8} {','.join(m['canary']) or '-':<12} {','.join(m['versions'])}" for m in models]
+            rows += [
+                f"{m['model']:<16} {m['stable'] or '-':<8} {','.join(m['canary']) or '-':<12} {','.join(m['versions'])}"
+                for m in models
+            ]
             _print(args, models, rows)
         elif action == "show":
             _print(args, client.show(args.model))
@@ -128,9 +139,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve.add_argument("--store", help="sqlite:///PATH (default: DATA_DIR/hub.sqlite3) or redis://HOST:PORT/DB")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=DEFAULT_PORT)
-    serve.add_argument("--offline-after", type=float, default=30.0, help="seconds of silence before a node shows offline")
+    serve.add_argument(
+        "--offline-after", type=float, default=30.0, help="seconds of silence before a node shows offline"
+    )
     serve.add_argument("--poll-interval", type=float, default=5.0, help="heartbeat/poll interval asked of edges (s)")
-    serve.add_argument("--thompson-interval", type=float, default=60.0, help="seconds between Thompson weight updates of running experiments")
+    serve.add_argument(
+        "--thompson-interval",
+        type=float,
+        default=60.0,
+        help="seconds between Thompson weight updates of running experiments",
+    )
     rounds_cli.add_serve_args(serve)
     serve.set_defaults(func=_serve)
 
@@ -188,6 +206,12 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
 def _bench(args: argparse.Namespace) -> int:
     from hub.bench import run_bench
 
-    result = run_bench(nodes=args.nodes, edges=args.edges, seconds=args.seconds, redis_url=args.redis or None, show_progress=not args.json)
+    result = run_bench(
+        nodes=args.nodes,
+        edges=args.edges,
+        seconds=args.seconds,
+        redis_url=args.redis or None,
+        show_progress=not args.json,
+    )
     print(json.dumps(result, indent=None if args.json else 2))
     return 0

@@ -45,7 +45,7 @@ class OperatorClient:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> "OperatorClient":
+    def __enter__(self) -> OperatorClient:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -76,7 +76,9 @@ class OperatorClient:
     def push(self, bundle_dir: Path) -> dict[str, Any]:
         if not Path(bundle_dir).is_dir():
             raise NexusError(f"{bundle_dir} is not a bundle directory")
-        return self._request("POST", "/v1/models", content=pack(Path(bundle_dir)), headers={"Content-Type": "application/x-tar"})
+        return self._request(
+            "POST", "/v1/models", content=pack(Path(bundle_dir)), headers={"Content-Type": "application/x-tar"}
+        )
 
     def models(self) -> list[dict[str, Any]]:
         return self._request("GET", "/v1/models")["models"]
@@ -91,7 +93,9 @@ class OperatorClient:
         return self._request("POST", f"/v1/models/{model}/promote", json=body)
 
     def assign(self, model: str, version: str, select: dict[str, str], percent: int = 100) -> dict[str, Any]:
-        return self._request("POST", f"/v1/models/{model}/assign", json={"version": version, "select": select, "percent": percent})
+        return self._request(
+            "POST", f"/v1/models/{model}/assign", json={"version": version, "select": select, "percent": percent}
+        )
 
     def rollback(self, model: str) -> dict[str, Any]:
         return self._request("POST", f"/v1/models/{model}/rollback")

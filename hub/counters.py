@@ -66,7 +66,5 @@ def totals(state: CounterState) -> dict[CounterKey, int]:
 def experiment_totals(state: CounterState, experiment_id: str) -> dict[tuple[str, str], int]:
     """``{(variant, step): total}`` for one experiment, the input of hub.bayes."""
     return {
-        (variant, step): sum(nodes.values())
-        for (exp, variant, step), nodes in state.items()
-        if exp == experiment_id
+        (variant, step): sum(nodes.values()) for (exp, variant, step), nodes in state.items() if exp == experiment_id
     }

@@ -22,7 +22,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from hub.app import Hub, read_body, offload, store_call
+from hub.app import Hub, offload, read_body, store_call
 from hub.auth import AuthError, load_or_create_admin_token
 from hub.dashboard_session import SESSION_TTL_S, Session, Sessions
 from hub.dashboard_views import funnels_view, models_view, nbytes, nodes_view, number, privacy_view, rounds_view
@@ -74,7 +74,9 @@ class Dashboard:
         self.env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(default=True))
         self.env.filters.update(number=number, bytes=nbytes)
 
-    def render(self, request: Request, template: str, session: Session | None, status: int = 200, **context: Any) -> Response:
+    def render(
+        self, request: Request, template: str, session: Session | None, status: int = 200, **context: Any
+    ) -> Response:
         flash = self.sessions.read_flash(request.cookies.get(FLASH_COOKIE))
         html = self.env.get_template(template).render(
             prefix=PREFIX, nav=NAV, csrf=session.csrf if session else "", flash=flash, **context
@@ -92,12 +94,18 @@ class Dashboard:
             session = self.sessions.read(request.cookies.get(COOKIE))
             if session is None:
                 if request.method != "GET":
-                    return JSONResponse({"error": "log in to the dashboard first"}, status_code=401, headers=SECURITY_HEADERS)
+                    return JSONResponse(
+                        {"error": "log in to the dashboard first"}, status_code=401, headers=SECURITY_HEADERS
+                    )
                 return RedirectResponse(f"{PREFIX}/login", status_code=303, headers=SECURITY_HEADERS)
             if request.method == "POST":
                 form = await _form(request)
                 if not _same_origin(request) or not hmac.compare_digest(form.get("csrf", ""), session.csrf):
-                    return JSONResponse({"error": "missing or wrong CSRF token; reload the page"}, status_code=403, headers=SECURITY_HEADERS)
+                    return JSONResponse(
+                        {"error": "missing or wrong CSRF token; reload the page"},
+                        status_code=403,
+                        headers=SECURITY_HEADERS,
+                    )
                 request.state.form = form
             return await handler(request, session)
 
@@ -107,8 +115,15 @@ class Dashboard:
         """Post/redirect/get; the outcome travels in a signed one-shot cookie, so a crafted
         link cannot put words on the operator's screen."""
         response = RedirectResponse(f"{PREFIX}/{where}", status_code=303, headers=SECURITY_HEADERS)
-        response.set_cookie(FLASH_COOKIE, self.sessions.sign_flash(message, ok), max_age=60, path=PREFIX, httponly=True,
-                            samesite="strict", secure=request.url.scheme == "https")
+        response.set_cookie(
+            FLASH_COOKIE,
+            self.sessions.sign_flash(message, ok),
+            max_age=60,
+            path=PREFIX,
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
         return response
 
     # -- login ----------------------------------------------------------------------------
@@ -124,10 +139,24 @@ class Dashboard:
         except AuthError:
             principal = None
         if principal is None or principal.role != "admin":
-            return self.render(request, "login.html", None, status=401, title="Log in", login_error="That is not this hub's admin token.")
+            return self.render(
+                request,
+                "login.html",
+                None,
+                status=401,
+                title="Log in",
+                login_error="That is not this hub's admin token.",
+            )
         response = RedirectResponse(f"{PREFIX}/nodes", status_code=303, headers=SECURITY_HEADERS)
-        response.set_cookie(COOKIE, self.sessions.issue(), max_age=SESSION_TTL_S, path=PREFIX, httponly=True,
-                            samesite="strict", secure=request.url.scheme == "https")
+        response.set_cookie(
+            COOKIE,
+            self.sessions.issue(),
+            max_age=SESSION_TTL_S,
+            path=PREFIX,
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
         return response
 
     async def logout(self, request: Request, session: Session) -> Response:
@@ -143,13 +172,28 @@ class Dashboard:
         now = self.hub.clock()
         rows = await store_call(self.hub.store, nodes_view, self.hub, now)
         online = sum(r["online"] for r in rows)
-        return self.render(request, "nodes.html", session, title="Nodes", page="nodes", rows=rows, online=online,
-                           offline_after_s=self.hub.settings.offline_after_s)
+        return self.render(
+            request,
+            "nodes.html",
+            session,
+            title="Nodes",
+            page="nodes",
+            rows=rows,
+            online=online,
+            offline_after_s=self.hub.settings.offline_after_s,
+        )
 
     async def models(self, request: Request, session: Session) -> Response:
         models = await store_call(self.hub.store, models_view, self.hub)
-        return self.render(request, "models.html", session, title="Models", page="models", models=models,
-                           canary_percent=DEFAULT_CANARY_PERCENT)
+        return self.render(
+            request,
+            "models.html",
+            session,
+            title="Models",
+            page="models",
+            models=models,
+            canary_percent=DEFAULT_CANARY_PERCENT,
+        )
 
     async def promote(self, request: Request, session: Session) -> Response:
         form, model = request.state.form, request.path_params["model"]
@@ -158,7 +202,9 @@ class Dashboard:
             if stage not in ("stable", "canary"):
                 raise FormError(f"unknown stage {stage!r}")
             percent = int(form["percent"]) if form.get("percent") else None
-            action = await store_call(self.hub.store, self.hub.registry.promote, model, form.get("version", ""), stage, percent)
+            action = await store_call(
+                self.hub.store, self.hub.registry.promote, model, form.get("version", ""), stage, percent
+            )
         except (NexusError, ValueError) as exc:
             return self.back(request, "models", f"{model}: {exc}", ok=False)
         where = "every node" if action.kind == "stable" else f"{action.percent}% of nodes"
@@ -170,7 +216,11 @@ class Dashboard:
             action = await store_call(self.hub.store, self.hub.registry.rollback, model)
         except NexusError as exc:
             return self.back(request, "models", f"{model}: {exc}", ok=False)
-        return self.back(request, "models", f"{model}: rolled back the {action.kind} of v{action.version} (action {action.action_id}).")
+        return self.back(
+            request,
+            "models",
+            f"{model}: rolled back the {action.kind} of v{action.version} (action {action.action_id}).",
+        )
 
     async def privacy(self, request: Request, session: Session) -> Response:
         rows = await store_call(self.hub.store, privacy_view, self.hub, self.hub.clock())
@@ -178,8 +228,16 @@ class Dashboard:
 
     async def rounds_page(self, request: Request, session: Session) -> Response:
         runs = await store_call(self.hub.store, rounds_view, self.hub)
-        return self.render(request, "rounds.html", session, title="Federated rounds", page="rounds", runs=runs,
-                           live=any(r["active"] for r in runs), federation=self.hub.settings.federation())
+        return self.render(
+            request,
+            "rounds.html",
+            session,
+            title="Federated rounds",
+            page="rounds",
+            runs=runs,
+            live=any(r["active"] for r in runs),
+            federation=self.hub.settings.federation(),
+        )
 
     async def start_round(self, request: Request, session: Session) -> Response:
         form = {k: v for k, v in request.state.form.items() if k in StartRun.model_fields and v.strip()}
@@ -192,7 +250,9 @@ class Dashboard:
             return self.back(request, "rounds", f"{'.'.join(map(str, first['loc']))}: {first['msg']}", ok=False)
         except NexusError as exc:
             return self.back(request, "rounds", str(exc), ok=False)
-        return self.back(request, "rounds", f"Started {run.model} run {run.run_id}: {body.rounds} round(s) from v{run.base_version}.")
+        return self.back(
+            request, "rounds", f"Started {run.model} run {run.run_id}: {body.rounds} round(s) from v{run.base_version}."
+        )
 
     async def stop_round(self, request: Request, session: Session) -> Response:
         try:
@@ -203,8 +263,9 @@ class Dashboard:
 
     async def funnels(self, request: Request, session: Session) -> Response:
         experiments = await offload(funnels_view, self.hub, self.hub.clock())  # posterior draws: CPU work
-        return self.render(request, "funnels.html", session, title="Funnels and experiments", page="funnels",
-                           experiments=experiments)
+        return self.render(
+            request, "funnels.html", session, title="Funnels and experiments", page="funnels", experiments=experiments
+        )
 
     def routes(self) -> list[BaseRoute]:
         p = self.page

@@ -69,7 +69,12 @@ def flat_metrics(metrics: Any, prefix: str = "") -> dict[str, float]:
             name = f"{prefix}/{key}" if prefix else str(key)
             if isinstance(value, dict):
                 out.update(flat_metrics(value, name))
-            elif isinstance(value, (int, float)) and not isinstance(value, bool) and not name.endswith("/n") and name != "n":
+            elif (
+                isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and not name.endswith("/n")
+                and name != "n"
+            ):
                 out[name] = float(value)
     return out
 
@@ -144,7 +149,11 @@ def privacy_view(hub: Hub, now: float) -> list[dict[str, Any]]:
     for node in sorted(hub.store.list_nodes(), key=lambda n: n.node_id):
         beat: dict[str, Any] = node.heartbeat or {}
         heads = (audit_heads.HEAD, audit_heads.LARGEST, audit_heads.REGRESSION)  # shown on their own
-        audit = {k.removeprefix("audit_"): v for k, v in beat.items() if k.startswith("audit_") and v is not None and k not in heads}
+        audit = {
+            k.removeprefix("audit_"): v
+            for k, v in beat.items()
+            if k.startswith("audit_") and v is not None and k not in heads
+        }
         verified_at = audit.pop("verified_at", None)
         regression = beat.get(audit_heads.REGRESSION)
         rows.append(
@@ -157,8 +166,13 @@ def privacy_view(hub: Hub, now: float) -> list[dict[str, Any]]:
                 "bytes_sent": beat.get("bytes_sent"),
                 "bundle_refusals": beat.get("bundle_refusals"),
                 "head": beat.get(audit_heads.HEAD),
-                "regression": None if not regression else {
-                    **regression, "text": audit_heads.describe(regression), "ago": ago(regression.get("at"), now), "iso": iso(regression.get("at"))
+                "regression": None
+                if not regression
+                else {
+                    **regression,
+                    "text": audit_heads.describe(regression),
+                    "ago": ago(regression.get("at"), now),
+                    "iso": iso(regression.get("at")),
                 },
             }
         )
@@ -185,7 +199,9 @@ def funnels_view(hub: Hub, now: float) -> list[dict[str, Any]]:
             }
         view["weights"] = {
             "labels": [f"v{r.experiment.version} {_clock(r.at)}" for r in history],
-            "series": [{"label": name, "data": [r.experiment.weights.get(name) for r in history]} for name in e.variant_names],
+            "series": [
+                {"label": name, "data": [r.experiment.weights.get(name) for r in history]} for name in e.variant_names
+            ],
         }
         out.append(view)
     return out

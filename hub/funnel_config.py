@@ -39,7 +39,9 @@ _TRANSITIONS = {Status.DRAFT: {Status.RUNNING, Status.STOPPED}, Status.RUNNING: 
 
 def check_id(kind: str, value: str) -> str:
     if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
-        raise FunnelConfigError(f"{kind} {value!r} must be 1-64 characters of A-Z a-z 0-9 _ -, not starting with _ or -")
+        raise FunnelConfigError(
+            f"{kind} {value!r} must be 1-64 characters of A-Z a-z 0-9 _ -, not starting with _ or -"
+        )
     return value
 
 
@@ -65,8 +67,10 @@ class Variant:
 
     def __post_init__(self) -> None:
         check_id("variant", self.name)
-        if isinstance(self.weight, bool) or not isinstance(self.weight, (int, float)) or not (
-            math.isfinite(self.weight) and self.weight > 0
+        if (
+            isinstance(self.weight, bool)
+            or not isinstance(self.weight, (int, float))
+            or not (math.isfinite(self.weight) and self.weight > 0)
         ):
             raise FunnelConfigError(f"variant {self.name} weight must be a positive number, got {self.weight!r}")
 

@@ -83,9 +83,7 @@ def config_document(funnels: Iterable[Funnel], experiments: Iterable[Experiment]
     """
     return {
         "assignment": ASSIGNMENT_ALGORITHM,
-        "funnels": [
-            {"id": f.id, "steps": list(f.steps)} for f in sorted(funnels, key=lambda f: f.id)
-        ],
+        "funnels": [{"id": f.id, "steps": list(f.steps)} for f in sorted(funnels, key=lambda f: f.id)],
         "experiments": [
             {
                 "id": e.id,

@@ -83,7 +83,9 @@ def _funnel(store: Store, funnel_id: str) -> Funnel:
     return funnel
 
 
-def change_experiment(store: Store, experiment_id: str, change: Callable[[Experiment], Experiment], now: float) -> ExperimentRecord:
+def change_experiment(
+    store: Store, experiment_id: str, change: Callable[[Experiment], Experiment], now: float
+) -> ExperimentRecord:
     """Apply ``change`` to the newest version, retrying when another writer got in first."""
     for _ in range(_CAS_ATTEMPTS):
         current = _experiment(store, experiment_id).experiment
@@ -116,7 +118,9 @@ def merge_report(store: Store, node_id: str, body: NodeReportIn) -> int:
             allowed |= counter_keys(e, funnels[e.funnel_id])
     unknown = [key for key in report.counts if key not in allowed]
     if unknown:
-        raise BadRequest(f"counter key {unknown[0]} is not an (experiment, variant, step) of a published experiment", 422)
+        raise BadRequest(
+            f"counter key {unknown[0]} is not an (experiment, variant, step) of a published experiment", 422
+        )
     store.merge_counters(report.node_id, report.counts)
     return len(report.counts)
 
@@ -147,7 +151,11 @@ def update_thompson(hub: Hub, now: float) -> list[Experiment]:
     published = []
     for record in hub.store.list_experiments():
         e = record.experiment
-        if e.status != Status.RUNNING or e.allocation != Allocation.THOMPSON or now - record.at < hub.settings.thompson_interval_s:
+        if (
+            e.status != Status.RUNNING
+            or e.allocation != Allocation.THOMPSON
+            or now - record.at < hub.settings.thompson_interval_s
+        ):
             continue
         counts = experiment_totals(hub.store.counter_state(e.id), e.id)
         if not counts:
@@ -158,7 +166,12 @@ def update_thompson(hub: Hub, now: float) -> list[Experiment]:
         updated = e.with_weights(weights)
         if hub.store.update_experiment(updated, now) == "ok":
             published.append(updated)
-            log.info("thompson: %s version %d weights %s", e.id, updated.version, {k: round(v, 3) for k, v in weights.items()})
+            log.info(
+                "thompson: %s version %d weights %s",
+                e.id,
+                updated.version,
+                {k: round(v, 3) for k, v in weights.items()},
+            )
     return published
 
 
@@ -176,6 +189,7 @@ def start_thompson(hub: Hub) -> Callable[[], None]:
     """Start the updater in the running loop (the hub's lifespan); returns its stop function."""
     task = asyncio.create_task(thompson_loop(hub), name="nexus-thompson")
     return task.cancel
+
 
 def routes(hub: Hub) -> list[Route]:
     store = hub.store
@@ -212,17 +226,26 @@ def routes(hub: Hub) -> list[Route]:
 
     @endpoint(hub, "admin")
     async def list_experiments(request: Request, principal: Principal) -> Response:
-        return JSONResponse({"experiments": [experiment_view(r) for r in await store_call(store, store.list_experiments)]})
+        return JSONResponse(
+            {"experiments": [experiment_view(r) for r in await store_call(store, store.list_experiments)]}
+        )
 
     @endpoint(hub, "admin")
     async def show_experiment(request: Request, principal: Principal) -> Response:
-        return JSONResponse(experiment_view(await store_call(store, _experiment, store, request.path_params["experiment"])))
+        return JSONResponse(
+            experiment_view(await store_call(store, _experiment, store, request.path_params["experiment"]))
+        )
 
     def transition(status: Status) -> Callable[[Request], Any]:
         @endpoint(hub, "admin")
         async def handler(request: Request, principal: Principal) -> Response:
             record = await store_call(
-                store, change_experiment, store, request.path_params["experiment"], lambda e: e.with_status(status), hub.clock()
+                store,
+                change_experiment,
+                store,
+                request.path_params["experiment"],
+                lambda e: e.with_status(status),
+                hub.clock(),
             )
             log.info("experiment %s is %s (version %d)", record.experiment.id, status, record.experiment.version)
             return JSONResponse(experiment_view(record))
@@ -240,7 +263,12 @@ def routes(hub: Hub) -> list[Route]:
         if not records:
             raise NotFound(f"unknown experiment {experiment_id!r}")
         entries = [
-            {"version": r.experiment.version, "at": r.at, "status": str(r.experiment.status), "weights": r.experiment.weights}
+            {
+                "version": r.experiment.version,
+                "at": r.at,
+                "status": str(r.experiment.status),
+                "weights": r.experiment.weights,
+            }
             for r in records
         ]
         return JSONResponse({"experiment": experiment_id, "history": entries})

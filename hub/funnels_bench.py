@@ -129,7 +129,15 @@ def parse_events(output: str) -> EventLoad:
     sent, answered, acknowledged = (int(g) for g in tally.groups()[:3])
     seconds = float(tally.group(4))
     load = parse_wrk(output)
-    return EventLoad(acknowledged / seconds if seconds else 0.0, load.p50_ms, load.p99_ms, answered, sent - acknowledged, sent, acknowledged)
+    return EventLoad(
+        acknowledged / seconds if seconds else 0.0,
+        load.p50_ms,
+        load.p99_ms,
+        answered,
+        sent - acknowledged,
+        sent,
+        acknowledged,
+    )
 
 
 class EventDriver:
@@ -189,7 +197,10 @@ def _ingest(duration: float, rounds: int, connections: int, workers: int, progre
     with tempfile.TemporaryDirectory(prefix="nexus-bench-funnels-") as tmp:
         edge, data = _edge(Path(tmp), workers)
         with echo_server(workers) as echo, edge:
-            drivers = {"echo": EventDriver(echo.url + "/echo", connections, threads), "edge": EventDriver(edge.url + "/v1/funnels/shop/events", connections, threads)}
+            drivers = {
+                "echo": EventDriver(echo.url + "/echo", connections, threads),
+                "edge": EventDriver(edge.url + "/v1/funnels/shop/events", connections, threads),
+            }
             loads = interleave(drivers, rounds, duration / rounds, progress)
         rows, counted = _stored(data)  # the edge has stopped: everything it took is committed
     _check_store(drivers["edge"], rows, counted)
@@ -224,7 +235,9 @@ def _median(values: list[float], digits: int) -> float:
 
 def _reports(counters: int) -> list[tuple[str, dict[tuple[str, str, str], int]]]:
     """Rounds of reports from 50 nodes with growing counts (so every merge writes)."""
-    keys = [(f"exp-{e}", v, s) for e in range(10) for v in ("A", "B") for s in (ASSIGNED, *FUNNEL.steps, "extra")][:REPORT_KEYS]
+    keys = [(f"exp-{e}", v, s) for e in range(10) for v in ("A", "B") for s in (ASSIGNED, *FUNNEL.steps, "extra")][
+        :REPORT_KEYS
+    ]
     reports = []
     for n in range(max(counters // REPORT_KEYS, 1)):
         node, round_ = f"n-{n % 50}", n // 50
@@ -247,10 +260,23 @@ def _merge(url: str, counters: int) -> dict[str, float]:
             store.delete_all()
         store.close()
     merged = len(reports) * REPORT_KEYS
-    return {"node_counters": merged, "reports": len(reports), "node_counters_per_s": round(merged / elapsed, 1), "reports_per_s": round(len(reports) / elapsed, 1)}
+    return {
+        "node_counters": merged,
+        "reports": len(reports),
+        "node_counters_per_s": round(merged / elapsed, 1),
+        "reports_per_s": round(len(reports) / elapsed, 1),
+    }
 
 
-def run_bench(duration: float, rounds: int, connections: int, workers: int, counters: int, redis_url: str | None, show_progress: bool) -> dict[str, Any]:
+def run_bench(
+    duration: float,
+    rounds: int,
+    connections: int,
+    workers: int,
+    counters: int,
+    redis_url: str | None,
+    show_progress: bool,
+) -> dict[str, Any]:
     if not shutil.which("wrk"):
         raise NexusError("wrk is not installed (apt-get install wrk): it drives the edge's event ingest")
     rounds = max(1, min(rounds, int(duration)))

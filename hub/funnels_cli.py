@@ -70,8 +70,12 @@ def _experiment_row(e: dict[str, Any]) -> str:
 
 
 def results_table(r: dict[str, Any]) -> list[str]:
-    rows = [f"experiment {r['experiment_id']} ({r['status']}, {r['allocation']}) control {r['control']}, decision step {r['decision_step']}"]
-    rows.append(f"{'VARIANT':<10} {'STEP':<12} {'REACHED':>8} {'ASSIGNED':>8} {'RATE':>7} {'95% CI':>15} {'P(BEAT)':>8} {'LOSS':>8}")
+    rows = [
+        f"experiment {r['experiment_id']} ({r['status']}, {r['allocation']}) control {r['control']}, decision step {r['decision_step']}"
+    ]
+    rows.append(
+        f"{'VARIANT':<10} {'STEP':<12} {'REACHED':>8} {'ASSIGNED':>8} {'RATE':>7} {'95% CI':>15} {'P(BEAT)':>8} {'LOSS':>8}"
+    )
     for v in r["variants"]:
         for s in v["steps"]:
             ci = "-" if s["ci_low"] is None else f"{s['ci_low']:.3f}-{s['ci_high']:.3f}"
@@ -104,7 +108,13 @@ def _dispatch(client: FunnelClient, args: argparse.Namespace) -> tuple[Any, list
     if action == "funnels.show":
         return client.funnel(args.id), None
     if action == "experiments.create":
-        body = {"id": args.id, "funnel_id": args.funnel, "variants": parse_variants(args.variants), "decision_step": args.decision_step, "allocation": args.allocation}
+        body = {
+            "id": args.id,
+            "funnel_id": args.funnel,
+            "variants": parse_variants(args.variants),
+            "decision_step": args.decision_step,
+            "allocation": args.allocation,
+        }
         if args.salt:
             body["salt"] = args.salt
         return client.create_experiment(body), None
@@ -141,7 +151,11 @@ def register(hsub: argparse._SubParsersAction, operator_args: Any) -> None:
     ecreate.add_argument("--allocation", choices=("fixed", "thompson"), default="fixed")
     ecreate.add_argument("--salt", help="re-shuffles visitors (use a new one to re-run an experiment)")
     parsers += [ecreate, esub.add_parser("list", help="all experiments with status and current shares")]
-    for name, text in (("start", "start assigning on every edge"), ("stop", "stop assigning; counts stay final"), ("results", "conversion, credible intervals, P(beat control), expected loss, SRM")):
+    for name, text in (
+        ("start", "start assigning on every edge"),
+        ("stop", "stop assigning; counts stay final"),
+        ("results", "conversion, credible intervals, P(beat control), expected loss, SRM"),
+    ):
         parser = esub.add_parser(name, help=text)
         parser.add_argument("id")
         parsers.append(parser)
@@ -151,8 +165,15 @@ def register(hsub: argparse._SubParsersAction, operator_args: Any) -> None:
 
 
 def register_bench(bench_sub: argparse._SubParsersAction) -> None:
-    bench = bench_sub.add_parser("funnels", help="events/s one edge ingests over HTTP (wrk, vs a bare echo), and hub counter merges/s per store")
-    bench.add_argument("--duration", type=float, default=10.0, help="seconds of event load on the edge, and as many on the echo (default 10)")
+    bench = bench_sub.add_parser(
+        "funnels", help="events/s one edge ingests over HTTP (wrk, vs a bare echo), and hub counter merges/s per store"
+    )
+    bench.add_argument(
+        "--duration",
+        type=float,
+        default=10.0,
+        help="seconds of event load on the edge, and as many on the echo (default 10)",
+    )
     bench.add_argument("--rounds", type=int, default=5, help="interleaved edge/echo slices (default 5)")
     bench.add_argument("--connections", type=int, default=64)
     bench.add_argument("--workers", type=int, default=1, help="uvicorn workers for the edge and the echo (default 1)")
@@ -165,7 +186,14 @@ def register_bench(bench_sub: argparse._SubParsersAction) -> None:
 def _bench(args: argparse.Namespace) -> int:
     from hub.funnels_bench import run_bench
 
-    result = run_bench(duration=args.duration, rounds=args.rounds, connections=args.connections, workers=args.workers,
-                       counters=args.counters, redis_url=args.redis or None, show_progress=not args.json)
+    result = run_bench(
+        duration=args.duration,
+        rounds=args.rounds,
+        connections=args.connections,
+        workers=args.workers,
+        counters=args.counters,
+        redis_url=args.redis or None,
+        show_progress=not args.json,
+    )
     print(json.dumps(result, indent=None if args.json else 2))
     return 0

@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from hub.secrets_file import read_or_create
 from hub.store.base import Store
 from models.bundle import key_id
-from models.receipts import load_signing_key
 from models.errors import NexusError
+from models.receipts import load_signing_key
 
 KEY_FILE = "hub-signing-key.pem"
 

@@ -20,9 +20,10 @@ import hashlib
 import re
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -218,7 +219,10 @@ def resolve(node: NodeRecord, model: str, active: list[RolloutAction]) -> str | 
     for action in reversed(active):
         if action.kind != "assign":
             continue
-        if all(node.tags.get(k) == v for k, v in action.selector.items()) and bucket(node.node_id, model) < action.percent:
+        if (
+            all(node.tags.get(k) == v for k, v in action.selector.items())
+            and bucket(node.node_id, model) < action.percent
+        ):
             return action.version
     return _stable(active)
 

@@ -57,7 +57,9 @@ def _evaluator(family: str) -> Callable[..., dict[str, Any]]:
     return evaluate
 
 
-def _random_inputs(manifest: dict[str, Any], weights: dict[str, np.ndarray], rng: np.random.Generator) -> dict[str, np.ndarray]:
+def _random_inputs(
+    manifest: dict[str, Any], weights: dict[str, np.ndarray], rng: np.random.Generator
+) -> dict[str, np.ndarray]:
     """Inputs of the declared names, dtypes and shapes (-1 dims: a batch / sequence length)."""
     out: dict[str, np.ndarray] = {}
     for spec in manifest["inputs"]:
@@ -65,7 +67,11 @@ def _random_inputs(manifest: dict[str, Any], weights: dict[str, np.ndarray], rng
         if spec["dtype"] == "int64":
             out[spec["name"]] = rng.integers(0, weights["embedding"].shape[0], size=shape, dtype=np.int64)
         else:
-            values = rng.random(shape, dtype=np.float32) if "embedding" in weights else rng.standard_normal(shape, dtype=np.float32)
+            values = (
+                rng.random(shape, dtype=np.float32)
+                if "embedding" in weights
+                else rng.standard_normal(shape, dtype=np.float32)
+            )
             # emotion bag weights are normalised per text; funnel features are standardised
             out[spec["name"]] = values / values.sum(axis=1, keepdims=True) if "embedding" in weights else values
     return out
@@ -83,7 +89,9 @@ def backend_agreement(folder: Path, tolerance: dict[str, float], weights: dict[s
         got = next(iter(open_runner(bundle, backend).run(inputs).values()))
         measured[backend] = float(np.max(np.abs(got - reference)))
         if backend in tolerance and measured[backend] > tolerance[backend]:
-            raise BundleError(f"{backend} artifact deviates from onnx by {measured[backend]:.3g} > stated {tolerance[backend]:g}")
+            raise BundleError(
+                f"{backend} artifact deviates from onnx by {measured[backend]:.3g} > stated {tolerance[backend]:g}"
+            )
     return measured
 
 
@@ -93,10 +101,19 @@ def federated_metrics(summary: dict[str, Any], score_name: str) -> dict[str, Any
     if not rounds:
         return {}
     last = rounds[-1]
-    return {"numpy": {score_name: last.get("score"), "log_loss": last.get("loss"), "nodes": last.get("eval_nodes"), "round": last.get("round")}}
+    return {
+        "numpy": {
+            score_name: last.get("score"),
+            "log_loss": last.get("loss"),
+            "nodes": last.get("eval_nodes"),
+            "round": last.get("round"),
+        }
+    }
 
 
-def build_candidate(run: RunRecord, run_dir: Path, summary: dict[str, Any], version: str, eval_file: Path | None) -> Path:
+def build_candidate(
+    run: RunRecord, run_dir: Path, summary: dict[str, Any], version: str, eval_file: Path | None
+) -> Path:
     """Write ``run_dir/candidate``: artifacts + manifest (unsigned; the registry signs it)."""
     base = read_manifest(run_dir / "base")
     npz = run_dir / "final.npz"
@@ -129,25 +146,37 @@ def build_candidate(run: RunRecord, run_dir: Path, summary: dict[str, Any], vers
                 "dp": {"enabled": False, "max_update_norm": summary.get("settings", {}).get("max_update_norm")},
             },
             "base_version": run.base_version,
-            "trainer": {"module": "federated.server_app", "base_trainer": base.get("provenance", {}).get("trainer", {}).get("module")},
+            "trainer": {
+                "module": "federated.server_app",
+                "base_trainer": base.get("provenance", {}).get("trainer", {}).get("module"),
+            },
             "git_revision": git_revision(),
         },
     }
     write_manifest(folder, manifest)  # the artifacts only load once the manifest lists them
     stated = dict(base.get("tolerance", {}).get("max_abs_diff", {}))
-    manifest["tolerance"] = {"reference": "onnx", "max_abs_diff": stated, "measured_on_random_inputs": backend_agreement(folder, stated, weights)}
+    manifest["tolerance"] = {
+        "reference": "onnx",
+        "max_abs_diff": stated,
+        "measured_on_random_inputs": backend_agreement(folder, stated, weights),
+    }
     metrics: dict[str, Any] = {"federated_held_out": federated_metrics(summary, run.score_name or "score")}
     if eval_file is not None:
         evaluate = _evaluator(base["family"])
         # only the numbers: the report also names the version, which a re-export renumbers
         reports = {b: evaluate(folder, Path(eval_file), b, show_progress=False) for b in BACKENDS}
-        metrics["hub_eval"] = {b: {k: v for k, v in r.items() if k not in ("model", "model_version", "backend")} for b, r in reports.items()}
+        metrics["hub_eval"] = {
+            b: {k: v for k, v in r.items() if k not in ("model", "model_version", "backend")}
+            for b, r in reports.items()
+        }
     manifest["metrics"] = metrics
     write_manifest(folder, manifest)
     return folder
 
 
-def register_candidate(registry: Registry, run: RunRecord, run_dir: Path, summary: dict[str, Any], eval_file: Path | None) -> VersionRecord:
+def register_candidate(
+    registry: Registry, run: RunRecord, run_dir: Path, summary: dict[str, Any], eval_file: Path | None
+) -> VersionRecord:
     """Export, check, sign and store the run's model as the next version (a candidate: not promoted)."""
     taken = [int(r.version) for r in registry.store.list_versions(run.model) if r.version.isdigit()]
     folder = build_candidate(run, run_dir, summary, str(max(taken, default=0) + 1), eval_file)

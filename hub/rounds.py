@@ -75,7 +75,11 @@ def connect(settings: HubSettings) -> SuperLink | None:
         _write_external_connection(link, settings.superlink_root_cert)
         return link
     if settings.superlink_port is not None:
-        return SuperLink(SuperLinkConfig(state_dir, host=settings.host, port=settings.superlink_port, receipt_key=settings.data_dir / KEY_FILE))
+        return SuperLink(
+            SuperLinkConfig(
+                state_dir, host=settings.host, port=settings.superlink_port, receipt_key=settings.data_dir / KEY_FILE
+            )
+        )
     return None
 
 
@@ -103,7 +107,9 @@ def run_view(run: RunRecord) -> dict[str, Any]:
 
 
 class Rounds:
-    def __init__(self, settings: HubSettings, store: Store, registry: Registry, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, settings: HubSettings, store: Store, registry: Registry, clock: Callable[[], float] = time.time
+    ) -> None:
         self.settings = settings
         self.store = store
         self.registry = registry
@@ -118,7 +124,11 @@ class Rounds:
     def open(self) -> None:
         if self.keeper is not None:
             self.keeper.open()
-            log.info("flower superlink on %s, state in %s", self.keeper.link.config.address, self.keeper.link.config.state_dir)
+            log.info(
+                "flower superlink on %s, state in %s",
+                self.keeper.link.config.address,
+                self.keeper.link.config.state_dir,
+            )
 
     def close(self) -> None:
         if self.keeper is None:
@@ -126,8 +136,15 @@ class Rounds:
         self.keeper.close()
         # the run's ServerApp went down with our SuperLink: say so now rather than at the deadline
         for run in self.store.list_runs():
-            if run.status in ACTIVE_RUN_STATUSES and read_summary(self.run_dir(run.run_id) / "final.json").get("status") != "finished":
-                self._finish(run, "failed", f"the hub stopped during round {run.rounds_done + 1}; its SuperLink took the run down")
+            if (
+                run.status in ACTIVE_RUN_STATUSES
+                and read_summary(self.run_dir(run.run_id) / "final.json").get("status") != "finished"
+            ):
+                self._finish(
+                    run,
+                    "failed",
+                    f"the hub stopped during round {run.rounds_done + 1}; its SuperLink took the run down",
+                )
 
     def _require_link(self) -> SuperLink:
         if self.link is None:
@@ -147,11 +164,23 @@ class Rounds:
         except NexusError as exc:
             self._finish(run, "failed", f"Flower refused the run: {exc}")
             raise
-        log.info("federated run %s (flower %s): %s x%d from version %s", run.run_id, flower_run_id, model, config.rounds, run.base_version)
+        log.info(
+            "federated run %s (flower %s): %s x%d from version %s",
+            run.run_id,
+            flower_run_id,
+            model,
+            config.rounds,
+            run.base_version,
+        )
         with self._lock:
             current = self._get(run.run_id)
             ended = current.status not in ACTIVE_RUN_STATUSES
-            run = replace(current, flower_run_id=flower_run_id, status=current.status if ended else "running", updated_at=self.clock())
+            run = replace(
+                current,
+                flower_run_id=flower_run_id,
+                status=current.status if ended else "running",
+                updated_at=self.clock(),
+            )
             self.store.put_run(run)
         if ended:  # stopped, or past its deadline, while `flwr run` was submitting it: Flower must not go on
             self._stop_flower(run)
@@ -170,7 +199,17 @@ class Rounds:
             raise NotFound(f"no archive for {model} {base_version}")
         unpack(archive, folder / "base")
         now = self.clock()
-        run = RunRecord(run_id, model, "starting", asdict(config), base_version, now, now, now + config.deadline_s, score_name=SCORE_NAMES[model])
+        run = RunRecord(
+            run_id,
+            model,
+            "starting",
+            asdict(config),
+            base_version,
+            now,
+            now,
+            now + config.deadline_s,
+            score_name=SCORE_NAMES[model],
+        )
         self.store.put_run(run)
         return run
 
@@ -222,7 +261,9 @@ class Rounds:
             done = replace(current, status=status, reason=reason, updated_at=self.clock(), **fields)
             self.store.put_run(done)
             self._status_at.pop(run.run_id, None)
-        (log.info if status == "finished" else log.warning)("federated run %s %s%s", run.run_id, status, f": {reason}" if reason else "")
+        (log.info if status == "finished" else log.warning)(
+            "federated run %s %s%s", run.run_id, status, f": {reason}" if reason else ""
+        )
         return done
 
     # -- the watcher --------------------------------------------------------------------------
@@ -251,7 +292,11 @@ class Rounds:
             return self._export(run, summary)
         now = self.clock()
         if now > run.deadline_at:
-            return self._end(run, "failed", f"deadline of {run.config['deadline_s']:.0f}s passed after {run.rounds_done}/{run.config['rounds']} rounds{self._waiting_for()}")
+            return self._end(
+                run,
+                "failed",
+                f"deadline of {run.config['deadline_s']:.0f}s passed after {run.rounds_done}/{run.config['rounds']} rounds{self._waiting_for()}",
+            )
         if run.flower_run_id is None:
             if run.status == "starting" and now - run.created_at > 300:
                 return self._finish(run, "failed", "the hub stopped before Flower accepted the run")
@@ -263,7 +308,11 @@ class Rounds:
                 summary = read_summary(summary_path)  # the last round may have landed meanwhile
                 run = self._copy_rounds(run, summary)
                 if summary.get("status") != "finished":
-                    return self._finish(run, "failed", f"Flower ended the run ({status}) after {run.rounds_done}/{run.config['rounds']} rounds; see `flwr log {run.flower_run_id}`")
+                    return self._finish(
+                        run,
+                        "failed",
+                        f"Flower ended the run ({status}) after {run.rounds_done}/{run.config['rounds']} rounds; see `flwr log {run.flower_run_id}`",
+                    )
         return run
 
     def _waiting_for(self) -> str:
@@ -283,7 +332,12 @@ class Rounds:
         with self._lock:
             current = self._get(run.run_id)
             seen = sorted(set(current.participants) | {int(n) for r in rounds for n in r.get("nodes", [])})
-            run = replace(current, rounds_done=max(current.rounds_done, max(int(r["round"]) for r in rounds)), participants=seen, updated_at=self.clock())
+            run = replace(
+                current,
+                rounds_done=max(current.rounds_done, max(int(r["round"]) for r in rounds)),
+                participants=seen,
+                updated_at=self.clock(),
+            )
             self.store.put_run(run)
         return run
 
@@ -304,4 +358,10 @@ class Rounds:
         except NexusError as exc:
             return self._finish(run, "failed", f"export of the aggregated model failed: {exc}")
         shutil.rmtree(folder / "candidate", ignore_errors=True)
-        return self._finish(run, "finished", None, version=record.version, participants=sorted(int(n) for n in summary.get("participants", run.participants)))
+        return self._finish(
+            run,
+            "finished",
+            None,
+            version=record.version,
+            participants=sorted(int(n) for n in summary.get("participants", run.participants)),
+        )

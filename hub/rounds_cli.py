@@ -58,7 +58,9 @@ def _fetch(client: OperatorClient, run_id: str, patience_s: float) -> dict[str, 
             time.sleep(1.0)
 
 
-def wait(client: OperatorClient, run_id: str, poll_s: float = 2.0, show_progress: bool = True, patience_s: float = 120.0) -> dict[str, Any]:
+def wait(
+    client: OperatorClient, run_id: str, poll_s: float = 2.0, show_progress: bool = True, patience_s: float = 120.0
+) -> dict[str, Any]:
     """Poll until the run ends, showing rounds done on stderr; the final run with its rounds.
 
     A hub restart in the middle is waited out (the run survives it: see hub/rounds.py).
@@ -71,7 +73,12 @@ def wait(client: OperatorClient, run_id: str, poll_s: float = 2.0, show_progress
         run = _fetch(client, run_id, patience_s)
         if run["rounds_done"] > done:
             last = run["rounds"][-1] if run["rounds"] else {}
-            progress.update(run["rounds_done"] - done, loss=last.get("loss") or 0.0, score=last.get("score") or 0.0, nodes=last.get("participants", 0))
+            progress.update(
+                run["rounds_done"] - done,
+                loss=last.get("loss") or 0.0,
+                score=last.get("score") or 0.0,
+                nodes=last.get("participants", 0),
+            )
             done = run["rounds_done"]
     progress.close()
     return run
@@ -91,7 +98,13 @@ def _start(args: argparse.Namespace) -> int:
             if run["status"] != "finished":
                 raise NexusError(f"run {run['run_id']} {run['status']}: {run.get('reason')}")
             return 0
-    _emit(args, run, [f"run {run['run_id']} started (flower run {run['flower_run_id']}); follow it with `nexus hub rounds show {run['run_id']}`"])
+    _emit(
+        args,
+        run,
+        [
+            f"run {run['run_id']} started (flower run {run['flower_run_id']}); follow it with `nexus hub rounds show {run['run_id']}`"
+        ],
+    )
     return 0
 
 
@@ -127,14 +140,22 @@ def register(hsub: argparse._SubParsersAction, operator_args: Callable[[argparse
     start = rsub.add_parser("start", help="start a run; the result is registered as a candidate version")
     start.add_argument("--model", required=True, choices=("funnel", "emotion"))
     start.add_argument("--rounds", type=int, default=3)
-    start.add_argument("--strategy", default="fedavg", choices=("fedavg", "fedprox", "fedadam", "fedtrimmedavg", "krum"))
+    start.add_argument(
+        "--strategy", default="fedavg", choices=("fedavg", "fedprox", "fedadam", "fedtrimmedavg", "krum")
+    )
     start.add_argument("--min-nodes", type=int, default=2, help="nodes a round needs (Flower waits for them)")
-    start.add_argument("--fraction", type=float, default=1.0, help="share of the online nodes asked to train each round")
+    start.add_argument(
+        "--fraction", type=float, default=1.0, help="share of the online nodes asked to train each round"
+    )
     start.add_argument("--select", action="append", help="node tags, e.g. region=1,2 (repeat for several tags)")
     start.add_argument("--local-epochs", type=int, default=1)
     start.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the replies of one step")
-    start.add_argument("--deadline", type=float, default=1800.0, help="seconds the whole run may take before it is failed")
-    start.add_argument("--wait", action="store_true", help="show progress and wait for the end; exit 2 unless it finished")
+    start.add_argument(
+        "--deadline", type=float, default=1800.0, help="seconds the whole run may take before it is failed"
+    )
+    start.add_argument(
+        "--wait", action="store_true", help="show progress and wait for the end; exit 2 unless it finished"
+    )
     start.set_defaults(func=_start)
     rlist = rsub.add_parser("list", help="runs, newest first")
     rlist.set_defaults(func=_list)
@@ -154,14 +175,30 @@ DEFAULT_SUPERLINK_PORT = 9092
 
 def add_serve_args(serve: argparse.ArgumentParser) -> None:
     """``nexus hub serve`` flags of the Flower SuperLink rounds run on."""
-    serve.add_argument("--superlink-port", type=int, default=DEFAULT_SUPERLINK_PORT, metavar="PORT",
-                       help=f"port of the Flower SuperLink the hub runs as its child for federated rounds (default {DEFAULT_SUPERLINK_PORT})")
+    serve.add_argument(
+        "--superlink-port",
+        type=int,
+        default=DEFAULT_SUPERLINK_PORT,
+        metavar="PORT",
+        help=f"port of the Flower SuperLink the hub runs as its child for federated rounds (default {DEFAULT_SUPERLINK_PORT})",
+    )
     serve.add_argument("--no-superlink", action="store_true", help="run no SuperLink: no federated rounds on this hub")
     serve.add_argument("--superlink", metavar="HOST:PORT", help="use this external SuperLink instead of starting one")
     serve.add_argument("--superlink-root-cert", metavar="PATH", help="CA certificate of the external SuperLink's TLS")
-    serve.add_argument("--superlink-public", metavar="HOST:PORT", help="SuperLink address edges are told (default: what the hub uses)")
-    serve.add_argument("--rounds-dir", metavar="PATH", help="run folders (base, summary, arrays): shared at the same path with an external SuperLink (default DATA_DIR/rounds)")
-    serve.add_argument("--eval-data", action="append", metavar="MODEL=PATH", help="held-out file federated candidates of MODEL are evaluated on")
+    serve.add_argument(
+        "--superlink-public", metavar="HOST:PORT", help="SuperLink address edges are told (default: what the hub uses)"
+    )
+    serve.add_argument(
+        "--rounds-dir",
+        metavar="PATH",
+        help="run folders (base, summary, arrays): shared at the same path with an external SuperLink (default DATA_DIR/rounds)",
+    )
+    serve.add_argument(
+        "--eval-data",
+        action="append",
+        metavar="MODEL=PATH",
+        help="held-out file federated candidates of MODEL are evaluated on",
+    )
 
 
 def serve_settings(args: argparse.Namespace) -> dict[str, Any]:

@@ -21,7 +21,7 @@ class ServerThread:
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [self._sock]}, daemon=True)
 
-    def start(self) -> "ServerThread":
+    def start(self) -> ServerThread:
         self._thread.start()
         deadline = time.monotonic() + 10
         while not self._server.started:
@@ -35,7 +35,7 @@ class ServerThread:
         self._thread.join(timeout=10)
         self._sock.close()
 
-    def __enter__(self) -> "ServerThread":
+    def __enter__(self) -> ServerThread:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

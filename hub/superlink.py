@@ -15,9 +15,10 @@ import importlib.util
 import json
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from models.errors import NexusError
 from models.flower_process import FlowerProcess, flower_env
@@ -59,6 +60,7 @@ def flower_app_dir() -> Path:
 
 def run_config_arg(config: Mapping[str, Any]) -> str:
     """``{"num-rounds": 2, "model": "funnel"}`` -> ``num-rounds=2 model="funnel"`` (TOML values)."""
+
     def value(v: Any) -> str:
         if isinstance(v, bool):
             return "true" if v else "false"
@@ -104,7 +106,9 @@ class SuperLink(FlowerProcess):
     def flwr(self, *args: str, timeout: float = 120.0) -> dict[str, Any]:
         """One ``flwr`` CLI call against this SuperLink (``--format json``); its parsed answer."""
         cmd = [str(Path(sys.executable).parent / "flwr"), *args, "--format", "json"]
-        done = subprocess.run(cmd, env=flower_env(self.config.flwr_home), capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(
+            cmd, env=flower_env(self.config.flwr_home), capture_output=True, text=True, timeout=timeout
+        )
         try:
             answer = json.loads(done.stdout[done.stdout.index("{") :])
         except ValueError:
@@ -115,7 +119,9 @@ class SuperLink(FlowerProcess):
 
     def submit(self, run_config: Mapping[str, Any], app_dir: Path | None = None) -> int:
         """Start a federated run of the app with ``run_config`` (see federated/settings.py); its run id."""
-        answer = self.flwr("run", str(app_dir or flower_app_dir()), CONNECTION, "--run-config", run_config_arg(run_config))
+        answer = self.flwr(
+            "run", str(app_dir or flower_app_dir()), CONNECTION, "--run-config", run_config_arg(run_config)
+        )
         return int(answer["run-id"])
 
     def run_status(self, run_id: int) -> str:

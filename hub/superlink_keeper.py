@@ -28,7 +28,6 @@ def _superlink_pid(state_dir: Path) -> int | None:
         return None
 
 
-
 class SuperLinkKeeper:
     def __init__(self, link: SuperLink) -> None:
         self.link = link

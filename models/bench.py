@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -55,7 +56,10 @@ def bench_bundle(bundle_dir: Path, items: Sequence[Any], repeats: int = 2000, th
         single = _median_us(lambda: predictor.predict([items[next(cycle) % len(items)]]), repeats)
         batch = [items[i % len(items)] for i in range(32)]
         batch_us = _median_us(lambda: predictor.predict(batch), max(repeats // 10, 50))
-        result["backends"][backend] = {"single_p50_us": round(single, 1), "batch32_per_item_p50_us": round(batch_us / 32, 1)}
+        result["backends"][backend] = {
+            "single_p50_us": round(single, 1),
+            "batch32_per_item_p50_us": round(batch_us / 32, 1),
+        }
     return result
 
 

@@ -6,10 +6,11 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from models.bundle import list_versions
 
@@ -19,7 +20,9 @@ DEFAULT_VERSION = "1"
 
 def git_revision() -> str | None:
     try:
-        done = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10)
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     revision = done.stdout.strip()
@@ -67,5 +70,5 @@ def manifest_header(name: str, version: str, parent_version: str | None = None) 
         "family": name,
         "version": version,
         "parent_version": parent_version,
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }

@@ -98,7 +98,9 @@ def verify_bundle(bundle_dir: str | os.PathLike[str], public_key: Ed25519PublicK
         if not path.is_file():
             raise BundleError(f"{bundle_dir}: {name} is missing")
         if path.stat().st_size != entry.get("bytes"):
-            raise BundleError(f"{bundle_dir}: {name} has {path.stat().st_size} bytes, manifest says {entry.get('bytes')}")
+            raise BundleError(
+                f"{bundle_dir}: {name} has {path.stat().st_size} bytes, manifest says {entry.get('bytes')}"
+            )
         if sha256_file(path) != entry.get("sha256"):
             raise BundleError(f"{bundle_dir}: {name} sha256 mismatch (corrupt or tampered)")
     if public_key is not None:

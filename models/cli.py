@@ -32,14 +32,21 @@ def resolve_bundle(family: str, bundle: str | None, repository: Path = DEFAULT_R
 def _train(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else DEFAULT_REPOSITORY
     bundle = _pipeline(args.family).train(Path(args.data), out, seed=args.seed, show_progress=not args.quiet)
-    summary = {"model": bundle.name, "version": bundle.version, "path": str(bundle.path), "metrics": bundle.manifest.get("metrics", {})}
+    summary = {
+        "model": bundle.name,
+        "version": bundle.version,
+        "path": str(bundle.path),
+        "metrics": bundle.manifest.get("metrics", {}),
+    }
     print(json.dumps(summary, indent=None if args.json else 2))
     return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
     bundle_dir = resolve_bundle(args.family, args.bundle)
-    result = _pipeline(args.family).evaluate(bundle_dir, Path(args.data), backend=args.backend, show_progress=not args.json)
+    result = _pipeline(args.family).evaluate(
+        bundle_dir, Path(args.data), backend=args.backend, show_progress=not args.json
+    )
     if args.json:
         print(json.dumps(result))
     else:
@@ -61,7 +68,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     train = msub.add_parser("train", help="train a model family and write a bundle")
     train.add_argument("family", choices=FAMILIES)
     train.add_argument("--data", required=True, help="data set folder or file (see README)")
-    train.add_argument("--out", help=f"model repository to write <family>/<version>/ into (default: {DEFAULT_REPOSITORY})")
+    train.add_argument(
+        "--out", help=f"model repository to write <family>/<version>/ into (default: {DEFAULT_REPOSITORY})"
+    )
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--quiet", action="store_true", help="no progress on stderr")
     train.add_argument("--json", action="store_true", help="one-line JSON summary")
@@ -91,13 +100,19 @@ def _bench(args: argparse.Namespace) -> int:
     for family in FAMILIES:
         print(f"{family} {result[family]['version']}: sizes {result[family]['sizes_bytes']}")
         for backend, figures in result[family]["backends"].items():
-            print(f"  {backend:>10}: single p50 {figures['single_p50_us']} us, batch of 32 {figures['batch32_per_item_p50_us']} us/item")
+            print(
+                f"  {backend:>10}: single p50 {figures['single_p50_us']} us, batch of 32 {figures['batch32_per_item_p50_us']} us/item"
+            )
     return 0
 
 
 def register_bench(bench_sub: argparse._SubParsersAction) -> None:
-    bench = bench_sub.add_parser("models", help="in-process latency (featurize + run) of each backend, and artifact sizes")
-    bench.add_argument("--models", default=str(DEFAULT_REPOSITORY), help="model repository (default: the shipped bundles)")
+    bench = bench_sub.add_parser(
+        "models", help="in-process latency (featurize + run) of each backend, and artifact sizes"
+    )
+    bench.add_argument(
+        "--models", default=str(DEFAULT_REPOSITORY), help="model repository (default: the shipped bundles)"
+    )
     bench.add_argument("--repeats", type=int, default=2000)
     bench.add_argument("--json", action="store_true")
     bench.set_defaults(func=_bench)

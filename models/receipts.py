@@ -17,7 +17,7 @@ import binascii
 import hashlib
 import json
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,7 @@ def canonical_json(value: Any) -> str:
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def receipt_message(receipt: Mapping[str, Any]) -> bytes:
@@ -63,7 +63,13 @@ def receipt_message(receipt: Mapping[str, Any]) -> bytes:
 
 def sign_receipt(private_key: Ed25519PrivateKey, sha256: str, nbytes: int, time: str, **extra: str) -> dict[str, Any]:
     """``extra`` members (a Flower receipt's ``message``) are signed along with the rest."""
-    receipt: dict[str, Any] = {"sha256": sha256, "bytes": nbytes, "time": time, "key_id": key_id(private_key.public_key()), **extra}
+    receipt: dict[str, Any] = {
+        "sha256": sha256,
+        "bytes": nbytes,
+        "time": time,
+        "key_id": key_id(private_key.public_key()),
+        **extra,
+    }
     receipt["signature"] = base64.b64encode(private_key.sign(receipt_message(receipt))).decode()
     return receipt
 
@@ -132,7 +138,10 @@ class ReceiptMiddleware:
                 while not done and size <= DRAIN_LIMIT:
                     await counting_receive()
                 receipt = sign_receipt(self.key, digest.hexdigest(), size, utc_now())
-                message["headers"] = [*message.get("headers", []), (HEADER.lower().encode(), encode_header(receipt).encode())]
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (HEADER.lower().encode(), encode_header(receipt).encode()),
+                ]
             await send(message)
 
         await self.app(scope, counting_receive, signing_send)

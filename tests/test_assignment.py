@@ -29,7 +29,7 @@ THREE = [("A", 0.5), ("B", 0.3), ("C", 0.2)]
 
 @pytest.mark.parametrize(("visitor", "prefix", "u", "two", "three"), VECTORS)
 def test_published_vectors(visitor: str, prefix: str, u: float, two: str, three: str) -> None:
-    digest = hashlib.sha256(f"checkout-test:s1:{visitor}".encode("utf-8")).digest()
+    digest = hashlib.sha256(f"checkout-test:s1:{visitor}".encode()).digest()
     assert digest[:8].hex() == prefix
     assert bucket("checkout-test", "s1", visitor) == u
     assert assign("checkout-test", "s1", visitor, TWO) == two
@@ -89,8 +89,12 @@ def test_raising_a_weight_only_moves_visitors_into_that_variant() -> None:
 
 
 def test_sticky_assignment_keeps_the_stored_variant_when_weights_change() -> None:
-    moved = [f"v{i}" for i in range(500) if assign("s", "", f"v{i}", [("A", 0.9), ("B", 0.1)]) == "A"
-             and assign("s", "", f"v{i}", [("A", 0.1), ("B", 0.9)]) == "B"]
+    moved = [
+        f"v{i}"
+        for i in range(500)
+        if assign("s", "", f"v{i}", [("A", 0.9), ("B", 0.1)]) == "A"
+        and assign("s", "", f"v{i}", [("A", 0.1), ("B", 0.9)]) == "B"
+    ]
     assert moved, "need visitors whose hash bucket changes with the weights"
     for visitor in moved:
         assert sticky_assign("A", "s", "", visitor, [("A", 0.1), ("B", 0.9)]) == "A"

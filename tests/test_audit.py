@@ -4,20 +4,32 @@ the storage makes verify() name the edited entry."""
 from __future__ import annotations
 
 import json
-import threading
 import os
 import sqlite3
 import stat
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_worker.audit import (
-    DB_NAME, KEY_FILE, SALT_FILE, AuditError, AuditLog, AuditReader, extend_frontier, frontier_root, inclusion_path,
-    leaf_hash, sign_receipt, utc_now, verify, verify_inclusion,
+    DB_NAME,
+    KEY_FILE,
+    SALT_FILE,
+    AuditError,
+    AuditLog,
+    AuditReader,
+    extend_frontier,
+    frontier_root,
+    inclusion_path,
+    leaf_hash,
+    sign_receipt,
+    utc_now,
+    verify,
+    verify_inclusion,
 )
 
 # Certificate Transparency's reference leaves and tree heads for RFC 6962 (sizes 1..8).
@@ -69,7 +81,9 @@ def _filled(data_dir: Path, hub_key: Ed25519PrivateKey) -> AuditLog:
         if i == 0:
             assert log.attach_receipt(entry.id, sign_receipt(hub_key, entry.sha256, entry.bytes, utc_now())) is None
     log.record_refusal("sync", HUB, "heartbeat", "field 'note' is not declared", b'{"note":"hi"}')  # 4
-    entry = log.record_send("flower", "127.0.0.1:9092", "model-update", b"\x00" * 64, {"model": "funnel", "dp": {"epsilon": 0.5}})  # 5
+    entry = log.record_send(
+        "flower", "127.0.0.1:9092", "model-update", b"\x00" * 64, {"model": "funnel", "dp": {"epsilon": 0.5}}
+    )  # 5
     assert log.attach_receipt(entry.id, sign_receipt(hub_key, entry.sha256, entry.bytes, utc_now())) is None
     log.record_erasure("visitor-42", {"feedback": 2, "funnel_outcome": 1})  # 6
     log.record_retention(1_700_000_000.0, 30, {"feedback": 5})  # 7
@@ -130,8 +144,15 @@ def test_the_log_refuses_updates_through_sqlite(tmp_path, hub_key):
 
 
 FIELDS = {
-    "time": "2020-01-01T00:00:00.000000Z", "event": "send", "channel": "other", "destination": "http://evil.example",
-    "kind": "counters", "bytes": 999999, "sha256": "0" * 64, "summary": '{"keys":0}', "reason": "edited",
+    "time": "2020-01-01T00:00:00.000000Z",
+    "event": "send",
+    "channel": "other",
+    "destination": "http://evil.example",
+    "kind": "counters",
+    "bytes": 999999,
+    "sha256": "0" * 64,
+    "summary": '{"keys":0}',
+    "reason": "edited",
 }
 
 
@@ -184,7 +205,9 @@ def test_renumbering_an_entry_is_named(tmp_path, hub_key):
     assert verify(tmp_path, log.public_key).first_bad == 5
 
 
-@pytest.mark.parametrize("column, value", [("signature", "AAAA"), ("time", "2031-01-01T00:00:00Z"), ("root", "ab" * 32)])
+@pytest.mark.parametrize(
+    "column, value", [("signature", "AAAA"), ("time", "2031-01-01T00:00:00Z"), ("root", "ab" * 32)]
+)
 def test_a_tampered_tree_head_is_named(tmp_path, hub_key, column, value):
     log = _filled(tmp_path, hub_key)
     _tamper(tmp_path, (f"UPDATE tree_heads SET {column} = ? WHERE size = 4", (value,)))
@@ -229,7 +252,9 @@ def test_an_edited_stored_receipt_fails(tmp_path, hub_key):
 
 def test_the_first_bad_entry_is_named_when_several_are(tmp_path, hub_key):
     log = _filled(tmp_path, hub_key)
-    _tamper(tmp_path, ("UPDATE entries SET bytes = 1 WHERE id = 6", ()), ("UPDATE entries SET kind = 'x' WHERE id = 3", ()))
+    _tamper(
+        tmp_path, ("UPDATE entries SET bytes = 1 WHERE id = 6", ()), ("UPDATE entries SET kind = 'x' WHERE id = 3", ())
+    )
     assert verify(tmp_path, log.public_key).first_bad == 3
 
 

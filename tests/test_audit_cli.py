@@ -28,8 +28,10 @@ def node(tmp_path) -> Path:
     conn.execute("CREATE TABLE feedback (id INTEGER PRIMARY KEY, created_at REAL, visitor_id TEXT, text TEXT)")
     conn.execute("CREATE TABLE settings (key TEXT, value TEXT)")
     now = time.time()
-    conn.executemany("INSERT INTO feedback (created_at, visitor_id, text) VALUES (?, ?, ?)",
-                     [(now - 40 * DAY, "v1", "old"), (now, "v2", "new")])
+    conn.executemany(
+        "INSERT INTO feedback (created_at, visitor_id, text) VALUES (?, ?, ?)",
+        [(now - 40 * DAY, "v1", "old"), (now, "v2", "new")],
+    )
     conn.commit()
     conn.close()
 
@@ -48,7 +50,9 @@ def node(tmp_path) -> Path:
         except BudgetExhausted as exc:
             log.record_refusal("flower", SUPERLINK, "model-update", str(exc))
             break
-        log.record_send("flower", SUPERLINK, "model-update", b"\x01" * 5000, {"model": "funnel", "dp": {"epsilon": eps}})
+        log.record_send(
+            "flower", SUPERLINK, "model-update", b"\x01" * 5000, {"model": "funnel", "dp": {"epsilon": eps}}
+        )
     log.record_erasure("v1", {"feedback": 1})
     log.record_retention(now - 30 * DAY, 30, {"feedback": 0})
     log.close()
@@ -86,11 +90,22 @@ def test_report_json_has_every_section(node, tmp_path, capsys):
     out = tmp_path / "report.json"
     assert nexus_cli.main(["audit", "report", "--data-dir", str(node), "--format", "json", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
-    for key in ("inventory", "egress", "privacy_budget", "refusals", "erasures", "retention", "verification", "tree_head"):
+    for key in (
+        "inventory",
+        "egress",
+        "privacy_budget",
+        "refusals",
+        "erasures",
+        "retention",
+        "verification",
+        "tree_head",
+    ):
         assert key in report
     assert report["verification"]["ok"] is True
 
-    tables = {t["table"]: t for db in report["inventory"]["databases"] if db["path"] == "edge.sqlite3" for t in db["tables"]}
+    tables = {
+        t["table"]: t for db in report["inventory"]["databases"] if db["path"] == "edge.sqlite3" for t in db["tables"]
+    }
     assert tables["feedback"]["rows"] == 2 and tables["feedback"]["beyond_retention"] is True
     assert tables["settings"]["oldest"] is None and tables["settings"]["time_column"] is None
     assert report["inventory"]["retention_days"] == 30

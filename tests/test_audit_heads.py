@@ -9,22 +9,23 @@ import json
 import logging
 import sqlite3
 import subprocess
+from collections.abc import Iterator
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
+from conftest import free_port
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from test_hub_rollout_integration import Edge
+from test_hub_support import NEXUS, HubProcess, RunningHub, any_store, store_kind, wait_for  # noqa: F401  (fixtures)
 
 import nexus_cli
-from conftest import free_port
 from edge_worker.audit import DB_NAME, AuditLog, AuditReader, TreeHead, sign_receipt, utc_now, verify
 from hub.client import OperatorClient
 from hub.store.base import Store
 from models.bundle import key_id
-from test_hub_rollout_integration import Edge
-from test_hub_support import NEXUS, HubProcess, RunningHub, any_store, store_kind, wait_for  # noqa: F401  (fixtures)
 
 HUB = "http://127.0.0.1:8700"
 
@@ -64,7 +65,9 @@ def _verify(capsys: pytest.CaptureFixture[str], data_dir: Path, *extra: str) -> 
 
 
 # -- the officer: verify --head ------------------------------------------------------------------
-def test_truncation_with_heads_passes_plain_verify_but_not_against_a_held_head(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_truncation_with_heads_passes_plain_verify_but_not_against_a_held_head(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     node = tmp_path / "node"
     heads = _filled(node, 7)  # 8 entries
     report = tmp_path / "report.json"
@@ -80,7 +83,10 @@ def test_truncation_with_heads_passes_plain_verify_but_not_against_a_held_head(t
     assert _verify(capsys, node, "--head", str(early))[0] == 0  # an older head: still covered
     code, _, err = _verify(capsys, node, "--head", str(report))
     assert code == 1
-    assert "audit log NOT intact: entry 6: entry missing: a tree head held elsewhere covers 8 entries, the log holds 5" in err
+    assert (
+        "audit log NOT intact: entry 6: entry missing: a tree head held elsewhere covers 8 entries, the log holds 5"
+        in err
+    )
     code, out, _ = _verify(capsys, node, "--head", str(_write(tmp_path / "bare.json", asdict(heads[8]))), "--json")
     assert code == 1 and json.loads(out)["first_bad_entry"] == 6
 
@@ -103,7 +109,9 @@ def test_a_forged_or_foreign_head_fails(tmp_path: Path, capsys: pytest.CaptureFi
     node = tmp_path / "node"
     head = _filled(node, 3)[4]
     inflated = replace(head, size=9)  # claims more entries than the node ever signed
-    code, _, err = _verify(capsys, node, "--head", str(_write(tmp_path / "forged.json", {"tree_head": asdict(inflated)})))
+    code, _, err = _verify(
+        capsys, node, "--head", str(_write(tmp_path / "forged.json", {"tree_head": asdict(inflated)}))
+    )
     assert code == 1 and "audit log NOT intact: the tree head held elsewhere (size 9" in err
     assert "does not verify against the node key" in err
 
@@ -150,8 +158,9 @@ def _held(hub: RunningHub, node_id: str) -> dict[str, Any]:
     return node["heartbeat"]
 
 
-def test_the_hub_keeps_the_largest_head_and_flags_a_shorter_log(hub: RunningHub, tmp_path: Path, caplog: pytest.LogCaptureFixture,
-                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_hub_keeps_the_largest_head_and_flags_a_shorter_log(
+    hub: RunningHub, tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
     heads = _filled(tmp_path / "edge", 5)  # sizes 1..6
     node_id, auth = _node(hub)
     for size in (3, 6, 6):
@@ -212,15 +221,21 @@ def test_the_hub_refuses_a_malformed_head(hub: RunningHub, tmp_path: Path) -> No
     head = asdict(_filled(tmp_path, 1)[2])
     node_id, auth = _node(hub)
     for change, where in MALFORMED:
-        reply = hub.http.post("/v1/nodes/me/heartbeat", json={"health": "ok", "audit_head": {**head, **change}}, headers=auth)
+        reply = hub.http.post(
+            "/v1/nodes/me/heartbeat", json={"health": "ok", "audit_head": {**head, **change}}, headers=auth
+        )
         assert reply.status_code == 422 and reply.json()["error"].startswith(where + ":"), (change, reply.text)
     assert _held(hub, node_id) is None or _held(hub, node_id).get("audit_head") is None
 
 
 # -- a real hub and a real edge ------------------------------------------------------------------
 def _nexus_verify(data_dir: Path, head: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*NEXUS, "audit", "verify", "--data-dir", str(data_dir), "--head", str(head)],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [*NEXUS, "audit", "verify", "--data-dir", str(data_dir), "--head", str(head)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 @pytest.mark.slow
@@ -236,7 +251,11 @@ def test_a_real_hub_holds_the_edges_head_and_flags_its_truncated_log(tmp_path: P
             return (nodes[0]["heartbeat"] or {}) if nodes else {}
 
         # a few sync cycles (heartbeat, assignment and funnel-config polls each add entries)
-        wait_for(lambda: (beat().get("audit_head") or {}).get("size", 0) >= 12, timeout=90, what="the hub holding a head of 12+")
+        wait_for(
+            lambda: (beat().get("audit_head") or {}).get("size", 0) >= 12,
+            timeout=90,
+            what="the hub holding a head of 12+",
+        )
         held = beat()["audit_largest_head"]
         proc = _nexus_verify(data_dir, _write(tmp_path / "held.json", held))
         assert proc.returncode == 0, proc.stderr  # the hub's copy is the node's own signed head
@@ -244,8 +263,11 @@ def test_a_real_hub_holds_the_edges_head_and_flags_its_truncated_log(tmp_path: P
         edge.stop()
         _truncate(data_dir, keep=3)
         edge.start(None)  # same data dir: same identity, a log cut back to 3 entries
-        wait_for(lambda: beat().get("audit_regression") is not None and beat().get("audit_ok") is True, timeout=90,
-                 what="the hub flagging the regression after the edge's own verification passed")
+        wait_for(
+            lambda: beat().get("audit_regression") is not None and beat().get("audit_ok") is True,
+            timeout=90,
+            what="the hub flagging the regression after the edge's own verification passed",
+        )
         regression = beat()["audit_regression"]
         assert regression["was"]["size"] >= held["size"] and regression["now"]["size"] < regression["was"]["size"]
         assert "audit log went back" in hub.log.read_text()
@@ -255,10 +277,17 @@ def test_a_real_hub_holds_the_edges_head_and_flags_its_truncated_log(tmp_path: P
         assert proc.returncode == 1 and "a tree head held elsewhere" in proc.stderr, proc.stderr
 
         # sticky: still flagged once the log has grown past the size the hub held
-        wait_for(lambda: beat()["audit_head"]["size"] > regression["was"]["size"], timeout=90, what="the log growing back")
+        wait_for(
+            lambda: beat()["audit_head"]["size"] > regression["was"]["size"], timeout=90, what="the log growing back"
+        )
         assert beat()["audit_regression"] == regression
         page = httpx.Client(base_url=hub.url)
-        assert page.post("/dashboard/login", data={"token": (tmp_path / "hub" / "admin.token").read_text().strip()}).status_code == 303
+        assert (
+            page.post(
+                "/dashboard/login", data={"token": (tmp_path / "hub" / "admin.token").read_text().strip()}
+            ).status_code
+            == 303
+        )
         assert "audit regression" in page.get("/dashboard/privacy").text
         page.close()
     finally:

@@ -27,8 +27,11 @@ FUNNEL = Funnel("shop", ("view", "cart", "buy"))
 def experiment(allocation: Allocation = Allocation.FIXED, weights: tuple[float, ...] = (1.0, 1.0)) -> Experiment:
     names = "ABCDE"[: len(weights)]
     return Experiment(
-        id="exp", funnel_id="shop", variants=tuple(Variant(n, w) for n, w in zip(names, weights)),
-        decision_step="buy", allocation=allocation,
+        id="exp",
+        funnel_id="shop",
+        variants=tuple(Variant(n, w) for n, w in zip(names, weights)),
+        decision_step="buy",
+        allocation=allocation,
     )
 
 
@@ -42,10 +45,17 @@ def counts(**per_variant: tuple[int, int, int, int]) -> dict[tuple[str, str], in
 
 # --- chi-square survival function ------------------------------------------------------
 
-@pytest.mark.parametrize(("x", "dof", "p"), [
-    (3.841458820694124, 1, 0.05), (5.991464547107979, 2, 0.05), (11.070497693516351, 5, 0.05),
-    (23.209251158954356, 10, 0.01), (0.0, 3, 1.0),
-])
+
+@pytest.mark.parametrize(
+    ("x", "dof", "p"),
+    [
+        (3.841458820694124, 1, 0.05),
+        (5.991464547107979, 2, 0.05),
+        (11.070497693516351, 5, 0.05),
+        (23.209251158954356, 10, 0.01),
+        (0.0, 3, 1.0),
+    ],
+)
 def test_chi2_sf_matches_tabulated_critical_values(x: float, dof: int, p: float) -> None:
     assert chi2_sf(x, dof) == pytest.approx(p, rel=1e-9)
 
@@ -64,6 +74,7 @@ def test_upper_gamma_matches_poisson_sum_for_integer_a(a: int, x: float) -> None
 
 
 # --- posteriors -----------------------------------------------------------------------
+
 
 def exact_prob_b_beats_a(conv_a: int, n_a: int, conv_b: int, n_b: int) -> float:
     """P(p_B > p_A) for Beta(1+conv, 1+n-conv) posteriors (Evan Miller's closed form)."""
@@ -91,8 +102,8 @@ def test_credible_interval_matches_beta_quantiles() -> None:
     res = experiment_results(experiment(), FUNNEL, counts(A=(9, 9, 0, 0), B=(9, 9, 0, 0)))
     step = res.step("A", "buy")
     assert step.rate == 0.0
-    assert step.ci_low == pytest.approx(1 - 0.975 ** 0.1, abs=0.001)
-    assert step.ci_high == pytest.approx(1 - 0.025 ** 0.1, abs=0.003)
+    assert step.ci_low == pytest.approx(1 - 0.975**0.1, abs=0.001)
+    assert step.ci_high == pytest.approx(1 - 0.025**0.1, abs=0.003)
 
 
 def test_expected_loss_favours_the_better_variant() -> None:
@@ -118,6 +129,7 @@ def test_decision_step_outside_the_funnel_is_refused() -> None:
 
 
 # --- suppression and noise ------------------------------------------------------------
+
 
 def test_small_counts_and_small_complements_are_withheld() -> None:
     res = experiment_results(
@@ -152,6 +164,7 @@ def test_laplace_noise_is_seeded_and_keeps_counts_consistent() -> None:
 
 # --- sample ratio mismatch ------------------------------------------------------------
 
+
 def test_srm_passes_a_fair_split_and_flags_a_skewed_one() -> None:
     fair = experiment_results(experiment(weights=(0.7, 0.3)), FUNNEL, counts(A=(7040, 0, 0, 0), B=(2960, 0, 0, 0)))
     assert fair.srm is not None and not fair.srm.mismatch and fair.srm.p_value > 0.2
@@ -170,6 +183,7 @@ def test_srm_without_traffic_is_none() -> None:
 
 
 # --- Thompson sampling ----------------------------------------------------------------
+
 
 def test_thompson_weights_sum_to_one_respect_the_floor_and_follow_the_winner() -> None:
     exp = experiment(Allocation.THOMPSON, weights=(1, 1, 1))

@@ -306,8 +306,13 @@ def test_counter_keys_cover_assignment_and_every_step() -> None:
 def test_http_bodies_become_validated_dataclasses() -> None:
     funnel = FunnelIn.model_validate({"id": "shop", "steps": ["view", "cart", "buy"]}).to_funnel()
     assert funnel == SHOP
-    body = {"id": "exp1", "funnel_id": "shop", "decision_step": "buy", "allocation": "thompson",
-            "variants": [{"name": "A"}, {"name": "B", "weight": 3}]}
+    body = {
+        "id": "exp1",
+        "funnel_id": "shop",
+        "decision_step": "buy",
+        "allocation": "thompson",
+        "variants": [{"name": "A"}, {"name": "B", "weight": 3}],
+    }
     exp = ExperimentIn.model_validate(body).to_experiment(funnel)
     assert exp.weights == {"A": 0.25, "B": 0.75} and exp.status is Status.DRAFT
     with pytest.raises(ValidationError):

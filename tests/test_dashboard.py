@@ -11,13 +11,13 @@ from pathlib import Path
 
 import httpx
 import pytest
+from test_hub_support import RunningHub, any_store, make_bundle, store_for, store_kind, wait_for  # noqa: F401  (fixtures)
 
 from hub.counters import ASSIGNED
 from hub.dashboard import COOKIE
 from hub.dashboard_session import SESSION_TTL_S, Sessions
 from hub.dashboard_views import flat_metrics
 from hub.store.base import RunRecord, Store
-from test_hub_support import RunningHub, any_store, make_bundle, store_for, store_kind, wait_for  # noqa: F401  (fixtures)
 
 PAGES = ("nodes", "rounds", "models", "funnels", "privacy")
 
@@ -84,7 +84,9 @@ def test_login_checks_the_admin_token_and_sets_a_strict_cookie(hub: RunningHub) 
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/dashboard" in cookie
     page = client.get("/dashboard/nodes")
     assert page.status_code == 200
-    assert "script-src 'self'" in page.headers["content-security-policy"] and page.headers["cache-control"] == "no-store"
+    assert (
+        "script-src 'self'" in page.headers["content-security-policy"] and page.headers["cache-control"] == "no-store"
+    )
     logout = client.post("/dashboard/logout", data={"csrf": _csrf(page.text)})
     assert logout.status_code == 303
     assert client.get("/dashboard/nodes").status_code == 303
@@ -123,9 +125,17 @@ def test_promote_and_roll_back_buttons_drive_the_registry(hub: RunningHub, tmp_p
         hub.admin.push(make_bundle(tmp_path, "funnel", "1", payload))
     client = _login(hub)
     csrf = _csrf(client.get("/dashboard/models").text)
-    reply = client.post("/dashboard/models/funnel/promote", data={"csrf": csrf, "version": "1", "stage": "stable"}, follow_redirects=True)
+    reply = client.post(
+        "/dashboard/models/funnel/promote",
+        data={"csrf": csrf, "version": "1", "stage": "stable"},
+        follow_redirects=True,
+    )
     assert "funnel v1 promoted to stable" in reply.text
-    reply = client.post("/dashboard/models/funnel/promote", data={"csrf": csrf, "version": "2", "stage": "canary", "percent": "25"}, follow_redirects=True)
+    reply = client.post(
+        "/dashboard/models/funnel/promote",
+        data={"csrf": csrf, "version": "2", "stage": "canary", "percent": "25"},
+        follow_redirects=True,
+    )
     assert "funnel v2 promoted to canary (25% of nodes)" in reply.text
     rollout = hub.admin.show("funnel")["rollout"]
     assert [(a["kind"], a["version"], a["percent"]) for a in rollout] == [("stable", "1", 100), ("assign", "2", 25)]
@@ -137,7 +147,11 @@ def test_promote_and_roll_back_buttons_drive_the_registry(hub: RunningHub, tmp_p
     assert "rolled back the assign" not in client.get("/dashboard/models").text
 
     # a bad request comes back as an escaped message, not a page of someone else's HTML
-    reply = client.post("/dashboard/models/funnel/promote", data={"csrf": csrf, "version": "<b>9</b>", "stage": "stable"}, follow_redirects=True)
+    reply = client.post(
+        "/dashboard/models/funnel/promote",
+        data={"csrf": csrf, "version": "<b>9</b>", "stage": "stable"},
+        follow_redirects=True,
+    )
     assert reply.status_code == 200 and "&lt;b&gt;9&lt;/b&gt;" in reply.text and "<b>9</b>" not in reply.text
 
 
@@ -146,28 +160,72 @@ def test_every_page_renders_the_stores_real_data(hub: RunningHub, tmp_path: Path
     hub.admin.push(make_bundle(tmp_path, "funnel", "1", b"b"))
     hub.admin.promote("funnel", "1", "stable")
     hub.admin.assign("funnel", "2", {"region": "2"})
-    first, first_auth = _enroll(hub, {"health": "ok", "models": {"funnel": "1"}, "request_rate": 42.5, "queue_depth": 3}, region="1")
+    first, first_auth = _enroll(
+        hub, {"health": "ok", "models": {"funnel": "1"}, "request_rate": 42.5, "queue_depth": 3}, region="1"
+    )
     second, _ = _enroll(hub, {"health": "degraded", "models": {"funnel": "1"}, "bundle_refusals": 1}, region="2")
 
     # a funnel experiment with counts from a node, through the funnel API (docs/funnels.md)
     admin = {"Authorization": f"Bearer {_token(hub)}"}
     assert hub.http.post("/v1/funnels", json={"id": "shop", "steps": ["view", "buy"]}, headers=admin).status_code == 201
-    experiment = {"id": "checkout", "funnel_id": "shop", "variants": [{"name": "A", "weight": 1}, {"name": "B", "weight": 1}],
-                  "decision_step": "buy", "allocation": "fixed"}
+    experiment = {
+        "id": "checkout",
+        "funnel_id": "shop",
+        "variants": [{"name": "A", "weight": 1}, {"name": "B", "weight": 1}],
+        "decision_step": "buy",
+        "allocation": "fixed",
+    }
     assert hub.http.post("/v1/experiments", json=experiment, headers=admin).status_code == 201
     assert hub.http.post("/v1/experiments/checkout/start", headers=admin).status_code == 200
-    counts = {("A", ASSIGNED): 400, ("A", "view"): 400, ("A", "buy"): 40, ("B", ASSIGNED): 410, ("B", "view"): 410, ("B", "buy"): 82}
-    report = {"node_id": first, "counts": [{"experiment": "checkout", "variant": v, "step": s, "count": c} for (v, s), c in counts.items()]}
+    counts = {
+        ("A", ASSIGNED): 400,
+        ("A", "view"): 400,
+        ("A", "buy"): 40,
+        ("B", ASSIGNED): 410,
+        ("B", "view"): 410,
+        ("B", "buy"): 82,
+    }
+    report = {
+        "node_id": first,
+        "counts": [{"experiment": "checkout", "variant": v, "step": s, "count": c} for (v, s), c in counts.items()],
+    }
     assert hub.http.post("/v1/nodes/me/counters", json=report, headers=first_auth).status_code == 200
 
     # a federated run as the hub's watcher records it (the Flower side is the browser test's)
     now = time.time()
-    run = RunRecord("r-test", "funnel", "finished", {"rounds": 2, "strategy": "fedavg"}, "1", now - 60, now, now + 600,
-                    flower_run_id=7, version="2", score_name="roc_auc", participants=[11, 12], rounds_done=2)
+    run = RunRecord(
+        "r-test",
+        "funnel",
+        "finished",
+        {"rounds": 2, "strategy": "fedavg"},
+        "1",
+        now - 60,
+        now,
+        now + 600,
+        flower_run_id=7,
+        version="2",
+        score_name="roc_auc",
+        participants=[11, 12],
+        rounds_done=2,
+    )
     hub.store.put_run(run)
     for n, score in ((1, 0.71), (2, 0.74)):
-        hub.store.put_round("r-test", n, {"round": n, "participants": 2, "nodes": [11, 12], "rejected": [], "train_loss": 0.5,
-                                          "loss": 0.45, "score": score, "bytes_out": 20000, "bytes_in": 9000, "duration_s": 12.0})
+        hub.store.put_round(
+            "r-test",
+            n,
+            {
+                "round": n,
+                "participants": 2,
+                "nodes": [11, 12],
+                "rejected": [],
+                "train_loss": 0.5,
+                "loss": 0.45,
+                "score": score,
+                "bytes_out": 20000,
+                "bytes_in": 9000,
+                "duration_s": 12.0,
+            },
+        )
 
     client = _login(hub)
     pages = {page: client.get(f"/dashboard/{page}") for page in PAGES}
@@ -201,8 +259,13 @@ def test_every_page_renders_the_stores_real_data(hub: RunningHub, tmp_path: Path
 
 def test_empty_hub_pages_say_what_to_do(hub: RunningHub) -> None:
     client = _login(hub)
-    expected = {"nodes": "No node has enrolled yet", "models": "No model has been pushed yet", "rounds": "No federated run yet",
-                "funnels": "No experiment is defined", "privacy": "nothing to audit"}
+    expected = {
+        "nodes": "No node has enrolled yet",
+        "models": "No model has been pushed yet",
+        "rounds": "No federated run yet",
+        "funnels": "No experiment is defined",
+        "privacy": "nothing to audit",
+    }
     for page, phrase in expected.items():
         assert phrase in client.get(f"/dashboard/{page}").text
 
@@ -237,8 +300,11 @@ def test_privacy_page_reads_the_audit_fields_heartbeats_carry(hub: RunningHub) -
     node_id, _ = _enroll(hub, {"health": "ok"})
     now = time.time()
     # the heartbeat fields the page reads once edges send them (docs/DEVELOPING.md, Dashboard)
-    hub.store.record_heartbeat(node_id, now, {"health": "ok", "bytes_sent": 12_800, "audit_verified_at": now - 30,
-                                              "audit_ok": True, "audit_entries": 17})
+    hub.store.record_heartbeat(
+        node_id,
+        now,
+        {"health": "ok", "bytes_sent": 12_800, "audit_verified_at": now - 30, "audit_ok": True, "audit_entries": 17},
+    )
     text = _text(_login(hub).get("/dashboard/privacy").text)
     assert "12.5 KB" in text and "30 s ago" in text and "intact entries: 17" in text and "NOT intact" not in text
 
@@ -256,11 +322,18 @@ def test_privacy_page_shows_the_audit_head_and_a_regression(hub: RunningHub, tmp
     text = _text(_login(hub).get("/dashboard/privacy").text)
     assert f"size 3 {heads[3].root[:12]}…" in text and "regression" not in text
     # the node reports a shorter log: the hub held a larger head (hub/audit_heads.py)
-    assert hub.http.post("/v1/nodes/me/heartbeat", json={"health": "ok", "audit_head": asdict(heads[2])}, headers=auth).status_code == 200
+    assert (
+        hub.http.post(
+            "/v1/nodes/me/heartbeat", json={"health": "ok", "audit_head": asdict(heads[2])}, headers=auth
+        ).status_code
+        == 200
+    )
     page = _login(hub).get("/dashboard/privacy").text
     assert 'role="alert"' in page
-    assert (f"audit regression {node_id} : audit log went back: the hub held size 3, root {heads[3].root[:12]}…; "
-            f"the node then reported size 2, root {heads[2].root[:12]}…") in _text(page)
+    assert (
+        f"audit regression {node_id} : audit log went back: the hub held size 3, root {heads[3].root[:12]}…; "
+        f"the node then reported size 2, root {heads[2].root[:12]}…"
+    ) in _text(page)
 
 
 def test_funnels_page_charts_thompson_weights_over_time(tmp_path: Path) -> None:
@@ -269,12 +342,20 @@ def test_funnels_page_charts_thompson_weights_over_time(tmp_path: Path) -> None:
         admin = {"Authorization": f"Bearer {_token(hub)}"}
         node_id, auth = _enroll(hub, {"health": "ok"})
         assert hub.http.post("/v1/funnels", json={"id": "shop", "steps": ["buy"]}, headers=admin).status_code == 201
-        experiment = {"id": "bandit", "funnel_id": "shop", "variants": [{"name": "A", "weight": 1}, {"name": "B", "weight": 1}],
-                      "decision_step": "buy", "allocation": "thompson"}
+        experiment = {
+            "id": "bandit",
+            "funnel_id": "shop",
+            "variants": [{"name": "A", "weight": 1}, {"name": "B", "weight": 1}],
+            "decision_step": "buy",
+            "allocation": "thompson",
+        }
         assert hub.http.post("/v1/experiments", json=experiment, headers=admin).status_code == 201
         assert hub.http.post("/v1/experiments/bandit/start", headers=admin).status_code == 200
         counts = {("A", ASSIGNED): 500, ("A", "buy"): 25, ("B", ASSIGNED): 500, ("B", "buy"): 60}
-        report = {"node_id": node_id, "counts": [{"experiment": "bandit", "variant": v, "step": s, "count": c} for (v, s), c in counts.items()]}
+        report = {
+            "node_id": node_id,
+            "counts": [{"experiment": "bandit", "variant": v, "step": s, "count": c} for (v, s), c in counts.items()],
+        }
         assert hub.http.post("/v1/nodes/me/counters", json=report, headers=auth).status_code == 200
         # the hub's Thompson loop publishes new weights: a new experiment version
         wait_for(lambda: len(hub.store.experiment_history("bandit")) >= 3, timeout=20, what="a Thompson update")

@@ -14,22 +14,29 @@ from typing import Any
 
 import httpx
 import pytest
-
 from conftest import ROOT, free_port, need
+from test_federated_units import synthetic_sessions
+from test_hub_rollout_integration import Edge
+from test_hub_support import HubProcess, wait_for
+
 from edge_worker.store import LocalStore
 from hub.client import OperatorClient
 from hub.counters import ASSIGNED
 from models.bundle import list_versions
 from models.cli import DEFAULT_REPOSITORY
-from test_federated_units import synthetic_sessions
-from test_hub_rollout_integration import Edge
-from test_hub_support import HubProcess, wait_for
 
 pytestmark = pytest.mark.slow
 CHROMIUM = Path("/usr/bin/chromium")
 SHOTS = ROOT / "test-artifacts" / "screenshots"
-CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 #: two Flower rounds of train + evaluate; Flower polls every ~3 s (docs/federated.md)
 RUN_BUDGET_MS = 240_000
 
@@ -37,15 +44,25 @@ RUN_BUDGET_MS = 240_000
 class System:
     def __init__(self, root: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         superlink = free_port()
-        self.hub = HubProcess(root / "hub", free_port(), "--poll-interval", "0.5", "--offline-after", "10",
-                              "--superlink-port", str(superlink))
+        self.hub = HubProcess(
+            root / "hub",
+            free_port(),
+            "--poll-interval",
+            "0.5",
+            "--offline-after",
+            "10",
+            "--superlink-port",
+            str(superlink),
+        )
         self.token = (root / "hub" / "admin.token").read_text().strip()
         self.admin = OperatorClient(self.hub.url, self.token)
         self.base = list_versions(DEFAULT_REPOSITORY, "funnel")[-1]
         pushed = self.admin.push(DEFAULT_REPOSITORY / "funnel" / self.base)
         self.stable = pushed["version"]
         self.admin.promote("funnel", self.stable, "stable")
-        monkeypatch.setenv("NEXUS_SUPERLINK", f"127.0.0.1:{superlink}")  # the edges' SuperNodes join the hub's SuperLink
+        monkeypatch.setenv(
+            "NEXUS_SUPERLINK", f"127.0.0.1:{superlink}"
+        )  # the edges' SuperNodes join the hub's SuperLink
         self.edges: list[Edge] = []
         for region in (1, 2):
             store = LocalStore(root / f"edge-{region}" / "data")  # labelled sessions the ClientApp trains on
@@ -157,7 +174,11 @@ def test_start_a_round_watch_it_finish_promote_and_roll_back(page: Any, system: 
     page.get_by_role("button", name="Roll back funnel").click()
     assert f"rolled back the stable of v{candidate}" in page.locator(".flash").inner_text()
     assert system.admin.show("funnel")["stable"] == system.stable
-    wait_for(lambda: all(e.served() == system.stable for e in system.edges), timeout=60, what="both edges back on the old version")
+    wait_for(
+        lambda: all(e.served() == system.stable for e in system.edges),
+        timeout=60,
+        what="both edges back on the old version",
+    )
     assert page.problems == []
 
 
@@ -165,18 +186,39 @@ def test_funnels_and_privacy_pages_with_real_counts(page: Any, system: System) -
     admin = {"Authorization": f"Bearer {system.token}"}
     http = httpx.Client(base_url=system.hub.url, headers=admin)
     assert http.post("/v1/funnels", json={"id": "shop", "steps": ["view", "cart", "buy"]}).status_code == 201
-    experiment = {"id": "checkout-test", "funnel_id": "shop", "variants": [{"name": "A", "weight": 1}, {"name": "B", "weight": 1}],
-                  "decision_step": "buy", "allocation": "thompson"}
+    experiment = {
+        "id": "checkout-test",
+        "funnel_id": "shop",
+        "variants": [{"name": "A", "weight": 1}, {"name": "B", "weight": 1}],
+        "decision_step": "buy",
+        "allocation": "thompson",
+    }
     assert http.post("/v1/experiments", json=experiment).status_code == 201
     assert http.post("/v1/experiments/checkout-test/start").status_code == 200
     # a simulated edge reports its counts through the node API
     token = system.admin.create_token({"region": "9"})["token"]
     node = httpx.post(system.hub.url + "/v1/enroll", json={"token": token}).json()
-    counts = {("A", ASSIGNED): 900, ("A", "view"): 900, ("A", "cart"): 270, ("A", "buy"): 90,
-              ("B", ASSIGNED): 880, ("B", "view"): 880, ("B", "cart"): 310, ("B", "buy"): 123}
-    report = {"node_id": node["node_id"], "counts": [{"experiment": "checkout-test", "variant": v, "step": s, "count": c} for (v, s), c in counts.items()]}
-    reply = httpx.post(system.hub.url + "/v1/nodes/me/counters", json=report,
-                       headers={"Authorization": f"Bearer node.{node['node_id']}.{node['node_secret']}"})
+    counts = {
+        ("A", ASSIGNED): 900,
+        ("A", "view"): 900,
+        ("A", "cart"): 270,
+        ("A", "buy"): 90,
+        ("B", ASSIGNED): 880,
+        ("B", "view"): 880,
+        ("B", "cart"): 310,
+        ("B", "buy"): 123,
+    }
+    report = {
+        "node_id": node["node_id"],
+        "counts": [
+            {"experiment": "checkout-test", "variant": v, "step": s, "count": c} for (v, s), c in counts.items()
+        ],
+    }
+    reply = httpx.post(
+        system.hub.url + "/v1/nodes/me/counters",
+        json=report,
+        headers={"Authorization": f"Bearer node.{node['node_id']}.{node['node_secret']}"},
+    )
     assert reply.status_code == 200, reply.text
     http.close()
 
@@ -189,6 +231,8 @@ def test_funnels_and_privacy_pages_with_real_counts(page: Any, system: System) -
     page.get_by_role("link", name="Privacy").click()
     main = page.inner_text("main")
     assert all(n["node_id"] in main for n in system.admin.nodes())
-    assert main.count("intact") == len(system.edges) and "NOT intact" not in main  # the real edges report their verified audit logs
+    assert (
+        main.count("intact") == len(system.edges) and "NOT intact" not in main
+    )  # the real edges report their verified audit logs
     _shot(page, "privacy")
     assert page.problems == []

@@ -39,7 +39,10 @@ MARK = "NEXUS_DEMO_TEST_MARK"
 
 
 def _need_flower() -> None:
-    need((BIN / "flower-superlink").exists() and (BIN / "flower-supernode").exists(), "Flower's binaries are not installed in this environment")
+    need(
+        (BIN / "flower-superlink").exists() and (BIN / "flower-supernode").exists(),
+        "Flower's binaries are not installed in this environment",
+    )
 
 
 def _marked(mark: str) -> list[str]:
@@ -58,7 +61,14 @@ def _marked(mark: str) -> list[str]:
 
 def _demo(mark: str, *args: str) -> subprocess.Popen[str]:
     env = {**os.environ, MARK: mark}
-    return subprocess.Popen([sys.executable, "-m", "nexus_cli", "demo", *args], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "nexus_cli", "demo", *args],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _settled(mark: str, timeout: float = 5.0) -> list[str]:
@@ -96,12 +106,21 @@ def test_demo_runs_the_whole_system_and_reports_real_figures() -> None:
         audit = edge["audit"]
         assert audit["ok"], audit["message"]
         flower = audit["sends"]["flower"]
-        assert flower["receipts"] == flower["messages"] >= 2 * len(fed["rounds"]) and audit["sends"]["sync"]["receipts"] > 0
+        assert (
+            flower["receipts"] == flower["messages"] >= 2 * len(fed["rounds"])
+            and audit["sends"]["sync"]["receipts"] > 0
+        )
 
     # two rounds, all three edges in each, with their metrics and bytes
     assert fed["status"] == "finished" and [r["round"] for r in fed["rounds"]] == [1, 2]
     for r in fed["rounds"]:
-        assert r["participants"] == 3 and 0 < r["loss"] < 5 and 0 <= r["score"] <= 1 and r["bytes_in"] > 0 and r["bytes_out"] > 0
+        assert (
+            r["participants"] == 3
+            and 0 < r["loss"] < 5
+            and 0 <= r["score"] <= 1
+            and r["bytes_in"] > 0
+            and r["bytes_out"] > 0
+        )
 
     # every request answered; the counts are those of the requests sent
     t = s["traffic"]

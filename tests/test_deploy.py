@@ -14,14 +14,15 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import kubernetes_validate
 import pytest
 import yaml
-
 from conftest import ROOT, free_port, need
+
 from hub.keys import KEY_FILE
 from models.receipts import KEY_ENV
 
@@ -82,7 +83,7 @@ def _instructions(dockerfile: Path) -> list[tuple[str, str]]:
 def _final_stage(dockerfile: Path) -> list[tuple[str, str]]:
     pairs = _instructions(dockerfile)
     starts = [i for i, (word, _) in enumerate(pairs) if word == "FROM"]
-    return pairs[starts[-1]:] if starts else pairs
+    return pairs[starts[-1] :] if starts else pairs
 
 
 @pytest.mark.parametrize("name", sorted(set(DOCKERFILES) | {p.name for p in DEPLOY.glob("Dockerfile*")}))
@@ -93,12 +94,16 @@ def test_dockerfile_passes_hadolint(name: str) -> None:
     assert dockerfile.exists(), f"deploy/{name} is missing"
     result = subprocess.run(
         [hadolint, "--no-color", "--failure-threshold", "warning", str(dockerfile)],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("name, health_route", [("Dockerfile.edge", "/v2/health/ready"), ("Dockerfile.hub", "/healthz")])
+@pytest.mark.parametrize(
+    "name, health_route", [("Dockerfile.edge", "/v2/health/ready"), ("Dockerfile.hub", "/healthz")]
+)
 def test_dockerfile_meets_the_deployment_contract(name: str, health_route: str) -> None:
     """What compose.yaml and the manifests assume of the images."""
     dockerfile = DEPLOY / name
@@ -108,7 +113,9 @@ def test_dockerfile_meets_the_deployment_contract(name: str, health_route: str) 
     users = [args for word, args in final if word == "USER"]
     assert users and users[-1].split(":")[0] not in ("root", "0"), "the final stage must switch to a non-root USER"
     # named volumes mount there and start out with the image directory's owner
-    assert any("/var/lib/nexus" in args for _, args in final), "the final stage must create /var/lib/nexus owned by its USER"
+    assert any("/var/lib/nexus" in args for _, args in final), (
+        "the final stage must create /var/lib/nexus owned by its USER"
+    )
     health = [args for word, args in final if word == "HEALTHCHECK"]
     assert health and health_route in health[-1], f"HEALTHCHECK must probe {health_route}"
     # (ENTRYPOINT is free: compose and the manifests name the program they run)
@@ -147,7 +154,9 @@ def test_manifest_validates_strictly(path: Path) -> None:
         try:
             kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
         except kubernetes_validate.ValidationError as exc:
-            pytest.fail(f"{path.name} {doc['kind']}/{doc['metadata']['name']}: {exc.message} at {'.'.join(map(str, exc.path))}")
+            pytest.fail(
+                f"{path.name} {doc['kind']}/{doc['metadata']['name']}: {exc.message} at {'.'.join(map(str, exc.path))}"
+            )
 
 
 def test_kustomization_lists_every_manifest_but_the_secret_templates() -> None:
@@ -209,7 +218,9 @@ def test_superlink_serves_tls_with_supernode_auth_from_a_secret() -> None:
     assert "--insecure" not in flags and "--enable-supernode-auth" in flags
     assert flags["--port"] == "9092"
     tls_dir = Path(flags["--ssl-certfile"]).parent.as_posix()
-    assert Path(flags["--ssl-keyfile"]).parent.as_posix() == Path(flags["--ssl-ca-certfile"]).parent.as_posix() == tls_dir
+    assert (
+        Path(flags["--ssl-keyfile"]).parent.as_posix() == Path(flags["--ssl-ca-certfile"]).parent.as_posix() == tls_dir
+    )
     mount = next(m for m in container["volumeMounts"] if m["mountPath"] == tls_dir)
     volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
     assert volume["secret"]["secretName"] == "nexus-flower-tls"
@@ -230,13 +241,20 @@ def test_superlink_shares_the_hub_data_dir_and_signing_key_in_k8s() -> None:
     # where the hub's own SuperLink child keeps its state (hub/rounds.py connect())
     assert _flags(superlink["args"])["--database"] == f"{HUB_DATA}/flower/superlink.db"
     # the Service edges join selects this pod's Flower port
-    service = next(doc for _, doc in _all_resources() if doc["kind"] == "Service" and doc["metadata"]["name"] == "nexus-superlink")
+    service = next(
+        doc for _, doc in _all_resources() if doc["kind"] == "Service" and doc["metadata"]["name"] == "nexus-superlink"
+    )
     assert service["spec"]["selector"] == _deployment("nexus-hub")["spec"]["selector"]["matchLabels"]
-    assert any(p["name"] == service["spec"]["ports"][0]["targetPort"] and p["containerPort"] == 9092 for p in superlink["ports"])
+    assert any(
+        p["name"] == service["spec"]["ports"][0]["targetPort"] and p["containerPort"] == 9092
+        for p in superlink["ports"]
+    )
 
 
 def test_edge_network_policy_allows_only_hub_superlink_and_dns() -> None:
-    policy = next(doc for _, doc in _all_resources() if doc["kind"] == "NetworkPolicy" and doc["metadata"]["name"] == "nexus-edge")
+    policy = next(
+        doc for _, doc in _all_resources() if doc["kind"] == "NetworkPolicy" and doc["metadata"]["name"] == "nexus-edge"
+    )
     assert policy["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "nexus-edge"}
     assert "Egress" in policy["spec"]["policyTypes"]
     allowed = set()
@@ -254,13 +272,19 @@ def test_edge_network_policy_allows_only_hub_superlink_and_dns() -> None:
 
 def test_hub_pod_accepts_http_from_anyone_and_flower_from_hub_and_edges_only() -> None:
     (policy,) = [
-        doc for _, doc in _all_resources()
-        if doc["kind"] == "NetworkPolicy" and doc["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "nexus-hub"}
+        doc
+        for _, doc in _all_resources()
+        if doc["kind"] == "NetworkPolicy"
+        and doc["spec"]["podSelector"]["matchLabels"] == {"app.kubernetes.io/name": "nexus-hub"}
     ]
     assert policy["spec"]["policyTypes"] == ["Ingress"]
     allowed = set()
     for rule in policy["spec"]["ingress"]:
-        peers = frozenset(p["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for p in rule["from"]) if "from" in rule else None
+        peers = (
+            frozenset(p["podSelector"]["matchLabels"]["app.kubernetes.io/name"] for p in rule["from"])
+            if "from" in rule
+            else None
+        )
         allowed.add((peers, frozenset((p["protocol"], p["port"]) for p in rule["ports"])))
     assert allowed == {
         (None, frozenset({("TCP", 8080)})),
@@ -305,7 +329,9 @@ def _volume_source(entry: str | dict[str, Any]) -> tuple[str, str]:
 
 def test_compose_has_the_whole_system(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    expected = {"hub", "redis", "superlink"} | {f"edge-{r}" for r in EDGE_REGIONS} | {f"supernode-{r}" for r in EDGE_REGIONS}
+    expected = (
+        {"hub", "redis", "superlink"} | {f"edge-{r}" for r in EDGE_REGIONS} | {f"supernode-{r}" for r in EDGE_REGIONS}
+    )
     assert expected <= services.keys()
     assert "--store=redis://redis:6379/0" in services["hub"]["command"]
     for name, service in services.items():
@@ -327,7 +353,9 @@ def test_compose_names_only_images_and_files_that_exist(compose: dict[str, Any])
             assert (context / build["dockerfile"]).is_file(), f"{name}: {build['dockerfile']} does not exist"
             assert service["image"].startswith("nexus-edge/"), f"{name}: a local build is tagged {service['image']}"
         else:
-            assert service["image"] in UPSTREAM_IMAGES, f"{name}: image {service['image']} is neither built here nor a pinned upstream image"
+            assert service["image"] in UPSTREAM_IMAGES, (
+                f"{name}: image {service['image']} is neither built here nor a pinned upstream image"
+            )
         for entry in service.get("volumes", []):
             source, _ = _volume_source(entry)
             if source.startswith((".", "/")):
@@ -356,8 +384,10 @@ def test_every_edge_has_a_unique_region_matching_its_supernode(compose: dict[str
         assert token, f"{name}: enrollment token is not a per-region secret"
         data_volume = next(s for s, t in map(_volume_source, service["volumes"]) if t == "/var/lib/nexus")
         (supernode,) = [
-            s for s in services.values()
-            if s.get("entrypoint") == ["flower-supernode"] and data_volume in [_volume_source(v)[0] for v in s["volumes"]]
+            s
+            for s in services.values()
+            if s.get("entrypoint") == ["flower-supernode"]
+            and data_volume in [_volume_source(v)[0] for v in s["volumes"]]
         ]
         node_config = _flags(supernode["command"])["--node-config"]
         config = dict(pair.split("=", 1) for pair in shlex.split(node_config))
@@ -388,7 +418,9 @@ def test_flower_runs_with_tls_and_auth_in_compose(compose: dict[str, Any]) -> No
     for name, service in services.items():
         if service.get("entrypoint") == ["flower-supernode"]:
             flags = _flags(service["command"])
-            assert "--insecure" not in flags and flags["--root-certificates"] and flags["--auth-supernode-private-key"], name
+            assert (
+                "--insecure" not in flags and flags["--root-certificates"] and flags["--auth-supernode-private-key"]
+            ), name
 
 
 # -- no committed secrets -------------------------------------------------------------------
@@ -462,10 +494,21 @@ def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
 
 @pytest.mark.slow
 def test_generated_tls_and_keys_admit_only_registered_supernodes(tmp_path: Path) -> None:
-    need(shutil.which("openssl") is not None and shutil.which("ssh-keygen") is not None, "openssl and ssh-keygen are needed")
-    need(_tool("flower-superlink") is not None and _tool("flower-supernode") is not None, "Flower's binaries are not installed")
+    need(
+        shutil.which("openssl") is not None and shutil.which("ssh-keygen") is not None,
+        "openssl and ssh-keygen are needed",
+    )
+    need(
+        _tool("flower-superlink") is not None and _tool("flower-supernode") is not None,
+        "Flower's binaries are not installed",
+    )
     keys = tmp_path / "keys"
-    subprocess.run([str(FLOWER / "gen-certs.sh"), "--out", str(keys), "--regions", "2"], check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [str(FLOWER / "gen-certs.sh"), "--out", str(keys), "--regions", "2"],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     assert (keys / "ca.key").stat().st_mode & 0o077 == 0, "the CA key must be private"
     # register region 1 only: region 2's SuperNode must be refused
     registered = tmp_path / "registered"
@@ -477,24 +520,49 @@ def test_generated_tls_and_keys_admit_only_registered_supernodes(tmp_path: Path)
     port, health = free_port(), free_port()
     procs = []
     try:
-        procs.append(_start(
-            [_tool("flower-superlink"), f"--ssl-ca-certfile={keys / 'ca.crt'}", f"--ssl-certfile={keys / 'server.pem'}",
-             f"--ssl-keyfile={keys / 'server.key'}", "--enable-supernode-auth", f"--database={tmp_path / 'superlink.db'}",
-             "--disable-runtime-dependency-installation", "--host=127.0.0.1", f"--port={port}",
-             f"--health-server-address=127.0.0.1:{health}"],
-            {**env, "FLWR_HOME": str(tmp_path / "home-superlink")}, tmp_path / "superlink.log"))
+        procs.append(
+            _start(
+                [
+                    _tool("flower-superlink"),
+                    f"--ssl-ca-certfile={keys / 'ca.crt'}",
+                    f"--ssl-certfile={keys / 'server.pem'}",
+                    f"--ssl-keyfile={keys / 'server.key'}",
+                    "--enable-supernode-auth",
+                    f"--database={tmp_path / 'superlink.db'}",
+                    "--disable-runtime-dependency-installation",
+                    "--host=127.0.0.1",
+                    f"--port={port}",
+                    f"--health-server-address=127.0.0.1:{health}",
+                ],
+                {**env, "FLWR_HOME": str(tmp_path / "home-superlink")},
+                tmp_path / "superlink.log",
+            )
+        )
         _wait(lambda: _grpc_serving(health), 60, "the SuperLink's health service")
-        register = subprocess.run([str(FLOWER / "register-supernodes.sh"), f"localhost:{port}", str(registered)],
-                                  env=env, capture_output=True, text=True, timeout=60)
+        register = subprocess.run(
+            [str(FLOWER / "register-supernodes.sh"), f"localhost:{port}", str(registered)],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert register.returncode == 0, register.stdout + register.stderr
 
         nodes = {}
         for region in ("1", "2"):
             nodes[region] = _start(
-                [_tool("flower-supernode"), f"--superlink=localhost:{port}", f"--root-certificates={keys / 'ca.crt'}",
-                 f"--auth-supernode-private-key={keys / f'supernode-region-{region}'}", "--host=127.0.0.1",
-                 f"--port={free_port()}", f"--node-config=region=\"{region}\""],
-                {**env, "FLWR_HOME": str(tmp_path / f"home-supernode-{region}")}, tmp_path / f"supernode-{region}.log")
+                [
+                    _tool("flower-supernode"),
+                    f"--superlink=localhost:{port}",
+                    f"--root-certificates={keys / 'ca.crt'}",
+                    f"--auth-supernode-private-key={keys / f'supernode-region-{region}'}",
+                    "--host=127.0.0.1",
+                    f"--port={free_port()}",
+                    f'--node-config=region="{region}"',
+                ],
+                {**env, "FLWR_HOME": str(tmp_path / f"home-supernode-{region}")},
+                tmp_path / f"supernode-{region}.log",
+            )
             procs.append(nodes[region])
 
         log_1 = tmp_path / "supernode-1.log"
@@ -509,8 +577,13 @@ def test_generated_tls_and_keys_admit_only_registered_supernodes(tmp_path: Path)
         (cli_home / "config.toml").write_text(
             f'[superlink]\ndefault = "nexus"\n\n[superlink.nexus]\naddress = "localhost:{port}"\nroot-certificates = "{keys / "ca.crt"}"\n'
         )
-        listing = subprocess.run([_tool("flwr"), "supernode", "ls", "nexus", "--format", "json"],
-                                 env={**env, "FLWR_HOME": str(cli_home)}, capture_output=True, text=True, timeout=60)
+        listing = subprocess.run(
+            [_tool("flwr"), "supernode", "ls", "nexus", "--format", "json"],
+            env={**env, "FLWR_HOME": str(cli_home)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         online = [n for n in json.loads(listing.stdout).get("nodes", []) if n.get("status") == "online"]
         assert len(online) == 1, listing.stdout
     finally:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
 from starlette.testclient import TestClient
+from test_edge_support import BUNDLES, SESSION, TEXTS, edge_settings, newest, operator
 
 from edge_worker.app import create_app
 from edge_worker.settings import EdgeSettings
@@ -16,7 +17,6 @@ from edge_worker.store import LocalStore
 from models.bundle import read_manifest
 from models.errors import NexusError
 from models.predictor import load_predictor
-from test_edge_support import BUNDLES, SESSION, TEXTS, edge_settings, newest, operator
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,10 @@ def test_v2_health_server_and_model_metadata(client: TestClient) -> None:
 
 
 def test_v2_infer_returns_the_same_scores_as_v1(client: TestClient) -> None:
-    request = {"id": "r-1", "inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(TEXTS), 1], "data": [[t] for t in TEXTS]}]}
+    request = {
+        "id": "r-1",
+        "inputs": [{"name": "text", "datatype": "BYTES", "shape": [len(TEXTS), 1], "data": [[t] for t in TEXTS]}],
+    }
     answer = client.post("/v2/models/emotion/infer", json=request)
     assert answer.status_code == 200, answer.text
     body = answer.json()
@@ -79,9 +82,13 @@ def test_v2_infer_returns_the_same_scores_as_v1(client: TestClient) -> None:
     output = body["outputs"][0]
     assert output["name"] == "scores" and output["datatype"] == "FP32" and output["shape"] == [len(TEXTS), 7]
     v1 = client.post("/v1/emotion", json={"texts": TEXTS}).json()["results"]
-    np.testing.assert_allclose(np.reshape(output["data"], (len(TEXTS), 7)), [list(r["scores"].values()) for r in v1], atol=1e-5)
+    np.testing.assert_allclose(
+        np.reshape(output["data"], (len(TEXTS), 7)), [list(r["scores"].values()) for r in v1], atol=1e-5
+    )
 
-    sessions = {"inputs": [{"name": "session", "datatype": "BYTES", "shape": [2], "data": [json.dumps(SESSION), SESSION]}]}
+    sessions = {
+        "inputs": [{"name": "session", "datatype": "BYTES", "shape": [2], "data": [json.dumps(SESSION), SESSION]}]
+    }
     funnel = client.post("/v2/models/funnel/infer", json=sessions).json()["outputs"][0]
     assert funnel["name"] == "probability" and funnel["shape"] == [2]
     score = client.post("/v1/funnel/score", json={"session": SESSION}).json()["probabilities"][0]
@@ -141,9 +148,19 @@ def test_feedback_and_outcomes_stay_in_the_local_store_until_erased(tmp_path: Pa
 
 
 def test_settings_come_from_environment_then_arguments(tmp_path: Path) -> None:
-    env = {"NEXUS_MAX_TEXTS": "2", "NEXUS_EMOTION_BACKEND": "tflite", "NEXUS_BATCHING": "false", "NEXUS_MODELS": "funnel, emotion"}
+    env = {
+        "NEXUS_MAX_TEXTS": "2",
+        "NEXUS_EMOTION_BACKEND": "tflite",
+        "NEXUS_BATCHING": "false",
+        "NEXUS_MODELS": "funnel, emotion",
+    }
     settings = EdgeSettings.from_env(env, max_texts=3, data_dir=tmp_path)
-    assert (settings.max_texts, settings.emotion_backend, settings.batching, settings.models) == (3, "tflite", False, ("funnel", "emotion"))
+    assert (settings.max_texts, settings.emotion_backend, settings.batching, settings.models) == (
+        3,
+        "tflite",
+        False,
+        ("funnel", "emotion"),
+    )
     assert EdgeSettings.from_env(settings.to_env()) == settings
     with pytest.raises(NexusError, match="max_batch"):
         EdgeSettings.from_env({"NEXUS_MAX_BATCH": "lots"})
@@ -155,10 +172,17 @@ def test_settings_come_from_environment_then_arguments(tmp_path: Path) -> None:
 def test_other_backends_serve_within_the_bundles_tolerance(tmp_path: Path, backend: str) -> None:
     settings = edge_settings(tmp_path, emotion_backend=backend, funnel_backend=backend)
     with TestClient(create_app(settings)) as client:
-        assert client.get("/v2/models/emotion").json()["platform"] == ("tflite" if backend == "tflite" else "onnxruntime_onnx")
-        for model, request, key in (("emotion", {"texts": TEXTS}, "scores"), ("funnel", {"sessions": [SESSION]}, "probability")):
+        assert client.get("/v2/models/emotion").json()["platform"] == (
+            "tflite" if backend == "tflite" else "onnxruntime_onnx"
+        )
+        for model, request, key in (
+            ("emotion", {"texts": TEXTS}, "scores"),
+            ("funnel", {"sessions": [SESSION]}, "probability"),
+        ):
             manifest = read_manifest(BUNDLES / model / newest(model))
-            reference = load_predictor(BUNDLES / model / newest(model)).predict(request.get("texts") or request["sessions"])
+            reference = load_predictor(BUNDLES / model / newest(model)).predict(
+                request.get("texts") or request["sessions"]
+            )
             path = "/v1/emotion" if model == "emotion" else "/v1/funnel/score"
             body = client.post(path, json=request).json()
             got = [list(r["scores"].values()) for r in body["results"]] if model == "emotion" else body["probabilities"]

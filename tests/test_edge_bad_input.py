@@ -6,16 +6,17 @@ import asyncio
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 import pytest
-
 from conftest import need
+from test_edge_support import SESSION, edge_settings
+
 from edge_worker.app import create_app
 from hub.server import ServerThread
-from test_edge_support import SESSION, edge_settings
 
 LIMITS = {"max_text_chars": 200, "max_texts": 4, "max_sessions": 3, "max_body_bytes": 4096}
 
@@ -51,7 +52,13 @@ CASES: list[tuple[str, str, dict[str, Any], int, str]] = [
     ("POST", "/v1/emotion", {"content": b"\xff\xfe"}, 400, "not valid JSON"),
     ("POST", "/v1/emotion", {"content": b"[" * 5000}, 413, "limit of 4096 bytes"),
     ("POST", "/v1/funnel/score", {"json": {"session": {**SESSION, "BounceRates": "high"}}}, 422, "BounceRates"),
-    ("POST", "/v1/funnel/score", {"json": {"session": {k: v for k, v in SESSION.items() if k != "Month"}}}, 422, "Month"),
+    (
+        "POST",
+        "/v1/funnel/score",
+        {"json": {"session": {k: v for k, v in SESSION.items() if k != "Month"}}},
+        422,
+        "Month",
+    ),
     ("POST", "/v1/funnel/score", {"json": {"sessions": [SESSION] * 4}}, 422, "at most 3 items"),
     ("POST", "/v1/funnel/score", {"json": {"session": {**SESSION, "PageValues": [1]}}}, 422, "PageValues"),
     ("POST", "/v1/funnel/score", {"json": {"session": "checkout"}}, 422, "session"),
@@ -60,28 +67,97 @@ CASES: list[tuple[str, str, dict[str, Any], int, str]] = [
     ("POST", "/v1/feedback", {"json": {"text": "hi", "labels": []}}, 422, "labels"),
     ("POST", "/v1/feedback", {"json": {"text": "hi", "labels": ["joy"], "visitor_id": "a b"}}, 422, "visitor_id"),
     ("POST", "/v1/funnel/outcome", {"json": {"session": SESSION, "converted": "yes"}}, 422, "converted"),
-    ("POST", "/v1/funnel/outcome", {"json": {"session": {**SESSION, "Weekend": "maybe"}, "converted": True}}, 422, "Weekend"),
+    (
+        "POST",
+        "/v1/funnel/outcome",
+        {"json": {"session": {**SESSION, "Weekend": "maybe"}, "converted": True}},
+        422,
+        "Weekend",
+    ),
     ("DELETE", "/v1/privacy/visitors/v-1", {}, 401, "operator token"),
     ("GET", "/v2/models/churn", {}, 404, "unknown model 'churn'"),
     ("GET", "/v2/models/churn/ready", {}, 404, "unknown model"),
     ("POST", "/v2/models/churn/infer", {"json": {"inputs": []}}, 404, "unknown model"),
-    ("POST", "/v2/models/emotion/infer", {"json": {"inputs": [{"name": "ids", "datatype": "INT64", "shape": [1], "data": [1]}]}}, 400, "takes one input 'text'"),
-    ("POST", "/v2/models/emotion/infer", {"json": {"inputs": [{"name": "text", "datatype": "FP32", "shape": [1], "data": [1.0]}]}}, 400, "datatype BYTES"),
-    ("POST", "/v2/models/emotion/infer", {"json": {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [2], "data": ["a"]}]}}, 400, "1 data elements"),
-    ("POST", "/v2/models/emotion/infer", {"json": {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [7]}]}}, 422, "must be strings"),
-    ("POST", "/v2/models/emotion/infer", {"json": {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [5], "data": list("abcde")}]}}, 422, "1 to 4 elements"),
-    ("POST", "/v2/models/emotion/infer", {"json": {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [[[["a"]]]]}]}}, 400, "nested deeper"),
-    ("POST", "/v2/models/emotion/infer", {"json": {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["a"]}], "outputs": [{"name": "logits"}]}}, 400, "no output 'logits'"),
-    ("POST", "/v2/models/funnel/infer", {"json": {"inputs": [{"name": "session", "datatype": "BYTES", "shape": [1], "data": ["{oops"]}]}}, 422, "session[0]"),
-    ("POST", "/v2/models/funnel/infer", {"json": {"inputs": [{"name": "session", "datatype": "BYTES", "shape": [1], "data": [{"Month": "Nov"}]}]}}, 422, "missing"),
+    (
+        "POST",
+        "/v2/models/emotion/infer",
+        {"json": {"inputs": [{"name": "ids", "datatype": "INT64", "shape": [1], "data": [1]}]}},
+        400,
+        "takes one input 'text'",
+    ),
+    (
+        "POST",
+        "/v2/models/emotion/infer",
+        {"json": {"inputs": [{"name": "text", "datatype": "FP32", "shape": [1], "data": [1.0]}]}},
+        400,
+        "datatype BYTES",
+    ),
+    (
+        "POST",
+        "/v2/models/emotion/infer",
+        {"json": {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [2], "data": ["a"]}]}},
+        400,
+        "1 data elements",
+    ),
+    (
+        "POST",
+        "/v2/models/emotion/infer",
+        {"json": {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [7]}]}},
+        422,
+        "must be strings",
+    ),
+    (
+        "POST",
+        "/v2/models/emotion/infer",
+        {"json": {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [5], "data": list("abcde")}]}},
+        422,
+        "1 to 4 elements",
+    ),
+    (
+        "POST",
+        "/v2/models/emotion/infer",
+        {"json": {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [[[["a"]]]]}]}},
+        400,
+        "nested deeper",
+    ),
+    (
+        "POST",
+        "/v2/models/emotion/infer",
+        {
+            "json": {
+                "inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": ["a"]}],
+                "outputs": [{"name": "logits"}],
+            }
+        },
+        400,
+        "no output 'logits'",
+    ),
+    (
+        "POST",
+        "/v2/models/funnel/infer",
+        {"json": {"inputs": [{"name": "session", "datatype": "BYTES", "shape": [1], "data": ["{oops"]}]}},
+        422,
+        "session[0]",
+    ),
+    (
+        "POST",
+        "/v2/models/funnel/infer",
+        {"json": {"inputs": [{"name": "session", "datatype": "BYTES", "shape": [1], "data": [{"Month": "Nov"}]}]}},
+        422,
+        "missing",
+    ),
     ("GET", "/v1/nothing-here", {}, 404, "no route /v1/nothing-here"),
     ("GET", "/v1/emotion", {}, 405, "method GET not allowed"),
     ("PUT", "/v2/health/ready", {}, 405, "not allowed"),
 ]
 
 
-@pytest.mark.parametrize("method, path, kwargs, status, words", CASES, ids=[f"{c[0]} {c[1]} {c[3]} {c[4]}" for c in CASES])
-def test_bad_request_gets_a_json_4xx_naming_the_problem(client: httpx.Client, method: str, path: str, kwargs: dict[str, Any], status: int, words: str) -> None:
+@pytest.mark.parametrize(
+    "method, path, kwargs, status, words", CASES, ids=[f"{c[0]} {c[1]} {c[3]} {c[4]}" for c in CASES]
+)
+def test_bad_request_gets_a_json_4xx_naming_the_problem(
+    client: httpx.Client, method: str, path: str, kwargs: dict[str, Any], status: int, words: str
+) -> None:
     response = client.request(method, path, **kwargs)
     assert response.status_code == status, response.text
     assert response.headers["content-type"] == "application/json"
@@ -122,8 +198,26 @@ def test_schemathesis_finds_no_server_error(edge: str, tmp_path: Path) -> None:
     st = shutil.which("st", path=str(Path(sys.executable).parent)) or shutil.which("st")
     need(st is not None, "schemathesis is not installed (pip install '.[dev]')")
     result = subprocess.run(
-        [st, "run", f"{edge}/openapi.json", "--checks", "not_a_server_error", "--max-examples", "10", "--seed", "7",
-         "--phases", "coverage,fuzzing", "--warnings", "off", "--report-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=240, cwd=tmp_path,
+        [
+            st,
+            "run",
+            f"{edge}/openapi.json",
+            "--checks",
+            "not_a_server_error",
+            "--max-examples",
+            "10",
+            "--seed",
+            "7",
+            "--phases",
+            "coverage,fuzzing",
+            "--warnings",
+            "off",
+            "--report-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]

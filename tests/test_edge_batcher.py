@@ -30,13 +30,17 @@ class Doubler:
         return BatchResult([2 * i for i in items], "v1")
 
 
-def _run(enabled: bool, requests: list[list[int]], max_batch: int = 8, max_delay_s: float = 0.01, slots: int = 1) -> tuple[Doubler, list[Any]]:
+def _run(
+    enabled: bool, requests: list[list[int]], max_batch: int = 8, max_delay_s: float = 0.01, slots: int = 1
+) -> tuple[Doubler, list[Any]]:
     fn = Doubler()
     metrics = edge_registry()
 
     async def main() -> list[Any]:
         with ThreadPoolExecutor(slots) as pool:
-            batcher = MicroBatcher("m", fn, pool, slots, metrics, enabled=enabled, max_batch=max_batch, max_delay_s=max_delay_s)
+            batcher = MicroBatcher(
+                "m", fn, pool, slots, metrics, enabled=enabled, max_batch=max_batch, max_delay_s=max_delay_s
+            )
             results = await asyncio.gather(*(batcher.submit(r) for r in requests), return_exceptions=True)
             assert batcher.queue_depth == 0
             return results
@@ -58,7 +62,7 @@ def test_concurrent_requests_share_batches_and_get_their_own_slices() -> None:
 def test_a_request_larger_than_max_batch_runs_alone() -> None:
     fn, results = _run(True, [list(range(20)), [1]], max_batch=8)
     assert results[0].rows == [2 * i for i in range(20)] and results[1].rows == [2]
-    assert [20] == [len(b) for b in fn.batches if len(b) > 8]
+    assert [len(b) for b in fn.batches if len(b) > 8] == [20]
 
 
 def test_switched_off_each_request_runs_alone_in_the_pool() -> None:

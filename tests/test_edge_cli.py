@@ -10,14 +10,14 @@ from pathlib import Path
 
 import httpx
 import yaml
-
 from conftest import ROOT
+from test_edge_support import BUNDLES, SESSION
+
 from edge_worker.bench import bench_edge, run_httpx
 from edge_worker.echo import create_echo_app
 from edge_worker.server import ServerProcess, edge_argv, free_port
 from hub.server import ServerThread
 from nexus_cli import build_parser
-from test_edge_support import BUNDLES, SESSION
 
 
 def test_serve_with_two_workers_reads_arguments_and_environment(tmp_path: Path) -> None:
@@ -40,24 +40,39 @@ def test_serve_reports_bad_settings_in_one_line(tmp_path: Path) -> None:
     env = {**os.environ, "NEXUS_MAX_BATCH": "0"}
     result = subprocess.run(
         [sys.executable, "-m", "nexus_cli", "edge", "serve", "--data-dir", str(tmp_path)],
-        capture_output=True, text=True, env=env, timeout=60, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        cwd=ROOT,
     )
     assert result.returncode == 2
-    assert result.stderr.startswith("nexus: error: invalid edge settings (max_batch") and "Traceback" not in result.stderr
+    assert (
+        result.stderr.startswith("nexus: error: invalid edge settings (max_batch") and "Traceback" not in result.stderr
+    )
 
 
 def test_demo_shows_real_answers_and_stops_its_node() -> None:
-    result = subprocess.run([sys.executable, "-m", "nexus_cli", "demo", "--standalone"], check=False, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    result = subprocess.run(
+        [sys.executable, "-m", "nexus_cli", "demo", "--standalone"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     out = result.stdout
-    assert "<- 200 {\"ready\":true}" in out
-    assert "P(purchase) = " in out and "\"model\":\"emotion\"" in out and "\"model_name\":\"emotion\"" in out
+    assert '<- 200 {"ready":true}' in out
+    assert "P(purchase) = " in out and '"model":"emotion"' in out and '"model_name":"emotion"' in out
     assert "<- 422 " in out and "<- 400 " in out and "<- 404 " in out
     assert out.rstrip().endswith("done.")
 
 
 def test_demo_stops_its_nodes_on_ctrl_c() -> None:
-    proc = subprocess.Popen([sys.executable, "-c", _INTERRUPTED_DEMO], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _INTERRUPTED_DEMO], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT
+    )
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, out + err
     port = int(out.split("edge-port=")[1].split()[0])
@@ -89,7 +104,15 @@ def test_bench_smoke_reports_every_figure() -> None:
     report = bench_edge(duration=1.0, connections=4, workers=1, models_dir=BUNDLES, show_progress=False)
     for key in ("echo_rps", "emotion_rps", "funnel_rps", "emotion_nobatch_rps"):
         assert report[key] > 0, report
-    for key in ("ratio", "batching_gain", "echo_p50_ms", "echo_p99_ms", "emotion_p50_ms", "emotion_p99_ms", "funnel_p99_ms"):
+    for key in (
+        "ratio",
+        "batching_gain",
+        "echo_p50_ms",
+        "echo_p99_ms",
+        "emotion_p50_ms",
+        "emotion_p99_ms",
+        "funnel_p99_ms",
+    ):
         assert key in report
     assert report["generator"] in ("wrk", "httpx") and report["connections"] == 4
     assert report["emotion_errors"] == 0 and report["funnel_errors"] == 0

@@ -37,4 +37,7 @@ def test_auto_joins_only_a_loopback_superlink(tmp_path: Path, caplog: pytest.Log
 def test_the_hub_names_the_superlink_edges_should_join(tmp_path: Path) -> None:
     assert HubSettings(data_dir=tmp_path).superlink_address() is None
     assert HubSettings(data_dir=tmp_path, superlink_port=9092).superlink_address() == "127.0.0.1:9092"
-    assert HubSettings(data_dir=tmp_path, superlink="sl:9092", superlink_public="sl.example:443").superlink_address() == "sl.example:443"
+    assert (
+        HubSettings(data_dir=tmp_path, superlink="sl:9092", superlink_public="sl.example:443").superlink_address()
+        == "sl.example:443"
+    )

@@ -15,7 +15,9 @@ from hub.funnel_config import Allocation, Experiment, Funnel, Status, Variant
 from hub.funnel_schemas import config_document, config_etag
 
 FUNNEL = Funnel("shop", ("view", "cart", "buy"))
-EXPERIMENT = Experiment("checkout-test", "shop", (Variant("A", 0.5), Variant("B", 0.5)), "buy", Status.RUNNING, Allocation.THOMPSON)
+EXPERIMENT = Experiment(
+    "checkout-test", "shop", (Variant("A", 0.5), Variant("B", 0.5)), "buy", Status.RUNNING, Allocation.THOMPSON
+)
 
 
 def publish(client: TestClient, *experiments: Experiment) -> None:
@@ -44,7 +46,12 @@ def test_bad_input_is_a_4xx(client: TestClient) -> None:
     for path, body, status, message in cases:
         response = client.post(path, json=body)
         assert response.status_code == status and message in response.json()["error"], (path, body, response.text)
-    assert client.post("/v1/funnels/shop/assign", content=b"{not json", headers={"content-type": "application/json"}).status_code == 400
+    assert (
+        client.post(
+            "/v1/funnels/shop/assign", content=b"{not json", headers={"content-type": "application/json"}
+        ).status_code
+        == 400
+    )
     assert client.app.state.edge.store.funnel_counts() == {}  # nothing refused was counted
 
 
@@ -60,14 +67,25 @@ def test_steps_are_counted_once_per_visitor(client: TestClient) -> None:
     client.post("/v1/funnels/shop/assign", json={"visitor_id": "v1"})  # a reload of the page
     first = client.post("/v1/funnels/shop/events", json={"visitor_id": "v1", "step": "cart"}).json()
     again = client.post("/v1/funnels/shop/events", json={"visitor_id": "v1", "step": "cart"}).json()
-    assert first == {"funnel": "shop", "experiment": "checkout-test", "variant": variant, "step": "cart", "counted": True}
+    assert first == {
+        "funnel": "shop",
+        "experiment": "checkout-test",
+        "variant": variant,
+        "step": "cart",
+        "counted": True,
+    }
     assert again["counted"] is False
     # a visitor whose first contact is an event gets the variant the hash gives them, counted as assigned
     late = client.post("/v1/funnels/shop/events", json={"visitor_id": "v2", "step": "view"}).json()
     assert late["counted"] and late["variant"] == assign("checkout-test", "", "v2", [("A", 0.5), ("B", 0.5)])
     counts = client.app.state.edge.store.funnel_counts()
     expected: dict[tuple[str, str, str], int] = {}
-    for key in (("checkout-test", variant, ASSIGNED), ("checkout-test", variant, "cart"), ("checkout-test", late["variant"], ASSIGNED), ("checkout-test", late["variant"], "view")):
+    for key in (
+        ("checkout-test", variant, ASSIGNED),
+        ("checkout-test", variant, "cart"),
+        ("checkout-test", late["variant"], ASSIGNED),
+        ("checkout-test", late["variant"], "view"),
+    ):
         expected[key] = expected.get(key, 0) + 1
     assert counts == expected
 
@@ -80,7 +98,9 @@ def test_a_visitor_keeps_its_variant_when_the_weights_change(client: TestClient)
     publish(client, moved)
     after = {v: client.post("/v1/funnels/shop/assign", json={"visitor_id": v}).json() for v in visitors}
     assert all(after[v]["variant"] == before[v] and after[v]["version"] == 2 for v in visitors)
-    newcomers = [client.post("/v1/funnels/shop/assign", json={"visitor_id": f"new-{i}"}).json()["variant"] for i in range(200)]
+    newcomers = [
+        client.post("/v1/funnels/shop/assign", json={"visitor_id": f"new-{i}"}).json()["variant"] for i in range(200)
+    ]
     assert newcomers.count("B") > 170  # new visitors follow the new weights
     assigned = sum(c for (_, _, step), c in client.app.state.edge.store.funnel_counts().items() if step == ASSIGNED)
     assert assigned == 400
@@ -99,7 +119,9 @@ def test_erasure_and_retention_drop_visitor_rows_but_never_counts(client: TestCl
     client.post("/v1/funnels/shop/events", json={"visitor_id": "v1", "step": "view"})
     client.post("/v1/funnels/shop/events", json={"visitor_id": "v2", "step": "view"})
     counts = store.funnel_counts()
-    assert client.delete("/v1/privacy/visitors/v1", headers=operator(client)).json()["erased"] == 2  # its assignment and its event
+    assert (
+        client.delete("/v1/privacy/visitors/v1", headers=operator(client)).json()["erased"] == 2
+    )  # its assignment and its event
     assert store.purge_older_than(0.0, now=1e12) == 2
     assert store.funnel_counts() == counts
     assert store.funnel_counts(unsynced_only=True) == counts

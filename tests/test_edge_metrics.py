@@ -11,15 +11,15 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import httpx
-
 from conftest import ROOT
+from test_edge_support import BUNDLES
+
 from edge_worker.metrics import LATENCY_BUCKETS, Registry, WorkerSnapshot, edge_registry, merge, metrics_dir
 from edge_worker.server import ServerProcess, edge_argv, free_port
-from test_edge_support import BUNDLES
 
 EMOTION_200 = (("route", "/v1/emotion"), ("method", "POST"), ("status", "200"))
 
@@ -48,7 +48,9 @@ def test_counters_and_histograms_sum_over_every_worker_even_exited_ones() -> Non
         registry.observe("nexus_edge_request_duration_seconds", (("route", "/v1/emotion"),), 0.002)
         registry.observe("nexus_edge_request_duration_seconds", (("route", "/v1/emotion"),), 7.0)
 
-    text = "\n".join(line for f in merge(own.snapshot(), [_worker(True, other), _worker(False, other)]) for line in f.render())
+    text = "\n".join(
+        line for f in merge(own.snapshot(), [_worker(True, other), _worker(False, other)]) for line in f.render()
+    )
     assert _line(text, 'nexus_edge_requests_total{route="/v1/emotion",method="POST",status="200"}') == 3 + 4 + 4
     hist = 'nexus_edge_request_duration_seconds_{}{{route="/v1/emotion"{}}}'
     assert _line(text, hist.format("count", "")) == 5
@@ -71,9 +73,13 @@ def test_gauges_come_from_live_workers_only_summed_or_as_the_union() -> None:
         registry.set("nexus_edge_queue_depth", (("model", "emotion"),), 100)
         registry.set("nexus_edge_model_loaded_info", (("model", "emotion"), ("version", "0"), ("backend", "onnx")), 1)
 
-    text = "\n".join(line for f in merge(own.snapshot(), [_worker(True, mid_swap), _worker(False, exited)]) for line in f.render())
+    text = "\n".join(
+        line for f in merge(own.snapshot(), [_worker(True, mid_swap), _worker(False, exited)]) for line in f.render()
+    )
     assert _line(text, 'nexus_edge_queue_depth{model="emotion"}') == 7
-    loaded = re.findall(r'^nexus_edge_model_loaded_info\{model="emotion",version="(\d+)",backend="onnx"\} 1$', text, re.M)
+    loaded = re.findall(
+        r'^nexus_edge_model_loaded_info\{model="emotion",version="(\d+)",backend="onnx"\} 1$', text, re.M
+    )
     assert sorted(loaded) == ["1", "2"]
 
 
@@ -172,7 +178,9 @@ def test_two_workers_report_one_count_that_never_decreases(tmp_path: Path) -> No
 
         def send() -> None:
             try:
-                with httpx.Client(base_url=edge.url, timeout=10, limits=httpx.Limits(max_keepalive_connections=0)) as http:
+                with httpx.Client(
+                    base_url=edge.url, timeout=10, limits=httpx.Limits(max_keepalive_connections=0)
+                ) as http:
                     for i in range(n):
                         assert http.post("/v1/emotion", json={"text": f"fine {i}"}).status_code == 200
             finally:

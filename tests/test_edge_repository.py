@@ -10,11 +10,11 @@ from pathlib import Path
 import httpx
 import pytest
 from starlette.testclient import TestClient
+from test_edge_support import SESSION, add_version, copy_repository, edge_settings, newest
 
 from edge_worker.app import create_app
 from hub.server import ServerThread
 from models.errors import NexusError
-from test_edge_support import SESSION, add_version, copy_repository, edge_settings, newest
 
 
 @pytest.fixture
@@ -29,7 +29,9 @@ def _tamper(bundle: Path) -> None:
     artifact.write_bytes(bytes(data))
 
 
-def test_hot_swap_under_load_fails_no_request_and_a_bad_bundle_keeps_the_old_one(tmp_path: Path, repository: Path) -> None:
+def test_hot_swap_under_load_fails_no_request_and_a_bad_bundle_keeps_the_old_one(
+    tmp_path: Path, repository: Path
+) -> None:
     v1 = newest("emotion", repository)
     v2, v3 = str(int(v1) + 1), str(int(v1) + 2)
     app = create_app(edge_settings(tmp_path, repository, max_delay_ms=1.0))
@@ -100,7 +102,9 @@ def test_start_up_falls_back_to_an_older_version_when_the_newest_is_corrupt(tmp_
         assert client.post("/v1/funnel/score", json={"session": SESSION}).json()["model_version"] == v1
 
 
-def test_without_a_model_the_node_is_live_but_not_ready_until_one_is_installed(tmp_path: Path, repository: Path) -> None:
+def test_without_a_model_the_node_is_live_but_not_ready_until_one_is_installed(
+    tmp_path: Path, repository: Path
+) -> None:
     moved = tmp_path / "held-back"
     (repository / "funnel").rename(moved)
     with TestClient(create_app(edge_settings(tmp_path, repository, poll_interval_s=0.1))) as client:

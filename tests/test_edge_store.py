@@ -7,10 +7,10 @@ import time
 from pathlib import Path
 
 from starlette.testclient import TestClient
+from test_edge_support import SESSION, edge_settings
 
 from edge_worker.app import create_app
 from edge_worker.store import DB_NAME, LocalStore
-from test_edge_support import SESSION, edge_settings
 
 DAY = 86400.0
 LABELS = ["anger", "joy", "neutral"]

@@ -9,11 +9,12 @@ import json
 import sqlite3
 import subprocess
 import sys
-from pathlib import Path
+from collections.abc import Iterator
 from dataclasses import asdict
-from typing import Iterator
+from pathlib import Path
 
 import pytest
+from test_hub_support import RunningHub, StandInRepository, make_bundle, store_for
 
 from edge_worker.audit import DB_NAME, HUB_KEY, REFUSAL, SEND, AuditLog, AuditReader, verify
 from edge_worker.egress import HeartbeatPayload, HubGateway
@@ -22,7 +23,6 @@ from edge_worker.sync import Backoff, SyncAgent
 from hub.keys import load_or_create_key
 from models.bundle import key_id
 from models.receipts import HEADER, decode_header, signature_verifies
-from test_hub_support import RunningHub, StandInRepository, make_bundle, store_for
 
 FREE_TEXT = "Bob Smith called about order 1234, very angry"
 
@@ -36,8 +36,15 @@ def hub(tmp_path: Path) -> Iterator[RunningHub]:
 
 def _sync(hub: RunningHub, edge: Path, repo: StandInRepository, token: str | None = None) -> dict[str, str]:
     async def once() -> dict[str, str]:
-        agent = SyncAgent(HubGateway(hub.url, AuditLog(edge), timeout=5.0), edge, repo.root, repo.activate, repo.status,
-                          enroll_token=token, backoff=Backoff(0.05, 0.2))
+        agent = SyncAgent(
+            HubGateway(hub.url, AuditLog(edge), timeout=5.0),
+            edge,
+            repo.root,
+            repo.activate,
+            repo.status,
+            enroll_token=token,
+            backoff=Backoff(0.05, 0.2),
+        )
         try:
             return await agent.sync_once()
         finally:
@@ -47,8 +54,12 @@ def _sync(hub: RunningHub, edge: Path, repo: StandInRepository, token: str | Non
 
 
 def _nexus_verify(edge: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "nexus_cli", "audit", "verify", "--data-dir", str(edge)],
-                          capture_output=True, text=True, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "nexus_cli", "audit", "verify", "--data-dir", str(edge)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def _tamper(edge: Path, sql: str, params: tuple = ()) -> None:
@@ -71,7 +82,12 @@ def test_a_free_text_field_is_refused_logged_and_never_sent(hub: RunningHub, tmp
         bad = [
             ("heartbeat", "POST", "/v1/nodes/me/heartbeat", {"health": "ok", "note": FREE_TEXT}),
             ("heartbeat", "POST", "/v1/nodes/me/heartbeat", {"health": "ok", "models": {"funnel": FREE_TEXT}}),
-            (COUNTERS, "POST", "/v1/funnels/report", {"node_id": "n-1", "counts": [{"experiment": "exp-1", "variant": "a", "step": FREE_TEXT, "count": 1}]}),
+            (
+                COUNTERS,
+                "POST",
+                "/v1/funnels/report",
+                {"node_id": "n-1", "counts": [{"experiment": "exp-1", "variant": "a", "step": FREE_TEXT, "count": 1}]},
+            ),
             ("enrollment", "POST", "/v1/enroll", {"token": FREE_TEXT}),
         ]
         for kind, method, path, payload in bad:
@@ -86,7 +102,9 @@ def test_a_free_text_field_is_refused_logged_and_never_sent(hub: RunningHub, tmp
     assert "not an (experiment, variant, step)" in reasons[2] and "free text" in reasons[3]
     assert sum(gateway.messages.values()) == 0  # nothing reached the hub
     refusals = list(AuditReader(edge).entries(REFUSAL))
-    assert [(e.kind, e.reason) for e in refusals] == [(k, r) for k, r in zip(["heartbeat", "heartbeat", COUNTERS, "enrollment"], reasons)]
+    assert [(e.kind, e.reason) for e in refusals] == [
+        (k, r) for k, r in zip(["heartbeat", "heartbeat", COUNTERS, "enrollment"], reasons)
+    ]
     assert not list(AuditReader(edge).entries(SEND))
     # the log itself keeps no free text: reasons name fields, never values
     assert FREE_TEXT.split()[0] not in (edge / DB_NAME).read_bytes().decode("latin-1")
@@ -103,10 +121,14 @@ def test_hub_answers_node_requests_with_signed_receipts(hub: RunningHub) -> None
     assert receipt["sha256"] == hashlib.sha256(body).hexdigest() and receipt["bytes"] == len(body)
     credential = f"node.{reply.json()['node_id']}.{reply.json()['node_secret']}"
     # a node request the hub refuses (bad body) still gets a receipt for what it read
-    bad = hub.http.post("/v1/nodes/me/heartbeat", content=b'{"health":"maybe"}', headers={"Authorization": f"Bearer {credential}"})
+    bad = hub.http.post(
+        "/v1/nodes/me/heartbeat", content=b'{"health":"maybe"}', headers={"Authorization": f"Bearer {credential}"}
+    )
     assert bad.status_code == 422 and decode_header(bad.headers[HEADER])["bytes"] == 18
     # and a node request with a wrong secret: the body was drained, the receipt covers all of it
-    wrong = hub.http.post("/v1/nodes/me/heartbeat", content=b"x" * 100_000, headers={"Authorization": "Bearer node.n-x.y"})
+    wrong = hub.http.post(
+        "/v1/nodes/me/heartbeat", content=b"x" * 100_000, headers={"Authorization": "Bearer node.n-x.y"}
+    )
     assert wrong.status_code == 401 and decode_header(wrong.headers[HEADER])["bytes"] == 100_000
     # operator requests carry none
     admin_token = (hub.data_dir / "admin.token").read_text().strip()
@@ -123,7 +145,9 @@ def test_receipts_verify_end_to_end_and_tampering_is_named(hub: RunningHub, tmp_
     reader = AuditReader(edge)
     sends = list(reader.entries(SEND))
     kinds = [e.kind for e in sends]
-    assert kinds[:2] == ["enrollment", "heartbeat"] and kinds.count("bundle-download") == 3  # manifest, signature, model.onnx
+    assert (
+        kinds[:2] == ["enrollment", "heartbeat"] and kinds.count("bundle-download") == 3
+    )  # manifest, signature, model.onnx
     assert len(list(reader.entries(HUB_KEY))) == 1  # pinned once, at enrollment
     assert set(reader.receipts()) == {e.id for e in sends}  # every send has its receipt
     assert json.loads(reader.receipts()[sends[0].id])["key_id"] == key_id(load_or_create_key(hub.data_dir).public_key())
@@ -159,13 +183,22 @@ def test_a_heartbeat_is_logged_with_its_exact_bytes(hub: RunningHub, tmp_path: P
     assert (receipt["sha256"], receipt["bytes"]) == (entry.sha256, entry.bytes)
     # the audit log's totals before this heartbeat; not verified yet, so no verdict is sent
     sent_before = sum(e.bytes for e in AuditReader(edge).entries(SEND) if e.id < entry.id)
-    assert (entry.summary["audit_entries"], entry.summary["bytes_sent"]) == (entry.id - 1, sent_before) and sent_before > 0
+    assert (entry.summary["audit_entries"], entry.summary["bytes_sent"]) == (
+        entry.id - 1,
+        sent_before,
+    ) and sent_before > 0
     # and the newest signed tree head: the summary keeps its size and root, the body all of it
     head = AuditReader(edge).tree_heads()[entry.id - 1]
     assert entry.summary["audit_head"] == {"size": entry.id - 1, "root": head.root}
-    payload = {**asdict(HeartbeatPayload(health="ok")), "audit_entries": entry.id - 1, "bytes_sent": sent_before,
-               "audit_head": asdict(head)}
-    body = json.dumps({k: v for k, v in payload.items() if v is not None}, sort_keys=True, separators=(",", ":")).encode()
+    payload = {
+        **asdict(HeartbeatPayload(health="ok")),
+        "audit_entries": entry.id - 1,
+        "bytes_sent": sent_before,
+        "audit_head": asdict(head),
+    }
+    body = json.dumps(
+        {k: v for k, v in payload.items() if v is not None}, sort_keys=True, separators=(",", ":")
+    ).encode()
     assert entry.bytes == len(body) and entry.sha256 == hashlib.sha256(body).hexdigest()
 
 

@@ -10,17 +10,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import shared_data
 
 import nexus_cli
-from models.bundle import BACKENDS, verify_bundle
 from models.build import target_version
+from models.bundle import BACKENDS, verify_bundle
 from models.cli import DEFAULT_REPOSITORY
 from models.emotion import pipeline, train
 from models.emotion.data import read_labels, read_tsv
 from models.emotion.featurizer import DEFAULT_SPEC, Featurizer, bucket_of, padded_length
 from models.errors import DataError, NexusError
 from models.predictor import load_predictor
-from conftest import shared_data
 
 LABELS = ["anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise"]
 CUES = {
@@ -94,7 +94,12 @@ def test_featurizer_ids_are_pinned_and_stable_across_processes():
     assert np.allclose(weights, 1 / np.sqrt(len(ids)))
     code = "from models.emotion.featurizer import *; print(Featurizer(DEFAULT_SPEC).features('Ça va? 😂 I love it!')[0].tolist())"
     # a fresh interpreter gets another PYTHONHASHSEED: ids must not depend on hash()
-    runs = [subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env={"PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")]
+    runs = [
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, env={"PYTHONHASHSEED": seed}
+        ).stdout
+        for seed in ("1", "2")
+    ]
     assert runs[0] == runs[1]
     assert json.loads(runs[0]) == Featurizer(DEFAULT_SPEC).features("Ça va? 😂 I love it!")[0].tolist()
 
@@ -105,7 +110,9 @@ def test_normalisation_tokens_and_padding():
     assert featurizer.features("Hello")[0].tolist() == featurizer.features("ＨＥＬＬＯ")[0].tolist()
     ids, weights = featurizer.batch(["", "one two three four five six seven eight nine ten"])
     assert ids.shape == weights.shape and ids.dtype == np.int64 and weights.dtype == np.float32
-    assert ids.shape[1] == padded_length(len(featurizer.features("one two three four five six seven eight nine ten")[0]), 16)
+    assert ids.shape[1] == padded_length(
+        len(featurizer.features("one two three four five six seven eight nine ten")[0]), 16
+    )
     assert ids.shape[1] & (ids.shape[1] - 1) == 0
     assert not weights[0].any() and not ids[0].any()
     long_ids, _ = featurizer.features("word " * 1000 + "x" * 10_000)
@@ -126,7 +133,10 @@ def test_malformed_spec_is_a_nexus_error():
 def test_reader_reads_multi_labels(tmp_path):
     data = read_tsv(write_tsv(tmp_path / "d.tsv", [("so happy", [3]), ("wow, scary", [2, 6])]), len(LABELS))
     assert data.texts == ["so happy", "wow, scary"]
-    assert data.labels.tolist() == [[False, False, False, True, False, False, False], [False, False, True, False, False, False, True]]
+    assert data.labels.tolist() == [
+        [False, False, False, True, False, False, False],
+        [False, False, True, False, False, False, True],
+    ]
 
 
 @pytest.mark.parametrize(
@@ -159,7 +169,9 @@ def test_reader_missing_files(tmp_path):
 
 def test_training_is_bit_identical_for_a_seed_and_learns(train_arrays):
     ids, weights, labels = train_arrays
-    runs = [train.fit(train.init_weights(SMALL_SHAPE, 3), ids, weights, labels, epochs=10, seed=7, lr=0.1) for _ in range(2)]
+    runs = [
+        train.fit(train.init_weights(SMALL_SHAPE, 3), ids, weights, labels, epochs=10, seed=7, lr=0.1) for _ in range(2)
+    ]
     for name in ("embedding", "dense_w", "dense_b"):
         assert np.array_equal(runs[0].weights[name], runs[1].weights[name])
     other = train.fit(train.init_weights(SMALL_SHAPE, 3), ids, weights, labels, epochs=10, seed=8, lr=0.1)
@@ -193,8 +205,19 @@ def test_thresholds_maximise_f1_on_the_tuning_data():
     truth = rng.random((400, 3)) < 0.2
     scores = np.clip(truth * 0.3 + rng.random((400, 3)) * 0.8, 0, 1).astype(np.float32)
     thresholds = train.tune_thresholds(scores, truth)
-    best = [max(2 * (truth[:, c] & (scores[:, c] >= t)).sum() / ((scores[:, c] >= t).sum() + truth[:, c].sum()) for t in scores[:, c]) for c in range(3)]
-    got = [2 * (truth[:, c] & (scores[:, c] >= thresholds[c])).sum() / ((scores[:, c] >= thresholds[c]).sum() + truth[:, c].sum()) for c in range(3)]
+    best = [
+        max(
+            2 * (truth[:, c] & (scores[:, c] >= t)).sum() / ((scores[:, c] >= t).sum() + truth[:, c].sum())
+            for t in scores[:, c]
+        )
+        for c in range(3)
+    ]
+    got = [
+        2
+        * (truth[:, c] & (scores[:, c] >= thresholds[c])).sum()
+        / ((scores[:, c] >= thresholds[c]).sum() + truth[:, c].sum())
+        for c in range(3)
+    ]
     assert np.allclose(got, best)
 
 
@@ -230,12 +253,24 @@ def test_retraining_into_another_repository_takes_the_next_version(trained_repo,
 
 def test_eval_cli_on_a_bundle_and_on_a_tampered_copy(trained_repo, data_dir, tmp_path):
     bundle_dir = trained_repo / "emotion" / "1"
-    args = [sys.executable, "-m", "nexus_cli", "models", "eval", "emotion", "--data", str(data_dir / "dev.tsv"), "--json"]
+    args = [
+        sys.executable,
+        "-m",
+        "nexus_cli",
+        "models",
+        "eval",
+        "emotion",
+        "--data",
+        str(data_dir / "dev.tsv"),
+        "--json",
+    ]
     done = subprocess.run([*args, "--bundle", str(bundle_dir), "--backend", "tflite"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["n"] == 200 and result["backend"] == "tflite" and result["model_version"] == "1"
-    assert result["macro_f1"] == pytest.approx(verify_bundle(bundle_dir).manifest["metrics"]["tflite"]["macro_f1"], abs=1e-4)
+    assert result["macro_f1"] == pytest.approx(
+        verify_bundle(bundle_dir).manifest["metrics"]["tflite"]["macro_f1"], abs=1e-4
+    )
     tampered = tmp_path / "tampered"
     shutil.copytree(bundle_dir, tampered)
     blob = bytearray((tampered / "model.int8.onnx").read_bytes())
@@ -248,7 +283,17 @@ def test_eval_cli_on_a_bundle_and_on_a_tampered_copy(trained_repo, data_dir, tmp
 
 def test_eval_cli_data_errors_are_one_line(trained_repo, tmp_path, capsys):
     (tmp_path / "bad.tsv").write_text("text\t12\tid\n")
-    code = nexus_cli.main(["models", "eval", "emotion", "--bundle", str(trained_repo / "emotion" / "1"), "--data", str(tmp_path / "bad.tsv")])
+    code = nexus_cli.main(
+        [
+            "models",
+            "eval",
+            "emotion",
+            "--bundle",
+            str(trained_repo / "emotion" / "1"),
+            "--data",
+            str(tmp_path / "bad.tsv"),
+        ]
+    )
     assert code == 2
     assert "unknown label id 12" in capsys.readouterr().err
 

@@ -53,7 +53,10 @@ class Federation:
 @contextmanager
 def running_federation(root: Path, model: str, edge: type[Edge], regions: Iterable[int]) -> Iterator[Federation]:
     """A hub with its SuperLink, serving ``model`` version 1 as stable, and one edge per region."""
-    need((BIN / "flower-superlink").exists() and (BIN / "flower-supernode").exists(), "Flower's binaries are not installed in this environment")
+    need(
+        (BIN / "flower-superlink").exists() and (BIN / "flower-supernode").exists(),
+        "Flower's binaries are not installed in this environment",
+    )
     superlink_port = free_port()
     hub = HubProcess(root / "hub", free_port(), "--poll-interval", "0.5", "--superlink-port", str(superlink_port))
     token = (root / "hub" / "admin.token").read_text().strip()
@@ -101,12 +104,32 @@ def test_two_rounds_on_three_edges_survive_a_hub_kill_then_promote(federation: F
         _feed(edge, region)
     # the hub's own Flower connection: are all three SuperNodes (children of the edges) in?
     link = SuperLink(SuperLinkConfig(hub.data_dir / "flower", port=fed.superlink_port))
-    wait_for(lambda: len(link.online_nodes()) == 3, timeout=90, what="three SuperNodes registered with the hub's SuperLink")
+    wait_for(
+        lambda: len(link.online_nodes()) == 3, timeout=90, what="three SuperNodes registered with the hub's SuperLink"
+    )
 
     started = time.monotonic()
     cli = subprocess.Popen(
-        [*NEXUS, "hub", "rounds", "start", "--model", "funnel", "--rounds", "2", "--min-nodes", "3", "--timeout", "60", "--wait", "--json", *operator],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            *NEXUS,
+            "hub",
+            "rounds",
+            "start",
+            "--model",
+            "funnel",
+            "--rounds",
+            "2",
+            "--min-nodes",
+            "3",
+            "--timeout",
+            "60",
+            "--wait",
+            "--json",
+            *operator,
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     # SIGKILL the hub once round 1 is in its store; a new hub process on the same data dir
     # adopts the SuperLink (still running the ServerApp) and resumes watching the run
@@ -137,13 +160,20 @@ def test_two_rounds_on_three_edges_survive_a_hub_kill_then_promote(federation: F
     promoted = _nexus("hub", "models", "promote", "funnel", version, "--stage", "stable", *operator, timeout=30)
     assert promoted.returncode == 0, promoted.stderr
     t0 = time.monotonic()
-    wait_for(lambda: all(e.served() == version for e in edges), timeout=PROMOTE_BUDGET_S, what=f"all edges serving version {version}")
+    wait_for(
+        lambda: all(e.served() == version for e in edges),
+        timeout=PROMOTE_BUDGET_S,
+        what=f"all edges serving version {version}",
+    )
     reached = time.monotonic() - t0
     for edge in edges:
         assert version in httpx.get(edge.url + "/v2/models/funnel", timeout=5).json()["versions"]
     print(
         f"\nfederated run {run['run_id']}: {run_seconds:.1f} s for 2 rounds; "
-        + "; ".join(f"round {r['round']}: {r['duration_s']:.1f} s, update bytes {r['update_bytes']}, out {r['bytes_out']} B, in {r['bytes_in']} B, "
-                    f"loss {r['loss']:.4f}, roc_auc {r['score']:.4f}" for r in run["rounds"])
+        + "; ".join(
+            f"round {r['round']}: {r['duration_s']:.1f} s, update bytes {r['update_bytes']}, out {r['bytes_out']} B, in {r['bytes_in']} B, "
+            f"loss {r['loss']:.4f}, roc_auc {r['score']:.4f}"
+            for r in run["rounds"]
+        )
         + f"; version {version} on all 3 edges {reached:.1f} s after promotion"
     )

@@ -69,6 +69,7 @@ def _download(hub_url: str, token: str, version: str, folder: Path) -> dict:
     """The registered bundle over the hub's file API: manifest, signature and every file it lists."""
     folder.mkdir(parents=True)
     with httpx.Client(base_url=hub_url, headers={"Authorization": f"Bearer {token}"}, timeout=30) as http:
+
         def fetch(name: str) -> bytes:
             response = http.get(f"/v1/models/emotion/versions/{version}/files/{name}")
             assert response.status_code == 200, (name, response.text[:200])
@@ -89,17 +90,36 @@ def test_one_emotion_round_on_two_edges_then_promote(federation: Federation, tmp
     operator = ["--hub", hub.url, "--data-dir", str(hub.data_dir)]
     rows = replay_texts(shared_data(), ROWS_PER_EDGE * len(edges), np.random.default_rng(11))
     started = time.monotonic()
-    wait_for(lambda: all(e.served() == "1" for e in edges), timeout=60, what="edges serving emotion version 1 from the hub")
+    wait_for(
+        lambda: all(e.served() == "1" for e in edges), timeout=60, what="edges serving emotion version 1 from the hub"
+    )
     for i, edge in enumerate(edges):
-        _feed(edge, rows[i * ROWS_PER_EDGE:(i + 1) * ROWS_PER_EDGE])
+        _feed(edge, rows[i * ROWS_PER_EDGE : (i + 1) * ROWS_PER_EDGE])
     link = SuperLink(SuperLinkConfig(hub.data_dir / "flower", port=fed.superlink_port))
-    wait_for(lambda: len(link.online_nodes()) == 2, timeout=60, what="both SuperNodes (joined via --superlink auto) online")
+    wait_for(
+        lambda: len(link.online_nodes()) == 2, timeout=60, what="both SuperNodes (joined via --superlink auto) online"
+    )
     for edge in edges:
         assert (edge.root / "data" / "hub-superlink").read_text().strip() == f"127.0.0.1:{fed.superlink_port}"
 
     run_started = time.monotonic()
-    done = _nexus("hub", "rounds", "start", "--model", "emotion", "--rounds", "1", "--min-nodes", "2", "--timeout", "60",
-                  "--wait", "--json", *operator, timeout=300)
+    done = _nexus(
+        "hub",
+        "rounds",
+        "start",
+        "--model",
+        "emotion",
+        "--rounds",
+        "1",
+        "--min-nodes",
+        "2",
+        "--timeout",
+        "60",
+        "--wait",
+        "--json",
+        *operator,
+        timeout=300,
+    )
     run_seconds = time.monotonic() - run_started
     assert done.returncode == 0, done.stderr[-3000:]
     run = json.loads(done.stdout)
@@ -124,17 +144,27 @@ def test_one_emotion_round_on_two_edges_then_promote(federation: Federation, tmp
     manifest = _download(hub.url, fed.token, version, tmp_path / "candidate")
     bundle = verify_bundle(tmp_path / "candidate", load_or_create_key(hub.data_dir).public_key())
     assert set(ARTIFACTS.values()) <= set(manifest["files"])
-    assert manifest["family"] == "emotion" and manifest["metrics"]["federated_held_out"]["numpy"]["macro_f1"] == rnd["score"]
+    assert (
+        manifest["family"] == "emotion"
+        and manifest["metrics"]["federated_held_out"]["numpy"]["macro_f1"] == rnd["score"]
+    )
     probe = [text for text, _ in rows[:8]]
     scores = {b: load_predictor(bundle.path, b).predict(probe) for b in BACKENDS}
     for backend in BACKENDS:
         assert scores[backend].shape == (len(probe), len(manifest["labels"]))
-        assert np.max(np.abs(scores[backend] - scores["onnx"])) <= manifest["tolerance"]["max_abs_diff"].get(backend, 0.0) + 1e-6
+        assert (
+            np.max(np.abs(scores[backend] - scores["onnx"]))
+            <= manifest["tolerance"]["max_abs_diff"].get(backend, 0.0) + 1e-6
+        )
 
     promoted = _nexus("hub", "models", "promote", "emotion", version, "--stage", "stable", *operator, timeout=30)
     assert promoted.returncode == 0, promoted.stderr
     t0 = time.monotonic()
-    wait_for(lambda: all(e.served() == version for e in edges), timeout=PROMOTE_BUDGET_S, what=f"both edges serving emotion {version}")
+    wait_for(
+        lambda: all(e.served() == version for e in edges),
+        timeout=PROMOTE_BUDGET_S,
+        what=f"both edges serving emotion {version}",
+    )
     reached = time.monotonic() - t0
     labels = manifest["labels"]
     for edge in edges:
@@ -154,7 +184,11 @@ def test_one_emotion_round_on_two_edges_then_promote(federation: Federation, tmp
         result = verify(data)
         assert result.ok, result.message()
         reader = AuditReader(data)
-        replies = [e for e in reader.entries(SEND) if e.channel == "flower" and e.kind in ("model-update", "evaluation-metrics")]
+        replies = [
+            e
+            for e in reader.entries(SEND)
+            if e.channel == "flower" and e.kind in ("model-update", "evaluation-metrics")
+        ]
         assert sorted(e.kind for e in replies) == ["evaluation-metrics", "model-update"]
         receipts = reader.receipts()
         for entry in replies:

@@ -6,17 +6,17 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
-
 from conftest import free_port, need
+from test_federated_units import funnel_spec, synthetic_sessions
+
 from edge_worker.store import LocalStore
 from edge_worker.supernode import SuperNode, SuperNodeConfig
 from hub.superlink import SuperLink, SuperLinkConfig, flower_app_dir
-from test_federated_units import funnel_spec, synthetic_sessions
 
 BIN = Path(__import__("sys").executable).parent
 
@@ -38,7 +38,11 @@ class Cluster:
         (root / "hub").mkdir()
         self.link = SuperLink(SuperLinkConfig(root / "hub", port=free_port()))
         self.nodes = {
-            region: SuperNode(SuperNodeConfig(self.link.config.address, root / f"edge{region}", port=free_port(), tags={"region": str(region)}))
+            region: SuperNode(
+                SuperNodeConfig(
+                    self.link.config.address, root / f"edge{region}", port=free_port(), tags={"region": str(region)}
+                )
+            )
             for region in regions
         }
 
@@ -75,7 +79,10 @@ def flower_finished(link: SuperLink, run_id: int, timeout: float, where: str) ->
 
 @pytest.fixture
 def cluster_factory(tmp_path: Path) -> Iterator[type]:
-    need((BIN / "flower-superlink").exists() and (BIN / "flower-supernode").exists(), "Flower's binaries are not installed in this environment")
+    need(
+        (BIN / "flower-superlink").exists() and (BIN / "flower-supernode").exists(),
+        "Flower's binaries are not installed in this environment",
+    )
     started: list[Cluster] = []
 
     def make(regions: list[int]) -> Cluster:
@@ -97,7 +104,16 @@ def test_two_rounds_on_real_supernodes(cluster_factory, tmp_path: Path) -> None:
     assert (flower_app_dir() / "pyproject.toml").exists()  # the app ships inside the federated package
     cluster = cluster_factory([1, 2])
     out = tmp_path / "out" / "final.npz"
-    run_id = cluster.link.submit({"num-rounds": 2, "min-nodes": 2, "timeout": 60.0, "base": str(cluster.spec_path), "output-path": str(out), "lr": 0.01})
+    run_id = cluster.link.submit(
+        {
+            "num-rounds": 2,
+            "min-nodes": 2,
+            "timeout": 60.0,
+            "base": str(cluster.spec_path),
+            "output-path": str(out),
+            "lr": 0.01,
+        }
+    )
     assert cluster.wait_finished(run_id, timeout=240) == "finished:completed"
 
     summary = _summary(out)
@@ -119,7 +135,9 @@ def test_a_killed_node_does_not_stall_the_round(cluster_factory, tmp_path: Path)
     cluster = cluster_factory([1, 2, 3])
     out = tmp_path / "out" / "final.npz"
     timeout = 20.0
-    run_id = cluster.link.submit({"num-rounds": 2, "min-nodes": 2, "timeout": timeout, "base": str(cluster.spec_path), "output-path": str(out)})
+    run_id = cluster.link.submit(
+        {"num-rounds": 2, "min-nodes": 2, "timeout": timeout, "base": str(cluster.spec_path), "output-path": str(out)}
+    )
     deadline = time.monotonic() + 180
     while not _summary(out)["rounds"]:
         assert time.monotonic() < deadline, "round 1 never finished"

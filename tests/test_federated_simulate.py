@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import shared_data
+from test_federated_units import synthetic_sessions
+
 from models.funnel.data import COLUMNS, LABEL
 from nexus_cli import main
-from test_federated_units import synthetic_sessions
 
 
 def _write_csv(path: Path, n: int) -> Path:
@@ -33,8 +33,14 @@ def _simulate(capsys: pytest.CaptureFixture[str], *args: str) -> dict:
 
 def test_simulate_funnel_by_region_reports_three_arms(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     data = _write_csv(tmp_path / "sessions.csv", 1500)
-    report = _simulate(capsys, "--model", "funnel", "--data", str(data), "--eval", str(data), "--partition", "region", "--rounds", "4")
-    assert report["metric"] == "roc_auc" and [n["name"] for n in report["nodes"]] == ["region=1", "region=2", "region=3"]
+    report = _simulate(
+        capsys, "--model", "funnel", "--data", str(data), "--eval", str(data), "--partition", "region", "--rounds", "4"
+    )
+    assert report["metric"] == "roc_auc" and [n["name"] for n in report["nodes"]] == [
+        "region=1",
+        "region=2",
+        "region=3",
+    ]
     for arm in ("central", "federated", "local_only"):
         assert 0.5 < report[arm]["pooled"] <= 1.0
         assert 0.5 < report[arm]["partition_mean"] <= 1.0
@@ -56,10 +62,16 @@ def test_federated_funnel_matches_central_on_online_shoppers(capsys: pytest.Capt
     assert federated > local and federated > report["local_only"]["partition_mean"]
 
 
-def test_simulate_emotion_dirichlet_reports_macro_f1_and_compression(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_simulate_emotion_dirichlet_reports_macro_f1_and_compression(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     labels = ["joy", "anger", "neutral"]
     (tmp_path / "labels.txt").write_text("\n".join(labels) + "\n")
-    cues = {0: ["love it", "so happy", "great"], 1: ["hate this", "so angry", "awful"], 2: ["it is a thing", "okay then", "maybe"]}
+    cues = {
+        0: ["love it", "so happy", "great"],
+        1: ["hate this", "so angry", "awful"],
+        2: ["it is a thing", "okay then", "maybe"],
+    }
     rng = np.random.default_rng(0)
     for name, n in (("train.tsv", 400), ("dev.tsv", 120)):
         rows = []
@@ -67,7 +79,20 @@ def test_simulate_emotion_dirichlet_reports_macro_f1_and_compression(tmp_path: P
             label = int(rng.integers(0, 3))
             rows.append(f"{rng.choice(cues[label])} {rng.choice(['today', 'now', 'again'])}\t{label}\tid{i}")
         (tmp_path / name).write_text("\n".join(rows) + "\n")
-    report = _simulate(capsys, "--model", "emotion", "--data", str(tmp_path / "train.tsv"), "--partition", "dirichlet:0.5", "--nodes", "4", "--rounds", "2", "--compare-dense")
+    report = _simulate(
+        capsys,
+        "--model",
+        "emotion",
+        "--data",
+        str(tmp_path / "train.tsv"),
+        "--partition",
+        "dirichlet:0.5",
+        "--nodes",
+        "4",
+        "--rounds",
+        "2",
+        "--compare-dense",
+    )
     assert report["metric"] == "macro_f1" and len(report["nodes"]) == 4
     assert report["central"]["pooled"] > 0.5 and report["local_only"]["partition_mean"] is None
     b = report["bytes_per_update"]

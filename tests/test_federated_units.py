@@ -55,7 +55,12 @@ def funnel_spec(sessions: list[dict[str, Any]]) -> ModelSpec:
 def emotion_spec(buckets: int = 1 << 12, dim: int = 8) -> ModelSpec:
     from models.emotion.featurizer import DEFAULT_SPEC
 
-    return ModelSpec("emotion", {**DEFAULT_SPEC, "buckets": buckets}, ("joy", "anger", "neutral"), {"buckets": buckets, "dim": dim, "n_labels": 3})
+    return ModelSpec(
+        "emotion",
+        {**DEFAULT_SPEC, "buckets": buckets},
+        ("joy", "anger", "neutral"),
+        {"buckets": buckets, "dim": dim, "n_labels": 3},
+    )
 
 
 # --- codec -------------------------------------------------------------------------------
@@ -63,7 +68,11 @@ def emotion_spec(buckets: int = 1 << 12, dim: int = 8) -> ModelSpec:
 
 def _emotion_update(rows: np.ndarray, seed: int = 0) -> tuple[codec.Weights, codec.Weights]:
     rng = np.random.default_rng(seed)
-    base = {"embedding": rng.normal(0, 0.1, (64, 8)).astype(np.float32), "dense_w": rng.normal(size=(8, 3)).astype(np.float32), "dense_b": np.zeros(3, np.float32)}
+    base = {
+        "embedding": rng.normal(0, 0.1, (64, 8)).astype(np.float32),
+        "dense_w": rng.normal(size=(8, 3)).astype(np.float32),
+        "dense_b": np.zeros(3, np.float32),
+    }
     new = {k: v.copy() for k, v in base.items()}
     new["embedding"][rows] += rng.normal(0, 0.05, (len(rows), 8)).astype(np.float32)
     new["dense_w"] += 0.01
@@ -83,7 +92,11 @@ def test_sparse_codec_round_trips_touched_rows(compression: str, tol: float) -> 
 
 
 def test_int8_update_is_much_smaller_than_dense() -> None:
-    base = {"embedding": np.zeros((4096, 32), np.float32), "dense_w": np.zeros((32, 3), np.float32), "dense_b": np.zeros(3, np.float32)}
+    base = {
+        "embedding": np.zeros((4096, 32), np.float32),
+        "dense_w": np.zeros((32, 3), np.float32),
+        "dense_b": np.zeros(3, np.float32),
+    }
     rows = np.arange(0, 4096, 4)  # a quarter of the rows touched
     new = {k: v + 0.01 for k, v in base.items()}
     sparse = codec.encode(new, base, rows, "int8").count_bytes()
@@ -117,7 +130,10 @@ def test_judge_rejects_wrong_shapes_non_finite_and_absurd_norms() -> None:
     bad_shape = {"w": np.zeros((2, 3), np.float32), "b": np.zeros(2, np.float32)}
     nan = {"w": np.full((3, 2), np.nan, np.float32), "b": np.zeros(2, np.float32)}
     huge = {"w": np.full((3, 2), 1e6, np.float32), "b": np.zeros(2, np.float32)}
-    scaled = {"w": np.full((3, 2), 50.0, np.float32), "b": np.zeros(2, np.float32)}  # under the cap, far over the median
+    scaled = {
+        "w": np.full((3, 2), 50.0, np.float32),
+        "b": np.zeros(2, np.float32),
+    }  # under the cap, far over the median
     verdicts = validation.judge([*good, bad_shape, nan, huge, scaled], base)
     reasons = [v.reason for v in verdicts]
     assert reasons[:3] == [None, None, None]
@@ -208,7 +224,10 @@ def test_round_rejects_a_bad_update_and_goes_on(poison: str, tmp_path: Any, capl
 @pytest.mark.parametrize("strategy", ["fedavg", "fedprox", "fedadam", "fedtrimmedavg", "krum"])
 def test_every_strategy_lowers_the_held_out_loss(strategy: str) -> None:
     spec, shares = _funnel_nodes(4)
-    grid = LocalGrid(make_client_app(lambda node_config, _: shares[node_config["partition"]]), {i + 1: {"partition": n} for i, n in enumerate(shares)})
+    grid = LocalGrid(
+        make_client_app(lambda node_config, _: shares[node_config["partition"]]),
+        {i + 1: {"partition": n} for i, n in enumerate(shares)},
+    )
     settings = RunSettings(num_rounds=3, local_epochs=2, strategy=strategy, min_nodes=4, lr=0.01)
     result = run_rounds(grid, settings, spec, task_for("funnel").init_weights(spec, 0))
     losses = [r.loss for r in result.rounds]
@@ -232,10 +251,16 @@ def test_emotion_round_ships_touched_rows_only() -> None:
     words = ["great", "awful", "fine", "love", "hate", "ok", "angry", "happy", "meh", "wow"]
     texts = [" ".join(rng.choice(words, 5)) for _ in range(120)]
     labels = np.zeros((120, 3), bool)
-    labels[np.arange(120), [0 if ("love" in t or "happy" in t) else 1 if ("hate" in t or "angry" in t) else 2 for t in texts]] = True
+    labels[
+        np.arange(120),
+        [0 if ("love" in t or "happy" in t) else 1 if ("hate" in t or "angry" in t) else 2 for t in texts],
+    ] = True
     task = task_for("emotion")
     shares = {"a": task.featurize(spec, texts[:60], labels[:60]), "b": task.featurize(spec, texts[60:], labels[60:])}
-    grid = LocalGrid(make_client_app(lambda node_config, _: shares[node_config["partition"]]), {1: {"partition": "a"}, 2: {"partition": "b"}})
+    grid = LocalGrid(
+        make_client_app(lambda node_config, _: shares[node_config["partition"]]),
+        {1: {"partition": "a"}, 2: {"partition": "b"}},
+    )
     initial = task.init_weights(spec, 0)
     result = run_rounds(grid, RunSettings(model="emotion", num_rounds=2, local_epochs=2), spec, initial)
     assert all(r.participants == 2 and r.rejected == [] for r in result.rounds)
@@ -245,6 +270,7 @@ def test_emotion_round_ships_touched_rows_only() -> None:
 
 def test_a_run_can_start_from_the_committed_funnel_bundle() -> None:
     from conftest import ROOT
+
     from federated.server_app import load_base
 
     bundles = sorted((ROOT / "models" / "bundles" / "funnel").iterdir(), key=lambda p: int(p.name))

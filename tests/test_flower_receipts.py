@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from test_audit import _tamper
+from test_federated_units import funnel_spec
+from test_privacy_dp import _node
 
 from edge_worker.audit import SEND, AuditLog, AuditReader, verify
 from federated.client_app import app
@@ -21,9 +24,6 @@ from federated.settings import RunSettings
 from federated.tasks import task_for
 from models.errors import NexusError
 from models.receipts import KEY_ENV
-from test_audit import _tamper
-from test_privacy_dp import _node
-from test_federated_units import funnel_spec
 
 RECEIPTED = {"model-update", "evaluation-metrics", "error"}
 
@@ -42,7 +42,13 @@ def _run(tmp_path: Path, hub_key: Ed25519PrivateKey, rounds: int = 2) -> tuple[l
     spec = funnel_spec([s for _, sessions in nodes for s in sessions])
     book = ReceiptBook(hub_key)
     grid = LocalGrid(app, {i + 1: {"data-dir": str(d)} for i, d in enumerate(dirs)})
-    run_rounds(grid, RunSettings(num_rounds=rounds, min_nodes=2, seed=5), spec, task_for("funnel").init_weights(spec, 0), receipts=book)
+    run_rounds(
+        grid,
+        RunSettings(num_rounds=rounds, min_nodes=2, seed=5),
+        spec,
+        task_for("funnel").init_weights(spec, 0),
+        receipts=book,
+    )
     return dirs, book
 
 
@@ -58,7 +64,11 @@ def test_every_flower_reply_gets_a_receipt_that_verifies(tmp_path: Path, hub_key
         for entry in sends:
             if entry.kind in RECEIPTED:
                 receipt = receipts[entry.id]
-                assert (receipt["sha256"], receipt["bytes"], receipt["message"]) == (entry.sha256, entry.bytes, entry.summary["message"])
+                assert (receipt["sha256"], receipt["bytes"], receipt["message"]) == (
+                    entry.sha256,
+                    entry.bytes,
+                    entry.summary["message"],
+                )
             else:  # the acknowledgement of the last receipts gets none: nothing answers it
                 assert entry.kind == "receipt-ack" and entry.id not in receipts
         result = verify(d)
@@ -82,7 +92,13 @@ def test_a_receipt_signed_by_another_key_is_kept_and_fails_verify(tmp_path: Path
         audit.pin_hub_key(hub_key.public_key(), "http://hub")
     spec = funnel_spec(nodes[0][1])
     grid = LocalGrid(app, {1: {"data-dir": str(nodes[0][0])}})
-    run_rounds(grid, RunSettings(num_rounds=1, min_nodes=1, seed=5), spec, task_for("funnel").init_weights(spec, 0), receipts=ReceiptBook(Ed25519PrivateKey.generate()))
+    run_rounds(
+        grid,
+        RunSettings(num_rounds=1, min_nodes=1, seed=5),
+        spec,
+        task_for("funnel").init_weights(spec, 0),
+        receipts=ReceiptBook(Ed25519PrivateKey.generate()),
+    )
     result = verify(nodes[0][0])
     assert not result.ok and "signature" in result.reason
     assert len(AuditReader(nodes[0][0]).receipts()) == 2  # evidence either way
@@ -91,7 +107,11 @@ def test_a_receipt_signed_by_another_key_is_kept_and_fails_verify(tmp_path: Path
 def test_the_serverapp_reads_its_key_from_the_environment(tmp_path: Path, hub_key: Ed25519PrivateKey) -> None:
     assert ReceiptBook.from_env({}) is None  # the simulation: no hub, no receipts
     pem = tmp_path / "key.pem"
-    pem.write_bytes(hub_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    pem.write_bytes(
+        hub_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
     book = ReceiptBook.from_env({KEY_ENV: str(pem)})
     assert book is not None and book.key.public_key().public_bytes_raw() == hub_key.public_key().public_bytes_raw()
     with pytest.raises(NexusError, match="cannot read the signing key"):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import shared_data
 
 import nexus_cli
 from models.bundle import BACKENDS, sha256_file, verify_bundle
@@ -18,7 +19,6 @@ from models.funnel import pipeline, train
 from models.funnel.data import COLUMNS, LABEL, read_sessions, split_indices
 from models.funnel.featurizer import Featurizer, fit_spec
 from models.predictor import load_predictor
-from conftest import shared_data
 
 MONTHS = ["Feb", "Mar", "May", "June", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"]
 VISITORS = ["Returning_Visitor", "New_Visitor", "Other"]
@@ -279,8 +279,22 @@ def test_evaluate_weights_reports_loss_and_auc(synthetic, featurizer):
 def test_pipeline_writes_a_complete_bundle_whose_backends_agree(trained_repo, synthetic):
     bundle = verify_bundle(trained_repo / "funnel" / "1")
     m = bundle.manifest
-    for key in ("format", "name", "family", "version", "parent_version", "created_at", "labels", "inputs",
-                "outputs", "featurizer", "metrics", "tolerance", "provenance", "files"):
+    for key in (
+        "format",
+        "name",
+        "family",
+        "version",
+        "parent_version",
+        "created_at",
+        "labels",
+        "inputs",
+        "outputs",
+        "featurizer",
+        "metrics",
+        "tolerance",
+        "provenance",
+        "files",
+    ):
         assert key in m, key
     assert m["family"] == "funnel" and m["labels"] == ["purchase"]
     assert set(m["files"]) == {"model.onnx", "model.int8.onnx", "model.tflite"}
@@ -321,8 +335,20 @@ def test_retraining_into_the_default_repository_replaces_version_1(tmp_path, syn
 def test_eval_cli_scores_every_row_of_a_csv(trained_repo, tmp_path, capsys):
     sessions, labels = synthetic_sessions(200, seed=5)
     data = write_csv(tmp_path / "eval.csv", sessions, labels)
-    code = nexus_cli.main(["models", "eval", "funnel", "--data", str(data), "--bundle", str(trained_repo / "funnel" / "1"),
-                           "--backend", "onnx-int8", "--json"])
+    code = nexus_cli.main(
+        [
+            "models",
+            "eval",
+            "funnel",
+            "--data",
+            str(data),
+            "--bundle",
+            str(trained_repo / "funnel" / "1"),
+            "--backend",
+            "onnx-int8",
+            "--json",
+        ]
+    )
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     assert result["n"] == 200 and result["backend"] == "onnx-int8" and result["model_version"] == "1"
@@ -344,7 +370,6 @@ def test_shipped_bundle_reaches_the_target_on_the_held_out_split(tmp_path):
         assert result["n"] == test_idx.size
         assert result["roc_auc"] >= 0.91, (backend, result)
         assert abs(result["roc_auc"] - manifest["metrics"]["held_out"][backend]["roc_auc"]) < 1e-9
-
 
 
 def test_integer_beyond_float_range_is_a_data_error(synthetic, featurizer):

@@ -133,8 +133,11 @@ class Cluster:
 
     def synced(self, experiment: str, timeout: float = 15.0) -> None:
         """Wait until the hub holds exactly what the edges counted."""
-        wait_for(lambda: self.hub_counts(experiment) == {k: c for k, c in self.local_counts().items() if k[0] == experiment},
-                 timeout=timeout, what=f"hub totals of {experiment} to equal the edges' counts")
+        wait_for(
+            lambda: self.hub_counts(experiment) == {k: c for k, c in self.local_counts().items() if k[0] == experiment},
+            timeout=timeout,
+            what=f"hub totals of {experiment} to equal the edges' counts",
+        )
 
     def stop(self) -> None:
         for edge in self.edges:
@@ -151,9 +154,21 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 def define(cluster: Cluster, funnel: str, experiment: str, allocation: str) -> None:
     cluster.admin.create_funnel(funnel, list(FUNNEL.steps))
-    cluster.admin.create_experiment({"id": experiment, "funnel_id": funnel, "variants": [{"name": "A"}, {"name": "B"}], "decision_step": "buy", "allocation": allocation})
+    cluster.admin.create_experiment(
+        {
+            "id": experiment,
+            "funnel_id": funnel,
+            "variants": [{"name": "A"}, {"name": "B"}],
+            "decision_step": "buy",
+            "allocation": allocation,
+        }
+    )
     version = cluster.admin.start(experiment)["version"]
-    wait_for(lambda: all(cluster.edge_version(i, experiment) == version for i in range(3)), timeout=10, what="edges to pull the config")
+    wait_for(
+        lambda: all(cluster.edge_version(i, experiment) == version for i in range(3)),
+        timeout=10,
+        what="edges to pull the config",
+    )
 
 
 def test_thompson_moves_traffic_to_b_over_http(cluster: Cluster) -> None:
@@ -170,12 +185,18 @@ def test_thompson_moves_traffic_to_b_over_http(cluster: Cluster) -> None:
         # the edges pull them before the next batch
         time.sleep(2 * THOMPSON_S)
         latest = cluster.admin.experiment("bandit")["version"]
-        wait_for(lambda v=latest: all(cluster.edge_version(i, "bandit") == v for i in range(3)), timeout=10, what="edges to pull new weights")
+        wait_for(
+            lambda v=latest: all(cluster.edge_version(i, "bandit") == v for i in range(3)),
+            timeout=10,
+            what="edges to pull new weights",
+        )
     late = [given[f"visitor-{i}"] for i in range(BANDIT_VISITORS // 2, BANDIT_VISITORS)]
     share_b = late.count("B") / len(late)
     history = cluster.admin.history("bandit")
-    print(f"thompson over HTTP: B share of visitors {BANDIT_VISITORS // 2 + 1}-{BANDIT_VISITORS} = {share_b:.3f}; per batch {shares}; "
-          f"final weights {history[-1]['weights']}; {len(history)} config versions")
+    print(
+        f"thompson over HTTP: B share of visitors {BANDIT_VISITORS // 2 + 1}-{BANDIT_VISITORS} = {share_b:.3f}; per batch {shares}; "
+        f"final weights {history[-1]['weights']}; {len(history)} config versions"
+    )
     assert share_b > THOMPSON_SHARE
     assert history[-1]["weights"]["A"] >= 0.05  # the floor keeps the loser alive
 
@@ -187,8 +208,10 @@ def test_fixed_reports_b_better_over_http(cluster: Cluster) -> None:
     results = cluster.admin.results("ab")
     a, b = results["variants"]
     buy_a, buy_b = a["steps"][2], b["steps"][2]
-    print(f"fixed over HTTP: A {buy_a['reached']}/{a['assigned']}, B {buy_b['reached']}/{b['assigned']}, "
-          f"P(B beats A) {buy_b['prob_beat_control']:.4f}, loss(B) {buy_b['expected_loss']:.5f}, SRM p {results['srm']['p_value']:.3f}")
+    print(
+        f"fixed over HTTP: A {buy_a['reached']}/{a['assigned']}, B {buy_b['reached']}/{b['assigned']}, "
+        f"P(B beats A) {buy_b['prob_beat_control']:.4f}, loss(B) {buy_b['expected_loss']:.5f}, SRM p {results['srm']['p_value']:.3f}"
+    )
     assert a["assigned"] + b["assigned"] == HTTP_VISITORS
     assert buy_b["prob_beat_control"] > 0.95
     assert not results["srm"]["mismatch"]
@@ -205,8 +228,15 @@ def test_hub_totals_equal_edge_counts_through_duplicates_restart_and_outage(clus
     mine = {k: c for k, c in LocalStore(cluster.data_dir(0)).funnel_counts().items() if k[0] == "exact"}
     stale = {k: c // 2 for k, c in mine.items()}
     for counts in (mine, stale, mine):
-        body = {"node_id": identity.node_id, "counts": [{"experiment": e, "variant": v, "step": s, "count": c} for (e, v, s), c in counts.items()]}
-        httpx.post(cluster.hub.url + "/v1/nodes/me/counters", json=body, headers={"Authorization": f"Bearer {identity.credential()}"}).raise_for_status()
+        body = {
+            "node_id": identity.node_id,
+            "counts": [{"experiment": e, "variant": v, "step": s, "count": c} for (e, v, s), c in counts.items()],
+        }
+        httpx.post(
+            cluster.hub.url + "/v1/nodes/me/counters",
+            json=body,
+            headers={"Authorization": f"Bearer {identity.credential()}"},
+        ).raise_for_status()
     assert cluster.hub_counts("exact") == before
     # hub outage: edges keep assigning and counting; one edge restarts meanwhile (cached config, no hub)
     cluster.stop_hub()
@@ -215,7 +245,9 @@ def test_hub_totals_equal_edge_counts_through_duplicates_restart_and_outage(clus
     cluster.edges[1] = cluster.start_edge(1)
     cluster.run("shop-x", [f"visitor-{i}" for i in range(300, 450)], SEED + 2)
     # repeats of old visitors' steps are deduplicated on the edges
-    replay = httpx.post(cluster.edges[2].url + "/v1/funnels/shop-x/events", json={"visitor_id": "visitor-2", "step": "view"}).json()
+    replay = httpx.post(
+        cluster.edges[2].url + "/v1/funnels/shop-x/events", json={"visitor_id": "visitor-2", "step": "view"}
+    ).json()
     assert replay["counted"] is False
     local = cluster.local_counts()
     assert sum(c for (e, _, s), c in local.items() if e == "exact" and s == "$assigned") == 450

@@ -6,18 +6,18 @@ import io
 import json
 import tarfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
+from test_hub_support import RunningHub, any_store, make_bundle, store_kind  # noqa: F401  (fixtures)
 
 from hub.archive import pack
 from hub.client import HubError
+from hub.keys import public_key_from_b64
 from hub.registry import bucket
 from hub.store.base import Store
 from models.bundle import verify_bundle
-from hub.keys import public_key_from_b64
-from test_hub_support import RunningHub, any_store, make_bundle, store_kind  # noqa: F401  (fixtures)
 
 
 @pytest.fixture
@@ -143,7 +143,12 @@ def test_auth_missing_wrong_and_wrong_role_change_nothing(hub: RunningHub, tmp_p
         ("GET", "/v1/models", {}),
     ]
     before = hub.admin.show("funnel")
-    for headers, status in (({}, 401), ({"Authorization": "Bearer wrong"}, 401), ({"Authorization": "Basic x"}, 401), (_node_headers(node), 403)):
+    for headers, status in (
+        ({}, 401),
+        ({"Authorization": "Bearer wrong"}, 401),
+        ({"Authorization": "Basic x"}, 401),
+        (_node_headers(node), 403),
+    ):
         for method, path, kwargs in operator_calls:
             r = hub.http.request(method, path, headers=headers, **kwargs)
             assert r.status_code == status, (method, path, r.text)
@@ -151,7 +156,14 @@ def test_auth_missing_wrong_and_wrong_role_change_nothing(hub: RunningHub, tmp_p
     forged = {"Authorization": f"Bearer node.{node['node_id']}.not-the-secret"}
     assert hub.http.get("/v1/nodes/me/assignments", headers=forged).status_code == 401
     assert hub.http.get("/v1/nodes/me/assignments").status_code == 401
-    assert hub.http.post("/v1/nodes/me/heartbeat", json={"health": "ok"}, headers={"Authorization": f"Bearer {(hub.data_dir / 'admin.token').read_text()}"}).status_code == 403
+    assert (
+        hub.http.post(
+            "/v1/nodes/me/heartbeat",
+            json={"health": "ok"},
+            headers={"Authorization": f"Bearer {(hub.data_dir / 'admin.token').read_text()}"},
+        ).status_code
+        == 403
+    )
     assert hub.admin.show("funnel") == before
     assert len(hub.admin.nodes()) == 1 and hub.admin.nodes()[0]["last_seen"] is None
 

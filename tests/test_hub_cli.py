@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
+from test_hub_support import RunningHub, make_bundle, store_for
 
 from nexus_cli import main
-from test_hub_support import RunningHub, make_bundle, store_for
 
 
 @pytest.fixture
@@ -25,14 +25,20 @@ def _nexus(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, st
     return code, out, err
 
 
-def test_operator_commands(hub: RunningHub, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_operator_commands(
+    hub: RunningHub, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("NEXUS_HUB_TOKEN", raising=False)
     op = ["--hub", hub.url, "--data-dir", str(hub.data_dir)]
-    code, out, _ = _nexus(capsys, "hub", "models", "push", str(make_bundle(tmp_path, "funnel", "1", b"a")), *op, "--json")
+    code, out, _ = _nexus(
+        capsys, "hub", "models", "push", str(make_bundle(tmp_path, "funnel", "1", b"a")), *op, "--json"
+    )
     assert code == 0 and json.loads(out)["version"] == "1"
     _nexus(capsys, "hub", "models", "push", str(make_bundle(tmp_path, "funnel", "1", b"b")), *op)
     assert _nexus(capsys, "hub", "models", "promote", "funnel", "1", "--stage", "stable", *op)[0] == 0
-    code, out, _ = _nexus(capsys, "hub", "models", "assign", "funnel", "2", "--select", "region=3", "--percent", "10", *op, "--json")
+    code, out, _ = _nexus(
+        capsys, "hub", "models", "assign", "funnel", "2", "--select", "region=3", "--percent", "10", *op, "--json"
+    )
     assert code == 0 and json.loads(out)["select"] == {"region": "3"} and json.loads(out)["percent"] == 10
     code, out, _ = _nexus(capsys, "hub", "models", "list", *op)
     assert "funnel" in out and "1,2" in out
@@ -49,7 +55,9 @@ def test_operator_commands(hub: RunningHub, tmp_path: Path, capsys: pytest.Captu
     assert code == 0 and "region=3,tier=gold" in out and "offline" in out
 
 
-def test_operator_errors_are_one_line(hub: RunningHub, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_operator_errors_are_one_line(
+    hub: RunningHub, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("NEXUS_HUB_TOKEN", raising=False)
     code, _, err = _nexus(capsys, "hub", "models", "list", "--hub", hub.url, "--token", "wrong")
     assert code == 2 and err.strip() == "nexus: error: hub answered 401: invalid token"

@@ -15,22 +15,22 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import onnx
 import pytest
-from onnx import numpy_helper
-
 from conftest import free_port
-from hub.client import OperatorClient
-from models.bundle import list_versions, read_manifest, write_manifest
-from models.cli import DEFAULT_REPOSITORY
-from hub.keys import load_or_create_key
-from hub.store.base import open_store
+from onnx import numpy_helper
 from test_hub_support import NEXUS, HubProcess, wait_for
 from test_sync_agent import store_forged
+
+from hub.client import OperatorClient
+from hub.keys import load_or_create_key
+from hub.store.base import open_store
+from models.bundle import list_versions, read_manifest, write_manifest
+from models.cli import DEFAULT_REPOSITORY
 
 POLL_S = 0.5
 #: hub poll interval 0.5 s; the budget covers a download, verification and a model load on a busy 2-core box
@@ -68,8 +68,21 @@ class Edge:
         self.start(token)
 
     def start(self, token: str | None) -> None:
-        args = [*NEXUS, "edge", "serve", "--models", str(self.root / "models"), "--data-dir", str(self.root / "data"),
-                "--port", str(self.port), "--hub", self.hub_url, "--log-level", "warning"]
+        args = [
+            *NEXUS,
+            "edge",
+            "serve",
+            "--models",
+            str(self.root / "models"),
+            "--data-dir",
+            str(self.root / "data"),
+            "--port",
+            str(self.port),
+            "--hub",
+            self.hub_url,
+            "--log-level",
+            "warning",
+        ]
         if token:  # the spelling; deploy/ uses --enroll-token-file
             args += [f"--enroll-token={token}"]  # "=": a token may start with "-"
         args += self.extra_args
@@ -146,7 +159,11 @@ def test_assign_to_one_region_then_rollback_then_restart(cluster) -> None:  # ty
     store_forged(store, edges[2].root, "90", load_or_create_key(hub.data_dir), flip=True)
     store.close()
     admin.assign("funnel", "90", {"region": "3"})
-    wait_for(lambda: edges[2].metric("nexus_edge_hub_bundles_refused_total") == 1, timeout=ROLLOUT_BUDGET_S, what="refusal in metrics")
+    wait_for(
+        lambda: edges[2].metric("nexus_edge_hub_bundles_refused_total") == 1,
+        timeout=ROLLOUT_BUDGET_S,
+        what="refusal in metrics",
+    )
     assert edges[2].served() == old and not (edges[2].root / "models" / "funnel" / "90").exists()
     admin.rollback("funnel")
 

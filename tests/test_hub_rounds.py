@@ -52,7 +52,13 @@ def _edges(root: Path) -> dict[int, dict[str, str]]:
 def _federate(rounds: Rounds, run_id: str, configs: dict[int, dict[str, str]], on_round=None) -> None:  # type: ignore[no-untyped-def]
     folder = rounds.run_dir(run_id)
     config = rounds.store.get_run(run_id).config  # type: ignore[union-attr]
-    settings = RunSettings(model="funnel", num_rounds=config["rounds"], min_nodes=config["min_nodes"], base=str(folder / "base"), output_path=str(folder / "final.npz"))
+    settings = RunSettings(
+        model="funnel",
+        num_rounds=config["rounds"],
+        min_nodes=config["min_nodes"],
+        base=str(folder / "base"),
+        output_path=str(folder / "final.npz"),
+    )
     spec, initial = load_base(settings)
     run_rounds(LocalGrid(client_app, configs), settings, spec, initial, on_round=on_round)
 
@@ -73,7 +79,9 @@ def test_watch_copies_rounds_survives_a_restart_and_registers_a_candidate(hub_ro
 
     # a new hub process, same store and data dir, with an eval file for federated candidates
     eval_csv = write_csv(tmp_path / "eval.csv", *synthetic_sessions(120, seed=99))
-    restarted = Rounds(rounds.settings.model_copy(update={"eval_data": {"funnel": eval_csv}}), rounds.store, rounds.registry)
+    restarted = Rounds(
+        rounds.settings.model_copy(update={"eval_data": {"funnel": eval_csv}}), rounds.store, rounds.registry
+    )
     restarted.tick()
     done = restarted.store.get_run(run.run_id)
     assert done.status == "finished", done.reason
@@ -90,11 +98,18 @@ def test_watch_copies_rounds_survives_a_restart_and_registers_a_candidate(hub_ro
     assert version["stage"] == "candidate" and shown["stable"] is None  # registered, never promoted
     assert version["parent_version"] == "1" and version["key_id"] == hub.key_id
     fed = version["provenance"]["federated"]
-    assert fed["run_id"] == run.run_id and fed["rounds"] == 2 and fed["strategy"] == "fedavg" and len(fed["participants"]) == 3
+    assert (
+        fed["run_id"] == run.run_id
+        and fed["rounds"] == 2
+        and fed["strategy"] == "fedavg"
+        and len(fed["participants"]) == 3
+    )
     assert fed["dp"]["enabled"] is False
     assert version["metrics"]["federated_held_out"]["numpy"]["roc_auc"] == per_round[-1]["score"]
     hub_eval = version["metrics"]["hub_eval"]
-    assert set(hub_eval) == {"onnx", "onnx-int8", "tflite"} and all(m["n"] == 120 and 0 <= m["roc_auc"] <= 1 for m in hub_eval.values())
+    assert set(hub_eval) == {"onnx", "onnx-int8", "tflite"} and all(
+        m["n"] == 120 and 0 <= m["roc_auc"] <= 1 for m in hub_eval.values()
+    )
 
     # the registered archive is a complete bundle whose backends agree within the stated tolerance
     out = tmp_path / "candidate"

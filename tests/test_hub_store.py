@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import threading
 
-from hub.store.base import NodeRecord, Store, VersionRecord
 from test_hub_support import any_store, store_kind  # noqa: F401  (fixtures)
+
+from hub.store.base import NodeRecord, Store, VersionRecord
 
 
 def _version(model: str, version: str) -> VersionRecord:
-    return VersionRecord(model, version, {"name": model, "version": version, "files": {}}, {"alg": "ed25519"}, "ab" * 32, 3, 1.0)
+    return VersionRecord(
+        model, version, {"name": model, "version": version, "files": {}}, {"alg": "ed25519"}, "ab" * 32, 3, 1.0
+    )
 
 
 def test_meta_first_writer_wins(any_store: Store) -> None:
@@ -29,7 +32,9 @@ def test_enroll_token_is_one_time_and_expires(any_store: Store) -> None:
 def test_enroll_token_taken_once_under_concurrency(any_store: Store) -> None:
     any_store.add_enroll_token("race", {"a": "1"}, expires_at=1e12)
     results: list[object] = []
-    threads = [threading.Thread(target=lambda: results.append(any_store.take_enroll_token("race", 0.0))) for _ in range(8)]
+    threads = [
+        threading.Thread(target=lambda: results.append(any_store.take_enroll_token("race", 0.0))) for _ in range(8)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -85,12 +90,16 @@ def test_ping(any_store: Store) -> None:
 def test_federated_runs_and_rounds(any_store: Store) -> None:
     from hub.store.base import RunRecord
 
-    run = RunRecord("r-1", "funnel", "running", {"rounds": 2}, "1", 10.0, 10.0, 100.0, flower_run_id=7, score_name="roc_auc")
+    run = RunRecord(
+        "r-1", "funnel", "running", {"rounds": 2}, "1", 10.0, 10.0, 100.0, flower_run_id=7, score_name="roc_auc"
+    )
     later = RunRecord("r-2", "emotion", "starting", {"rounds": 1}, "3", 20.0, 20.0, 200.0)
     any_store.put_run(later)
     any_store.put_run(run)
     assert [r.run_id for r in any_store.list_runs()] == ["r-1", "r-2"]  # oldest first
-    any_store.put_run(RunRecord(**{**run.__dict__, "status": "finished", "version": "2", "participants": [5, 9], "rounds_done": 2}))
+    any_store.put_run(
+        RunRecord(**{**run.__dict__, "status": "finished", "version": "2", "participants": [5, 9], "rounds_done": 2})
+    )
     got = any_store.get_run("r-1")
     assert got is not None and got.status == "finished" and got.version == "2" and got.participants == [5, 9]
     assert any_store.get_run("r-404") is None

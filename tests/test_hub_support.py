@@ -7,8 +7,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
@@ -23,12 +23,17 @@ from models.bundle import write_manifest
 from models.flower_process import end_process_tree
 
 
-def make_bundle(root: Path, name: str = "funnel", version: str = "1", payload: bytes = b"weights-v1", size: int = 0) -> Path:
+def make_bundle(
+    root: Path, name: str = "funnel", version: str = "1", payload: bytes = b"weights-v1", size: int = 0
+) -> Path:
     """A minimal valid bundle dir (the hub never loads the artifacts, only checks them)."""
     folder = root / f"{name}-{version}-{uuid.uuid4().hex[:6]}"
     folder.mkdir(parents=True)
     (folder / "model.onnx").write_bytes(payload + b"\0" * size)
-    write_manifest(folder, {"name": name, "family": "funnel", "version": version, "parent_version": None, "metrics": {"roc_auc": 0.9}})
+    write_manifest(
+        folder,
+        {"name": name, "family": "funnel", "version": version, "parent_version": None, "metrics": {"roc_auc": 0.9}},
+    )
     return folder
 
 
@@ -78,8 +83,6 @@ def any_store(store_kind: str, tmp_path: Path, request: pytest.FixtureRequest) -
     cleanup(store)
 
 
-
-
 class StandInRepository:
     """Stands in for the edge's model repository: serves exactly what it is told to,
     after checking that the version is really installed and intact."""
@@ -96,7 +99,7 @@ class StandInRepository:
         self.served[model] = version
         self.activations.append((model, version))
 
-    def status(self) -> "NodeStatus":
+    def status(self) -> NodeStatus:
         from edge_worker.sync import NodeStatus
 
         return NodeStatus(models=dict(self.served))
@@ -129,7 +132,9 @@ class HubProcess:
         self.log = data_dir.parent / f"hub-{port}.log"
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [*NEXUS, "hub", "serve", "--data-dir", str(data_dir), "--port", str(port), *extra], stdout=log, stderr=log
+                [*NEXUS, "hub", "serve", "--data-dir", str(data_dir), "--port", str(port), *extra],
+                stdout=log,
+                stderr=log,
             )
         wait_for(lambda: _healthy(self.url) or self.proc.poll() is not None, timeout=30, what="hub start")
         assert self.proc.poll() is None, self.log.read_text()

@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 
 from edge_worker.payloads import (
-    ASSIGNMENT_POLL, BUNDLE_DOWNLOAD, COUNTERS, ENROLLMENT, HEARTBEAT, MODEL_UPDATE, Declarations, PayloadRefused, check_payload, counter_keys,
+    ASSIGNMENT_POLL,
+    BUNDLE_DOWNLOAD,
+    COUNTERS,
+    ENROLLMENT,
+    HEARTBEAT,
+    MODEL_UPDATE,
+    Declarations,
+    PayloadRefused,
+    check_payload,
+    counter_keys,
     model_shapes,
 )
 from models.export.onnx_graphs import funnel_onnx, save
@@ -14,8 +23,16 @@ from models.export.onnx_graphs import funnel_onnx, save
 CONFIG = {
     "assignment": "sha256-u53/1",
     "funnels": [{"id": "checkout", "steps": ["view", "cart", "buy"]}],
-    "experiments": [{"id": "exp-1", "funnel_id": "checkout", "status": "running", "version": 1, "salt": "",
-                     "variants": [{"name": "a", "weight": 1.0}, {"name": "b", "weight": 1.0}]}],
+    "experiments": [
+        {
+            "id": "exp-1",
+            "funnel_id": "checkout",
+            "status": "running",
+            "version": 1,
+            "salt": "",
+            "variants": [{"name": "a", "weight": 1.0}, {"name": "b", "weight": 1.0}],
+        }
+    ],
 }
 SHAPES = {"w0": (4, 3), "b0": (3,), "w1": (3, 1), "b1": (1,)}
 
@@ -59,14 +76,17 @@ def test_a_model_update_is_accepted_with_its_shapes_and_dp(declared):
     assert check_payload(MODEL_UPDATE, nested, declared)["arrays"]["b1"]["shape"] == [1]
 
 
-@pytest.mark.parametrize("arrays, match", [
-    ({"w0": np.zeros((4, 4))}, "shape"),
-    ({"extra": np.zeros(2)}, "unexpected"),
-    ({"b0": np.array(["a", "b", "c"])}, "numeric"),
-    ({"b0": ["free", "text", "here"]}, "numeric"),
-    ({"b0": np.array([1.0, np.nan, 0.0])}, "NaN"),
-    ({"b0": [[1.0], [2.0, 3.0]]}, "rectangular|shape"),
-])
+@pytest.mark.parametrize(
+    "arrays, match",
+    [
+        ({"w0": np.zeros((4, 4))}, "shape"),
+        ({"extra": np.zeros(2)}, "unexpected"),
+        ({"b0": np.array(["a", "b", "c"])}, "numeric"),
+        ({"b0": ["free", "text", "here"]}, "numeric"),
+        ({"b0": np.array([1.0, np.nan, 0.0])}, "NaN"),
+        ({"b0": [[1.0], [2.0, 3.0]]}, "rectangular|shape"),
+    ],
+)
 def test_wrong_arrays_are_refused(declared, arrays, match):
     payload = _update()
     if "extra" not in arrays:
@@ -84,22 +104,31 @@ def test_an_unknown_model_or_a_free_text_field_is_refused(declared):
 
 
 def test_counters_are_accepted_with_a_count_summary(declared):
-    payload = {"node_id": "edge-1", "counts": [
-        {"experiment": "exp-1", "variant": "a", "step": "$assigned", "count": 10},
-        {"experiment": "exp-1", "variant": "b", "step": "buy", "count": 2},
-    ]}
+    payload = {
+        "node_id": "edge-1",
+        "counts": [
+            {"experiment": "exp-1", "variant": "a", "step": "$assigned", "count": 10},
+            {"experiment": "exp-1", "variant": "b", "step": "buy", "count": 2},
+        ],
+    }
     assert check_payload(COUNTERS, payload, declared) == {"keys": 2, "total": 12}
 
 
-@pytest.mark.parametrize("item, match", [
-    ({"experiment": "exp-1", "variant": "a", "step": "view", "count": 1.5}, "integer"),
-    ({"experiment": "exp-1", "variant": "a", "step": "view", "count": True}, "integer"),
-    ({"experiment": "exp-1", "variant": "a", "step": "view", "count": "3"}, "integer"),
-    ({"experiment": "exp-1", "variant": "a", "step": "view", "count": -1}, "integer in"),
-    ({"experiment": "exp-1", "variant": "c", "step": "view", "count": 1}, "funnel config"),
-    ({"experiment": "exp-1", "variant": "a", "step": "alice@example.com", "count": 1}, "funnel config"),
-    ({"experiment": "exp-1", "variant": "a", "step": "view", "count": 1, "visitor": "v-9"}, "'visitor' is not declared"),
-])
+@pytest.mark.parametrize(
+    "item, match",
+    [
+        ({"experiment": "exp-1", "variant": "a", "step": "view", "count": 1.5}, "integer"),
+        ({"experiment": "exp-1", "variant": "a", "step": "view", "count": True}, "integer"),
+        ({"experiment": "exp-1", "variant": "a", "step": "view", "count": "3"}, "integer"),
+        ({"experiment": "exp-1", "variant": "a", "step": "view", "count": -1}, "integer in"),
+        ({"experiment": "exp-1", "variant": "c", "step": "view", "count": 1}, "funnel config"),
+        ({"experiment": "exp-1", "variant": "a", "step": "alice@example.com", "count": 1}, "funnel config"),
+        (
+            {"experiment": "exp-1", "variant": "a", "step": "view", "count": 1, "visitor": "v-9"},
+            "'visitor' is not declared",
+        ),
+    ],
+)
 def test_bad_counters_are_refused(declared, item, match):
     _refused(COUNTERS, {"node_id": "edge-1", "counts": [item]}, declared, match)
 

@@ -31,26 +31,36 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 import pytest
-from flwr.supercore.constant import HEAD_BODY_DIVIDER
-
 from conftest import free_port, need
-from edge_worker.audit import SEND, AuditReader, verify
-from hub.client import OperatorClient
-from hub.superlink import SuperLink, SuperLinkConfig
-from models.cli import DEFAULT_REPOSITORY
+from flwr.supercore.constant import HEAD_BODY_DIVIDER
 from test_federated_units import synthetic_sessions
 from test_hub_rollout_integration import Edge
 from test_hub_support import NEXUS, HubProcess, wait_for
 
+from edge_worker.audit import SEND, AuditReader, verify
+from hub.client import OperatorClient
+from hub.superlink import SuperLink, SuperLinkConfig
+from models.cli import DEFAULT_REPOSITORY
+
 BIN = Path(__import__("sys").executable).parent
 SESSIONS_PER_EDGE = 120
 MAX_HEAD = 600
-HEADERS = {"host", "accept", "accept-encoding", "connection", "user-agent", "content-length", "content-type", "authorization", "if-none-match"}
+HEADERS = {
+    "host",
+    "accept",
+    "accept-encoding",
+    "connection",
+    "user-agent",
+    "content-length",
+    "content-type",
+    "authorization",
+    "if-none-match",
+}
 
 
 class RecordingProxy:
@@ -114,8 +124,21 @@ class CanaryEdge(Edge):
     """An edge serving both models (feedback needs emotion), syncing funnels every second."""
 
     def start(self, token: str | None) -> None:
-        args = [*NEXUS, "edge", "serve", "--models", str(self.root / "models"), "--data-dir", str(self.root / "data"),
-                "--port", str(self.port), "--hub", self.hub_url, "--log-level", "warning"]
+        args = [
+            *NEXUS,
+            "edge",
+            "serve",
+            "--models",
+            str(self.root / "models"),
+            "--data-dir",
+            str(self.root / "data"),
+            "--port",
+            str(self.port),
+            "--hub",
+            self.hub_url,
+            "--log-level",
+            "warning",
+        ]
         args += [f"--enroll-token={token}"] if token else []  # a token may start with "-"
         env = {**os.environ, "NEXUS_MODELS": "funnel,emotion", "NEXUS_FUNNEL_SYNC_S": "1"}
         with open(self.root / "edge.log", "ab") as log:
@@ -134,7 +157,7 @@ def http_requests(stream: bytes) -> list[tuple[str, dict[str, str], bytes, int]]
         headers = {k.strip().lower(): v.strip() for k, _, v in (f.partition(":") for f in fields)}
         assert "chunked" not in headers.get("transfer-encoding", ""), "the gateway sends sized bodies"
         size = int(headers.get("content-length", "0"))
-        body = stream[end + 4:end + 4 + size]
+        body = stream[end + 4 : end + 4 + size]
         out.append((line, headers, body, end + 4 - pos))
         pos = end + 4 + size
     return out
@@ -169,7 +192,7 @@ def byte_fields(buf: bytes, depth: int = 0) -> list[bytes]:
                 size, pos = _varint(buf, pos)
                 if pos + size > len(buf):
                     raise ValueError("truncated")
-                value = buf[pos:pos + size]
+                value = buf[pos : pos + size]
                 fields.append(value)
                 if depth < 12:
                     fields += byte_fields(value, depth + 1)
@@ -186,11 +209,18 @@ def byte_fields(buf: bytes, depth: int = 0) -> list[bytes]:
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[dict]:
-    need((BIN / "flower-superlink").exists() and (BIN / "flower-supernode").exists(), "Flower's binaries are not installed in this environment")
+    need(
+        (BIN / "flower-superlink").exists() and (BIN / "flower-supernode").exists(),
+        "Flower's binaries are not installed in this environment",
+    )
     superlink_port, hub_port = free_port(), free_port()
     hub = HubProcess(tmp_path / "hub", hub_port, "--poll-interval", "0.5", "--superlink-port", str(superlink_port))
     hub_proxy, link_proxy = RecordingProxy(hub_port), RecordingProxy(superlink_port)
-    admin = httpx.Client(base_url=hub.url, headers={"Authorization": f"Bearer {(hub.data_dir / 'admin.token').read_text().strip()}"}, timeout=30)
+    admin = httpx.Client(
+        base_url=hub.url,
+        headers={"Authorization": f"Bearer {(hub.data_dir / 'admin.token').read_text().strip()}"},
+        timeout=30,
+    )
     edges: list[CanaryEdge] = []
     old = os.environ.get("NEXUS_SUPERLINK")
     os.environ["NEXUS_SUPERLINK"] = f"127.0.0.1:{link_proxy.port}"
@@ -199,15 +229,29 @@ def cluster(tmp_path: Path) -> Iterator[dict]:
         operator.promote("funnel", operator.push(DEFAULT_REPOSITORY / "funnel" / "1")["version"], "stable")
         operator.close()
         admin.post("/v1/funnels", json={"id": "shop", "steps": ["view", "cart", "buy"]}).raise_for_status()
-        admin.post("/v1/experiments", json={"id": "checkout", "funnel_id": "shop", "decision_step": "buy",
-                                            "variants": [{"name": "a"}, {"name": "b"}]}).raise_for_status()
+        admin.post(
+            "/v1/experiments",
+            json={
+                "id": "checkout",
+                "funnel_id": "shop",
+                "decision_step": "buy",
+                "variants": [{"name": "a"}, {"name": "b"}],
+            },
+        ).raise_for_status()
         admin.post("/v1/experiments/checkout/start").raise_for_status()
         for region in (1, 2):
             root = tmp_path / f"edge-{region}"
             shutil.copytree(DEFAULT_REPOSITORY / "emotion", root / "models" / "emotion")
             token = admin.post("/v1/tokens", json={"tags": {"region": str(region)}}).json()["token"]
             edges.append(CanaryEdge(root, f"http://127.0.0.1:{hub_proxy.port}", token))
-        yield {"hub": hub, "admin": admin, "edges": edges, "hub_proxy": hub_proxy, "link_proxy": link_proxy, "superlink_port": superlink_port}
+        yield {
+            "hub": hub,
+            "admin": admin,
+            "edges": edges,
+            "hub_proxy": hub_proxy,
+            "link_proxy": link_proxy,
+            "superlink_port": superlink_port,
+        }
     finally:
         for edge in edges:
             edge.stop()
@@ -232,14 +276,24 @@ def _feed(edge: CanaryEdge, region: int, canaries: list[str]) -> None:
     with httpx.Client(base_url=edge.url, timeout=30) as http:
         for session, label in zip(sessions, labels):
             visitor = canary("visitor")
-            assert http.post("/v1/funnel/outcome", json={"session": session, "converted": bool(label), "visitor_id": visitor}).status_code == 201
+            assert (
+                http.post(
+                    "/v1/funnel/outcome", json={"session": session, "converted": bool(label), "visitor_id": visitor}
+                ).status_code
+                == 201
+            )
             assert http.post("/v1/funnels/shop/assign", json={"visitor_id": visitor}).status_code == 200
             for step in ("view", "cart", "buy")[: 1 + int(label) * 2]:
                 reply = http.post("/v1/funnels/shop/events", json={"visitor_id": visitor, "step": step})
                 assert reply.status_code == 200, reply.text
         for _ in range(20):
             text = f"I am {canary('name')} and my order {canary('order')} is late"
-            assert http.post("/v1/feedback", json={"text": text, "labels": ["anger"], "visitor_id": canary("visitor")}).status_code == 201
+            assert (
+                http.post(
+                    "/v1/feedback", json={"text": text, "labels": ["anger"], "visitor_id": canary("visitor")}
+                ).status_code
+                == 201
+            )
             assert http.post("/v1/emotion", json={"text": text}).status_code == 200
         assert http.post("/v1/funnel/score", json={"sessions": sessions[:5]}).status_code == 200
 
@@ -252,17 +306,45 @@ def test_no_canary_leaves_an_edge_and_every_byte_is_in_its_audit_log(cluster: di
     hub, edges = cluster["hub"], cluster["edges"]
     wait_for(lambda: all(e.served() == "1" for e in edges), timeout=90, what="edges serving funnel 1 from the hub")
     for edge in edges:  # the funnel config reaches the edges with their first funnel sync
-        wait_for(lambda: httpx.post(edge.url + "/v1/funnels/shop/assign", json={"visitor_id": "probe"}).status_code == 200,
-                 timeout=30, what="the funnel config on the edge")
+        wait_for(
+            lambda: httpx.post(edge.url + "/v1/funnels/shop/assign", json={"visitor_id": "probe"}).status_code == 200,
+            timeout=30,
+            what="the funnel config on the edge",
+        )
     canaries: list[str] = []
     for region, edge in zip((1, 2), edges):
         _feed(edge, region, canaries)
-    wait_for(lambda: sum(1 for e in _sends(edges) if e.kind == "counters") >= 2, timeout=30, what="counter reports from both edges")
+    wait_for(
+        lambda: sum(1 for e in _sends(edges) if e.kind == "counters") >= 2,
+        timeout=30,
+        what="counter reports from both edges",
+    )
     link = SuperLink(SuperLinkConfig(hub.data_dir / "flower", port=cluster["superlink_port"]))
     wait_for(lambda: len(link.online_nodes()) == 2, timeout=90, what="both SuperNodes registered through the proxy")
     done = subprocess.run(
-        [*NEXUS, "hub", "rounds", "start", "--model", "funnel", "--rounds", "1", "--min-nodes", "2", "--timeout", "60", "--wait", "--json",
-         "--hub", hub.url, "--data-dir", str(hub.data_dir)], capture_output=True, text=True, timeout=300,
+        [
+            *NEXUS,
+            "hub",
+            "rounds",
+            "start",
+            "--model",
+            "funnel",
+            "--rounds",
+            "1",
+            "--min-nodes",
+            "2",
+            "--timeout",
+            "60",
+            "--wait",
+            "--json",
+            "--hub",
+            hub.url,
+            "--data-dir",
+            str(hub.data_dir),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     time.sleep(1.5)  # a last heartbeat and counter report
@@ -283,13 +365,19 @@ def test_no_canary_leaves_an_edge_and_every_byte_is_in_its_audit_log(cluster: di
         assert result.ok, result.message()
         # every Flower update and evaluation got the hub's receipt too (federated/receipts.py)
         reader = AuditReader(edge.root / "data")
-        replies = [e.id for e in reader.entries(SEND) if e.channel == "flower" and e.kind in ("model-update", "evaluation-metrics")]
+        replies = [
+            e.id
+            for e in reader.entries(SEND)
+            if e.channel == "flower" and e.kind in ("model-update", "evaluation-metrics")
+        ]
         assert len(replies) == 2 and set(replies) <= set(reader.receipts()), "a Flower reply without the hub's receipt"
 
     # 2. hub HTTP: every request is an audited send; the rest is a bounded request head
     requests = [r for stream in cluster["hub_proxy"].streams for r in http_requests(bytes(stream))]
     audited = Counter((e.summary.get("request"), e.sha256, e.bytes) for e in sends if e.channel != "flower")
-    captured = Counter((line.rsplit(" ", 1)[0], hashlib.sha256(body).hexdigest(), len(body)) for line, _, body, _ in requests)
+    captured = Counter(
+        (line.rsplit(" ", 1)[0], hashlib.sha256(body).hexdigest(), len(body)) for line, _, body, _ in requests
+    )
     assert not captured - audited, f"requests without an audit entry: {list(captured - audited)[:3]}"
     assert sum((audited - captured).values()) <= 2 * len(edges)  # logged, then cut off by the shutdown
     heads = [head for *_, head in requests]
@@ -303,8 +391,12 @@ def test_no_canary_leaves_an_edge_and_every_byte_is_in_its_audit_log(cluster: di
     assert all("content-encoding" not in headers for _, headers, _, _ in fleet)
     assert all(line.startswith("POST /v1/fleet/") for line, *_ in fleet), {line for line, *_ in fleet}
     # Flower pushes each array chunk as an object: "ArrayChunk" head, HEAD_BODY_DIVIDER, the data
-    fields = {hashlib.sha256(part).hexdigest() for _, _, body, _ in fleet for f in byte_fields(body)
-              for part in (f, f.partition(HEAD_BODY_DIVIDER)[2])}
+    fields = {
+        hashlib.sha256(part).hexdigest()
+        for _, _, body, _ in fleet
+        for f in byte_fields(body)
+        for part in (f, f.partition(HEAD_BODY_DIVIDER)[2])
+    }
     flower = [e for e in sends if e.channel == "flower"]
     arrays = [a for e in flower for a in e.summary.get("arrays", {}).values()]
     kinds = Counter(e.kind for e in flower)
@@ -312,7 +404,9 @@ def test_no_canary_leaves_an_edge_and_every_byte_is_in_its_audit_log(cluster: di
     missing = [a for a in arrays if a["sha256"] not in fields]
     assert not missing, f"{len(missing)} audited arrays not found in the SuperLink capture"
     array_bytes = sum(a["bytes"] for a in arrays)
-    print(f"\ncanary: {len(canaries)} canaries; hub HTTP {len(hub_bytes)} B in {len(requests)} requests "
-          f"({body_bytes} B bodies in audit entries, {sum(heads)} B request heads, max {max(heads)} B); "
-          f"SuperLink {len(link_bytes)} B in {len(fleet)} requests ({array_bytes} B of audited arrays, "
-          f"{len(link_bytes) - array_bytes} B Flower framing and control: {dict(Counter(line.split()[1] for line, *_ in fleet))})")
+    print(
+        f"\ncanary: {len(canaries)} canaries; hub HTTP {len(hub_bytes)} B in {len(requests)} requests "
+        f"({body_bytes} B bodies in audit entries, {sum(heads)} B request heads, max {max(heads)} B); "
+        f"SuperLink {len(link_bytes)} B in {len(fleet)} requests ({array_bytes} B of audited arrays, "
+        f"{len(link_bytes) - array_bytes} B Flower framing and control: {dict(Counter(line.split()[1] for line, *_ in fleet))})"
+    )

@@ -8,19 +8,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, Context, Message, MetricRecord, RecordDict
+from test_federated_units import funnel_spec, synthetic_sessions
 
 from edge_worker.audit import REFUSAL, SEND, AuditReader, verify
 from edge_worker.audit_report import build_report
 from edge_worker.dp_budget import PrivacyBudget
 from edge_worker.store import LocalStore
 from federated.audit_mod import RUN_CLIP, RUN_NOISE, audit_mod
-from federated.digest import describe
 from federated.client_app import app
+from federated.digest import describe
 from federated.local_grid import LocalGrid
 from federated.server_app import run_rounds
 from federated.settings import RunSettings
 from federated.tasks import task_for
-from test_federated_units import funnel_spec, synthetic_sessions
 
 SIGMA, CLIP = 2.0, 1.0
 
@@ -50,7 +50,9 @@ def test_a_node_stops_taking_part_once_its_budget_is_spent(tmp_path: Path) -> No
     PrivacyBudget(a, epsilon=budget, delta=1e-5)
 
     grid = _grid([a, b], {RUN_NOISE: SIGMA, RUN_CLIP: CLIP})
-    result = run_rounds(grid, RunSettings(num_rounds=4, min_nodes=1, seed=3), spec, task_for("funnel").init_weights(spec, 0))
+    result = run_rounds(
+        grid, RunSettings(num_rounds=4, min_nodes=1, seed=3), spec, task_for("funnel").init_weights(spec, 0)
+    )
     assert [r.participants for r in result.rounds] == [2, 2, 1, 1]
     assert [r.train_failures for r in result.rounds] == [0, 0, 1, 1]
     assert all(np.all(np.isfinite(w)) for w in result.weights.values())
@@ -64,7 +66,9 @@ def test_a_node_stops_taking_part_once_its_budget_is_spent(tmp_path: Path) -> No
         assert dp["epsilon"] == pytest.approx(probe.epsilon_after(SIGMA, rounds=rounds))
         assert set(entry.summary["arrays"]) == {f"arrays/{n}" for n in ("w0", "b0", "w1", "b1")}
         assert all(x["dtype"] == "float32" for x in entry.summary["arrays"].values())
-        assert entry.summary["records"]["metrics"] == {"num-examples": entry.summary["records"]["metrics"]["num-examples"]}
+        assert entry.summary["records"]["metrics"] == {
+            "num-examples": entry.summary["records"]["metrics"]["num-examples"]
+        }
     refusals = list(reader.entries(REFUSAL))
     assert len(refusals) == 2 and all("privacy budget exhausted" in e.reason for e in refusals)
     errors = [e for e in reader.entries(SEND) if e.kind == "error"]

@@ -7,11 +7,11 @@ import time
 from pathlib import Path
 
 from starlette.testclient import TestClient
+from test_edge_support import edge_settings, operator
 
 from edge_worker.app import create_app
 from edge_worker.audit import DB_NAME, ERASURE, OPERATOR_TOKEN_FILE, RETENTION, AuditLog, AuditReader
 from edge_worker.store import LocalStore
-from test_edge_support import edge_settings, operator
 
 VISITOR = "visitor-7f3a-canary"
 
@@ -26,12 +26,21 @@ def test_erasure_retention_and_the_audit_endpoint(tmp_path: Path) -> None:
         token_file = settings.data_dir / OPERATOR_TOKEN_FILE
         assert token_file.stat().st_mode & 0o777 == 0o600
         for text in ("love it", "meh"):
-            assert client.post("/v1/feedback", json={"text": text, "labels": ["joy"], "visitor_id": VISITOR}).status_code == 201
+            assert (
+                client.post("/v1/feedback", json={"text": text, "labels": ["joy"], "visitor_id": VISITOR}).status_code
+                == 201
+            )
         # erasing is the operator's: anonymous or malformed requests erase nothing
         assert client.delete(f"/v1/privacy/visitors/{VISITOR}").status_code == 401
-        assert client.delete(f"/v1/privacy/visitors/{VISITOR}", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert (
+            client.delete(f"/v1/privacy/visitors/{VISITOR}", headers={"Authorization": "Bearer wrong"}).status_code
+            == 401
+        )
         assert client.delete("/v1/privacy/visitors/a%20b", headers=operator(client)).status_code == 422
-        assert client.delete(f"/v1/privacy/visitors/{VISITOR}", headers=operator(client)).json() == {"visitor_id": VISITOR, "erased": 2}
+        assert client.delete(f"/v1/privacy/visitors/{VISITOR}", headers=operator(client)).json() == {
+            "visitor_id": VISITOR,
+            "erased": 2,
+        }
 
         assert client.get("/v1/privacy/audit").status_code == 401
         assert client.get("/v1/privacy/audit", headers={"Authorization": "Bearer wrong"}).status_code == 401
@@ -52,5 +61,10 @@ def test_erasure_retention_and_the_audit_endpoint(tmp_path: Path) -> None:
     assert report["verification"]["ok"] and report["verification"]["entries"] == 2
     assert report["erasures"]["count"] == 1 and report["erasures"]["rows_deleted"] == 2
     assert report["retention"]["count"] == 1 and report["inventory"]["retention_days"] == 1
-    tables = {t["table"]: t["rows"] for db in report["inventory"]["databases"] if db["path"] == "edge.sqlite3" for t in db["tables"]}
+    tables = {
+        t["table"]: t["rows"]
+        for db in report["inventory"]["databases"]
+        if db["path"] == "edge.sqlite3"
+        for t in db["tables"]
+    }
     assert tables["feedback"] == 0

@@ -94,14 +94,24 @@ def test_deadline_and_stop_end_waiting_flower_runs(live_hub: LiveHub) -> None:
         assert raced["status"] == "starting" and raced["flower_run_id"] is None
         assert hub.admin.stop_run(raced["run_id"])["status"] == "stopped"
         answered = submitting.result(timeout=60)
-    assert answered["run_id"] == raced["run_id"] and answered["status"] == "stopped" and answered["flower_run_id"] is not None
+    assert (
+        answered["run_id"] == raced["run_id"]
+        and answered["status"] == "stopped"
+        and answered["flower_run_id"] is not None
+    )
     assert hub.flower_finished(answered["flower_run_id"], timeout=30) == "finished:stopped"
     assert hub.admin.run(raced["run_id"])["status"] == "stopped"
 
-    wait_for(lambda: hub.admin.run(late["run_id"])["status"] != "running", timeout=DEADLINE_S + 2 * DEADLINE_SLACK_S, what="the deadline to end the run")
+    wait_for(
+        lambda: hub.admin.run(late["run_id"])["status"] != "running",
+        timeout=DEADLINE_S + 2 * DEADLINE_SLACK_S,
+        what="the deadline to end the run",
+    )
     failed = hub.nexus("show", late["run_id"])
     assert failed["status"] == "failed", failed
-    assert failed["reason"].startswith(f"deadline of {DEADLINE_S:.0f}s passed after 0/1 rounds; 0 node(s) online"), failed["reason"]
+    assert failed["reason"].startswith(f"deadline of {DEADLINE_S:.0f}s passed after 0/1 rounds; 0 node(s) online"), (
+        failed["reason"]
+    )
     assert failed["rounds"] == [] and failed["deadline_at"] - failed["created_at"] == pytest.approx(DEADLINE_S)
     assert 0 < failed["updated_at"] - failed["deadline_at"] < DEADLINE_SLACK_S
     assert hub.flower_finished(late["flower_run_id"], timeout=30) == "finished:stopped"

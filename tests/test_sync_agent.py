@@ -6,23 +6,23 @@ import asyncio
 import hashlib
 import json
 import random
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from conftest import free_port
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from test_hub_support import RunningHub, StandInRepository, make_bundle, store_for
+
 from edge_worker.audit import REFUSAL, AuditLog, AuditReader
 from edge_worker.egress import HubGateway, HubUnreachable
-from edge_worker.payloads import BUNDLE_DOWNLOAD, PayloadRefused
 from edge_worker.identity import IDENTITY_FILE, load_identity
+from edge_worker.payloads import BUNDLE_DOWNLOAD, PayloadRefused
 from edge_worker.sync import STATE_FILE, Backoff, SyncAgent
 from hub.archive import pack
 from hub.keys import load_or_create_key
 from hub.store.base import Store, VersionRecord
 from models.bundle import read_manifest, sign_bundle
-from test_hub_support import RunningHub, StandInRepository, make_bundle, store_for
 
 
 @pytest.fixture
@@ -33,7 +33,15 @@ def hub(tmp_path: Path) -> Iterator[RunningHub]:
 
 
 def _agent(hub_url: str, edge: Path, repo: StandInRepository, token: str | None = None) -> SyncAgent:
-    return SyncAgent(HubGateway(hub_url, AuditLog(edge), timeout=5.0), edge, repo.root, repo.activate, repo.status, enroll_token=token, backoff=Backoff(0.05, 0.2))
+    return SyncAgent(
+        HubGateway(hub_url, AuditLog(edge), timeout=5.0),
+        edge,
+        repo.root,
+        repo.activate,
+        repo.status,
+        enroll_token=token,
+        backoff=Backoff(0.05, 0.2),
+    )
 
 
 def _sync(agent: SyncAgent) -> dict[str, str]:
@@ -102,12 +110,16 @@ def store_forged(store: Store, tmp_path: Path, version: str, key: Ed25519Private
         (folder / "model.onnx").write_bytes(bytes(data))
     archive = pack(folder)
     signature = json.loads((folder / "signature.json").read_text())
-    record = VersionRecord("funnel", version, read_manifest(folder), signature, hashlib.sha256(archive).hexdigest(), len(archive), 0.0)
+    record = VersionRecord(
+        "funnel", version, read_manifest(folder), signature, hashlib.sha256(archive).hexdigest(), len(archive), 0.0
+    )
     assert store.add_version(record, archive)
 
 
 @pytest.mark.parametrize("fault", ["flipped-byte", "wrong-signature"])
-def test_tampered_or_wrongly_signed_bundle_is_refused_old_model_kept(hub: RunningHub, tmp_path: Path, fault: str) -> None:
+def test_tampered_or_wrongly_signed_bundle_is_refused_old_model_kept(
+    hub: RunningHub, tmp_path: Path, fault: str
+) -> None:
     _push_and_stabilise(hub, tmp_path)
     edge, repo = tmp_path / "edge", StandInRepository(tmp_path / "edge" / "models")
     agent = _agent(hub.url, edge, repo, hub.admin.create_token({"region": "1"})["token"])
@@ -123,7 +135,9 @@ def test_tampered_or_wrongly_signed_bundle_is_refused_old_model_kept(hub: Runnin
     assert repo.served == {"funnel": "1"} and not (repo.root / "funnel" / "2").exists()
     assert agent.stats.refusals == 1
     assert agent.state.refused["funnel"]["version"] == "2"
-    assert ("sha256 mismatch" if fault == "flipped-byte" else "signature does not verify") in agent.state.refused["funnel"]["reason"]
+    assert ("sha256 mismatch" if fault == "flipped-byte" else "signature does not verify") in agent.state.refused[
+        "funnel"
+    ]["reason"]
     if fault == "wrong-signature":
         # refused on the manifest's signature, before any artifact was fetched
         assert agent.gateway.messages[BUNDLE_DOWNLOAD] == 2
@@ -150,7 +164,15 @@ def test_unreachable_hub_backs_off_with_jitter_and_keeps_serving(tmp_path: Path)
 
     repo = StandInRepository(tmp_path / "models")
     repo.served = {"funnel": "1"}
-    agent = SyncAgent(HubGateway(f"http://127.0.0.1:{free_port()}", AuditLog(tmp_path / "edge"), timeout=1.0), tmp_path / "edge", repo.root, repo.activate, repo.status, enroll_token="x" * 43, backoff=Backoff(0.02, 0.05))
+    agent = SyncAgent(
+        HubGateway(f"http://127.0.0.1:{free_port()}", AuditLog(tmp_path / "edge"), timeout=1.0),
+        tmp_path / "edge",
+        repo.root,
+        repo.activate,
+        repo.status,
+        enroll_token="x" * 43,
+        backoff=Backoff(0.02, 0.05),
+    )
 
     async def run_briefly() -> None:
         task = asyncio.create_task(agent.run())
@@ -169,15 +191,37 @@ def test_unreachable_hub_backs_off_with_jitter_and_keeps_serving(tmp_path: Path)
 def test_gateway_refuses_undeclared_payloads(tmp_path: Path) -> None:
     gateway = HubGateway(f"http://127.0.0.1:{free_port()}", AuditLog(tmp_path))
     with pytest.raises(PayloadRefused, match="free text"):
-        asyncio.run(gateway._send("heartbeat", "POST", "/v1/nodes/me/heartbeat", {"health": "ok", "models": {"funnel": "my name is Bob"}}, authenticated=False))
+        asyncio.run(
+            gateway._send(
+                "heartbeat",
+                "POST",
+                "/v1/nodes/me/heartbeat",
+                {"health": "ok", "models": {"funnel": "my name is Bob"}},
+                authenticated=False,
+            )
+        )
     with pytest.raises(PayloadRefused, match="not declared"):
-        asyncio.run(gateway._send("assignment-poll", "GET", "/v1/nodes/me/assignments", {"note": "x"}, authenticated=False))
+        asyncio.run(
+            gateway._send("assignment-poll", "GET", "/v1/nodes/me/assignments", {"note": "x"}, authenticated=False)
+        )
     with pytest.raises(PayloadRefused):
         asyncio.run(gateway._send("free-form", "POST", "/v1/x", {}, authenticated=False))
     with pytest.raises(PayloadRefused):
-        asyncio.run(gateway._admit(BUNDLE_DOWNLOAD, "GET", "/v1/models/funnel/versions/1/files/..", {"model": "funnel", "version": "1", "name": "../../etc/passwd"}))
+        asyncio.run(
+            gateway._admit(
+                BUNDLE_DOWNLOAD,
+                "GET",
+                "/v1/models/funnel/versions/1/files/..",
+                {"model": "funnel", "version": "1", "name": "../../etc/passwd"},
+            )
+        )
     assert sum(gateway.messages.values()) == 0
-    assert [e.kind for e in AuditReader(tmp_path).entries(REFUSAL)] == ["heartbeat", "assignment-poll", "free-form", BUNDLE_DOWNLOAD]
+    assert [e.kind for e in AuditReader(tmp_path).entries(REFUSAL)] == [
+        "heartbeat",
+        "assignment-poll",
+        "free-form",
+        BUNDLE_DOWNLOAD,
+    ]
     asyncio.run(gateway.aclose())
 
 
@@ -210,7 +254,16 @@ def test_processes_sharing_a_data_dir_enroll_once_and_all_switch(hub: RunningHub
     token = hub.admin.create_token({"region": "1"})["token"]
     repos = [StandInRepository(edge / "models") for _ in range(2)]
     agents = [
-        SyncAgent(HubGateway(hub.url, AuditLog(edge)), edge, r.root, r.activate, r.status, enroll_token=token, poll_interval_s=0.1, backoff=Backoff(0.05, 0.1))
+        SyncAgent(
+            HubGateway(hub.url, AuditLog(edge)),
+            edge,
+            r.root,
+            r.activate,
+            r.status,
+            enroll_token=token,
+            poll_interval_s=0.1,
+            backoff=Backoff(0.05, 0.1),
+        )
         for r in repos
     ]
 

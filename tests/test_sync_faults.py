@@ -7,17 +7,18 @@ import signal
 import socket
 import subprocess
 import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import pytest
-
 from conftest import free_port, need, port_open
+from test_hub_support import HubProcess, RunningHub, StandInRepository, make_bundle, wait_for
+from test_sync_agent import _agent
+
 from edge_worker.sync import STAGING_DIR
 from hub.client import OperatorClient
 from hub.store.base import open_store
-from test_hub_support import HubProcess, RunningHub, StandInRepository, make_bundle, wait_for
-from test_sync_agent import _agent
+
 
 class StallingProxy:
     """A TCP relay that stops forwarding a response after ``stall_after`` bytes and waits
@@ -96,7 +97,7 @@ def test_hub_killed_mid_download_edge_keeps_serving_and_finishes_later(tmp_path:
         def sync() -> None:
             try:
                 outcome["result"] = asyncio.run(agent.sync_once())
-            except Exception as exc:  # noqa: BLE001  (the test inspects it)
+            except Exception as exc:
                 outcome["error"] = exc
 
         worker = threading.Thread(target=sync)
@@ -121,7 +122,9 @@ def test_hub_killed_mid_download_edge_keeps_serving_and_finishes_later(tmp_path:
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[tuple[int, Callable[[], None], Callable[[], None]]]:
     """A private redis-server with an fsync-always AOF, restartable by the test (never 6379)."""
-    need(subprocess.run(["which", "redis-server"], capture_output=True).returncode == 0, "redis-server is not installed")
+    need(
+        subprocess.run(["which", "redis-server"], capture_output=True).returncode == 0, "redis-server is not installed"
+    )
     port = free_port()
     workdir = tmp_path / "redis"
     workdir.mkdir()
@@ -130,8 +133,21 @@ def own_redis(tmp_path: Path) -> Iterator[tuple[int, Callable[[], None], Callabl
     def start() -> None:
         procs.append(
             subprocess.Popen(
-                ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir), "--save", "",
-                 "--appendonly", "yes", "--appendfsync", "always"],
+                [
+                    "redis-server",
+                    "--port",
+                    str(port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--dir",
+                    str(workdir),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    "always",
+                ],
                 stdout=subprocess.DEVNULL,
             )
         )

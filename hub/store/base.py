@@ -11,8 +11,8 @@ federated rounds) rather than widening these.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from hub.counters import CounterKey, CounterState
@@ -82,9 +82,14 @@ UpdateOutcome = Literal["ok", "stale", "busy"]
 def experiment_to_json(experiment: Experiment) -> dict[str, Any]:
     e = experiment
     return {
-        "id": e.id, "funnel_id": e.funnel_id, "variants": [[v.name, v.weight] for v in e.variants],
-        "decision_step": e.decision_step, "status": str(e.status), "allocation": str(e.allocation),
-        "version": e.version, "salt": e.salt,
+        "id": e.id,
+        "funnel_id": e.funnel_id,
+        "variants": [[v.name, v.weight] for v in e.variants],
+        "decision_step": e.decision_step,
+        "status": str(e.status),
+        "allocation": str(e.allocation),
+        "version": e.version,
+        "salt": e.salt,
     }
 
 
@@ -174,7 +179,9 @@ class Store(ABC):
 
     # -- rollout log -------------------------------------------------------------------
     @abstractmethod
-    def add_action(self, model: str, kind: ActionKind, version: str, selector: dict[str, str], percent: int, at: float) -> RolloutAction: ...
+    def add_action(
+        self, model: str, kind: ActionKind, version: str, selector: dict[str, str], percent: int, at: float
+    ) -> RolloutAction: ...
 
     @abstractmethod
     def list_actions(self, model: str) -> list[RolloutAction]:

@@ -17,17 +17,16 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from functools import wraps
-from collections.abc import Mapping
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from models.bundle import version_key
 from hub.counters import CounterKey, CounterState
 from hub.funnel_config import Experiment, Funnel
 from hub.store.base import (
@@ -43,6 +42,7 @@ from hub.store.base import (
     experiment_from_json,
     experiment_to_json,
 )
+from models.bundle import version_key
 
 T = TypeVar("T")
 _HEARTBEAT_LUA = """
@@ -78,7 +78,7 @@ DEFAULT_PREFIX = "nexus:hub:"
 
 def _unavailable(fn: Callable[..., T]) -> Callable[..., T]:
     @wraps(fn)
-    def wrapper(self: "RedisStore", *args: Any, **kwargs: Any) -> T:
+    def wrapper(self: RedisStore, *args: Any, **kwargs: Any) -> T:
         try:
             return fn(self, *args, **kwargs)
         except (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError) as exc:
@@ -99,7 +99,7 @@ class RedisStore(Store):
         self._update_experiment = client.register_script(_UPDATE_EXPERIMENT_LUA)
 
     @classmethod
-    def from_url(cls, url: str) -> "RedisStore":
+    def from_url(cls, url: str) -> RedisStore:
         parts = urlsplit(url)
         prefix = parse_qs(parts.query).get("prefix", [DEFAULT_PREFIX])[0]
         # A short retry hides a Redis failover blip; a longer outage surfaces as 503s.
@@ -213,8 +213,12 @@ class RedisStore(Store):
         return self.r.get(self._k("archive", model, version))
 
     @_unavailable
-    def add_action(self, model: str, kind: ActionKind, version: str, selector: dict[str, str], percent: int, at: float) -> RolloutAction:
-        action = RolloutAction(model, int(self.r.incr(self._k("action_seq"))), kind, version, selector, percent, at, True)
+    def add_action(
+        self, model: str, kind: ActionKind, version: str, selector: dict[str, str], percent: int, at: float
+    ) -> RolloutAction:
+        action = RolloutAction(
+            model, int(self.r.incr(self._k("action_seq"))), kind, version, selector, percent, at, True
+        )
         self.r.hset(self._k("actions", model), str(action.action_id), json.dumps(asdict(action)))
         return action
 
@@ -280,7 +284,10 @@ class RedisStore(Store):
 
     @_unavailable
     def list_funnels(self) -> list[Funnel]:
-        return sorted((Funnel(k.decode(), tuple(json.loads(v))) for k, v in self.r.hgetall(self._k("funnels")).items()), key=lambda f: f.id)
+        return sorted(
+            (Funnel(k.decode(), tuple(json.loads(v))) for k, v in self.r.hgetall(self._k("funnels")).items()),
+            key=lambda f: f.id,
+        )
 
     @staticmethod
     def _record_json(experiment: Experiment, at: float) -> str:

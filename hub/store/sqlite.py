@@ -11,12 +11,11 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
-from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from models.bundle import version_key
 from hub.counters import CounterKey, CounterState
 from hub.funnel_config import Experiment, Funnel, Status
 from hub.store.base import (
@@ -32,6 +31,7 @@ from hub.store.base import (
     experiment_from_json,
     experiment_to_json,
 )
+from models.bundle import version_key
 
 T = TypeVar("T")
 _SCHEMA = """
@@ -121,7 +121,9 @@ class SqliteStore(Store):
         return [self._node(row) for row in self._run("SELECT * FROM nodes ORDER BY enrolled_at, node_id")]
 
     def record_heartbeat(self, node_id: str, at: float, heartbeat: dict[str, Any]) -> None:
-        self._run("UPDATE nodes SET last_seen = ?, heartbeat = ? WHERE node_id = ?", (at, json.dumps(heartbeat), node_id))
+        self._run(
+            "UPDATE nodes SET last_seen = ?, heartbeat = ? WHERE node_id = ?", (at, json.dumps(heartbeat), node_id)
+        )
 
     def add_version(self, record: VersionRecord, archive: bytes) -> bool:
         rows = self._run(
@@ -135,7 +137,10 @@ class SqliteStore(Store):
         return VersionRecord(**json.loads(rows[0][0])) if rows else None
 
     def list_versions(self, model: str) -> list[VersionRecord]:
-        records = [VersionRecord(**json.loads(r[0])) for r in self._run("SELECT record FROM versions WHERE model = ?", (model,))]
+        records = [
+            VersionRecord(**json.loads(r[0]))
+            for r in self._run("SELECT record FROM versions WHERE model = ?", (model,))
+        ]
         return sorted(records, key=lambda r: version_key(r.version))
 
     def list_models(self) -> list[str]:
@@ -145,9 +150,13 @@ class SqliteStore(Store):
         rows = self._run("SELECT archive FROM versions WHERE model = ? AND version = ?", (model, version))
         return bytes(rows[0][0]) if rows else None
 
-    def add_action(self, model: str, kind: ActionKind, version: str, selector: dict[str, str], percent: int, at: float) -> RolloutAction:
+    def add_action(
+        self, model: str, kind: ActionKind, version: str, selector: dict[str, str], percent: int, at: float
+    ) -> RolloutAction:
         body = {"kind": kind, "version": version, "selector": selector, "percent": percent, "created_at": at}
-        rows = self._run("INSERT INTO actions (model, record) VALUES (?, ?) RETURNING action_id", (model, json.dumps(body)))
+        rows = self._run(
+            "INSERT INTO actions (model, record) VALUES (?, ?) RETURNING action_id", (model, json.dumps(body))
+        )
         return RolloutAction(model=model, action_id=rows[0][0], **body)
 
     def list_actions(self, model: str) -> list[RolloutAction]:
@@ -156,25 +165,33 @@ class SqliteStore(Store):
 
     def deactivate_action(self, model: str, action_id: int) -> bool:
         rows = self._run(
-            "UPDATE actions SET active = 0 WHERE model = ? AND action_id = ? AND active = 1 RETURNING action_id", (model, action_id)
+            "UPDATE actions SET active = 0 WHERE model = ? AND action_id = ? AND active = 1 RETURNING action_id",
+            (model, action_id),
         )
         return bool(rows)
 
     def put_run(self, run: RunRecord) -> None:
-        self._run("INSERT OR REPLACE INTO fl_runs VALUES (?, ?, ?)", (run.run_id, run.created_at, json.dumps(asdict(run))))
+        self._run(
+            "INSERT OR REPLACE INTO fl_runs VALUES (?, ?, ?)", (run.run_id, run.created_at, json.dumps(asdict(run)))
+        )
 
     def get_run(self, run_id: str) -> RunRecord | None:
         rows = self._run("SELECT record FROM fl_runs WHERE run_id = ?", (run_id,))
         return RunRecord(**json.loads(rows[0][0])) if rows else None
 
     def list_runs(self) -> list[RunRecord]:
-        return [RunRecord(**json.loads(r[0])) for r in self._run("SELECT record FROM fl_runs ORDER BY created_at, run_id")]
+        return [
+            RunRecord(**json.loads(r[0])) for r in self._run("SELECT record FROM fl_runs ORDER BY created_at, run_id")
+        ]
 
     def put_round(self, run_id: str, round_no: int, metrics: dict[str, Any]) -> None:
         self._run("INSERT OR REPLACE INTO fl_rounds VALUES (?, ?, ?)", (run_id, round_no, json.dumps(metrics)))
 
     def list_rounds(self, run_id: str) -> list[dict[str, Any]]:
-        return [json.loads(r[0]) for r in self._run("SELECT metrics FROM fl_rounds WHERE run_id = ? ORDER BY round", (run_id,))]
+        return [
+            json.loads(r[0])
+            for r in self._run("SELECT metrics FROM fl_rounds WHERE run_id = ? ORDER BY round", (run_id,))
+        ]
 
     # -- funnels, experiments, counters ------------------------------------------------
     def _transaction(self, body: Callable[[sqlite3.Connection], T]) -> T:
@@ -193,7 +210,10 @@ class SqliteStore(Store):
                 raise StoreUnavailable(f"SQLite store {self.path}: {exc}") from None
 
     def add_funnel(self, funnel: Funnel) -> bool:
-        rows = self._run("INSERT OR IGNORE INTO funnels VALUES (?, ?) RETURNING funnel_id", (funnel.id, json.dumps(list(funnel.steps))))
+        rows = self._run(
+            "INSERT OR IGNORE INTO funnels VALUES (?, ?) RETURNING funnel_id",
+            (funnel.id, json.dumps(list(funnel.steps))),
+        )
         return bool(rows)
 
     def get_funnel(self, funnel_id: str) -> Funnel | None:
@@ -201,7 +221,10 @@ class SqliteStore(Store):
         return Funnel(rows[0][0], tuple(json.loads(rows[0][1]))) if rows else None
 
     def list_funnels(self) -> list[Funnel]:
-        return [Funnel(r[0], tuple(json.loads(r[1]))) for r in self._run("SELECT funnel_id, steps FROM funnels ORDER BY funnel_id")]
+        return [
+            Funnel(r[0], tuple(json.loads(r[1])))
+            for r in self._run("SELECT funnel_id, steps FROM funnels ORDER BY funnel_id")
+        ]
 
     def add_experiment(self, experiment: Experiment, at: float) -> bool:
         def body(db: sqlite3.Connection) -> bool:
@@ -216,7 +239,14 @@ class SqliteStore(Store):
     def _insert_experiment(db: sqlite3.Connection, experiment: Experiment, at: float) -> None:
         db.execute(
             "INSERT INTO experiments VALUES (?, ?, ?, ?, ?, ?)",
-            (experiment.id, experiment.version, experiment.funnel_id, str(experiment.status), json.dumps(experiment_to_json(experiment)), at),
+            (
+                experiment.id,
+                experiment.version,
+                experiment.funnel_id,
+                str(experiment.status),
+                json.dumps(experiment_to_json(experiment)),
+                at,
+            ),
         )
 
     @staticmethod
@@ -224,7 +254,9 @@ class SqliteStore(Store):
         return ExperimentRecord(experiment_from_json(json.loads(row[0])), row[1])
 
     def get_experiment(self, experiment_id: str) -> ExperimentRecord | None:
-        rows = self._run("SELECT record, at FROM experiments WHERE experiment_id = ? ORDER BY version DESC LIMIT 1", (experiment_id,))
+        rows = self._run(
+            "SELECT record, at FROM experiments WHERE experiment_id = ? ORDER BY version DESC LIMIT 1", (experiment_id,)
+        )
         return self._record(rows[0]) if rows else None
 
     def list_experiments(self) -> list[ExperimentRecord]:
@@ -235,14 +267,20 @@ class SqliteStore(Store):
 
     def update_experiment(self, experiment: Experiment, at: float) -> UpdateOutcome:
         def body(db: sqlite3.Connection) -> UpdateOutcome:
-            row = db.execute("SELECT max(version) FROM experiments WHERE experiment_id = ?", (experiment.id,)).fetchone()
+            row = db.execute(
+                "SELECT max(version) FROM experiments WHERE experiment_id = ?", (experiment.id,)
+            ).fetchone()
             if row[0] != experiment.version - 1:
                 return "stale"
-            holder = db.execute("SELECT experiment_id FROM running_experiments WHERE funnel_id = ?", (experiment.funnel_id,)).fetchone()
+            holder = db.execute(
+                "SELECT experiment_id FROM running_experiments WHERE funnel_id = ?", (experiment.funnel_id,)
+            ).fetchone()
             if experiment.status == Status.RUNNING:
                 if holder and holder[0] != experiment.id:
                     return "busy"
-                db.execute("INSERT OR IGNORE INTO running_experiments VALUES (?, ?)", (experiment.funnel_id, experiment.id))
+                db.execute(
+                    "INSERT OR IGNORE INTO running_experiments VALUES (?, ?)", (experiment.funnel_id, experiment.id)
+                )
             elif holder and holder[0] == experiment.id:
                 db.execute("DELETE FROM running_experiments WHERE funnel_id = ?", (experiment.funnel_id,))
             self._insert_experiment(db, experiment, at)
@@ -251,7 +289,9 @@ class SqliteStore(Store):
         return self._transaction(body)
 
     def experiment_history(self, experiment_id: str) -> list[ExperimentRecord]:
-        rows = self._run("SELECT record, at FROM experiments WHERE experiment_id = ? ORDER BY version", (experiment_id,))
+        rows = self._run(
+            "SELECT record, at FROM experiments WHERE experiment_id = ? ORDER BY version", (experiment_id,)
+        )
         return [self._record(r) for r in rows]
 
     def merge_counters(self, node_id: str, counts: Mapping[CounterKey, int]) -> None:
@@ -268,6 +308,8 @@ class SqliteStore(Store):
 
     def counter_state(self, experiment_id: str) -> CounterState:
         state: CounterState = {}
-        for variant, step, node, count in self._run("SELECT variant, step, node, count FROM funnel_counters WHERE experiment = ?", (experiment_id,)):
+        for variant, step, node, count in self._run(
+            "SELECT variant, step, node, count FROM funnel_counters WHERE experiment = ?", (experiment_id,)
+        ):
             state.setdefault((experiment_id, variant, step), {})[node] = count
         return state

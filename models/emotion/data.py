@@ -43,7 +43,9 @@ def read_tsv(path: Path, n_labels: int) -> EmotionData:
     for lineno, line in enumerate(lines, start=1):
         fields = line.split("\t")
         if len(fields) != 3:
-            raise DataError(f"{path}:{lineno}: expected 3 tab-separated fields (text, label ids, id), got {len(fields)}")
+            raise DataError(
+                f"{path}:{lineno}: expected 3 tab-separated fields (text, label ids, id), got {len(fields)}"
+            )
         text, ids, _ = fields
         for token in ids.split(","):
             if not token.strip().isdigit():

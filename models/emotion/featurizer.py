@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -105,7 +106,7 @@ class FeaturizerSpec:
 
 def bucket_of(kind: str, gram: str, buckets: int) -> int:
     """The documented hash: BLAKE2b-64 of ``kind \\x1f gram`` (UTF-8), little-endian, mod buckets."""
-    digest = hashlib.blake2b(f"{kind}\x1f{gram}".encode("utf-8"), digest_size=8).digest()
+    digest = hashlib.blake2b(f"{kind}\x1f{gram}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & (buckets - 1)
 
 

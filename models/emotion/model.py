@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -25,7 +25,9 @@ class EmotionPredictor(BundlePredictor):
         except NexusError as exc:
             raise BundleError(f"{bundle.path}: {exc}") from None
         except (KeyError, TypeError, ValueError) as exc:
-            raise BundleError(f"{bundle.path}: emotion manifest lacks or garbles labels/thresholds/featurizer ({exc!r})") from None
+            raise BundleError(
+                f"{bundle.path}: emotion manifest lacks or garbles labels/thresholds/featurizer ({exc!r})"
+            ) from None
         super().__init__(bundle, runner)
 
     @property

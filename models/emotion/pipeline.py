@@ -7,13 +7,14 @@ Versions: training into the default repository (the committed bundles) replaces 
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from models.bundle import ARTIFACTS, BACKENDS, Bundle, BundleError, sha256_file, verify_bundle, write_manifest
 from models.build import git_revision, manifest_header, staged_bundle, target_version
+from models.bundle import ARTIFACTS, BACKENDS, Bundle, BundleError, sha256_file, verify_bundle, write_manifest
 from models.cli import DEFAULT_REPOSITORY
 from models.emotion import train as trainer
 from models.emotion.data import read_labels, read_tsv
@@ -55,11 +56,17 @@ def _label_f1(labels: list[str], per_label: np.ndarray) -> dict[str, float]:
     return {name: round(float(f), 4) for name, f in zip(labels, per_label)}
 
 
-def _measure(folder: Path, texts: list[str], truth: np.ndarray, labels: list[str], seed: int) -> tuple[np.ndarray, dict[str, Any], dict[str, float]]:
+def _measure(
+    folder: Path, texts: list[str], truth: np.ndarray, labels: list[str], seed: int
+) -> tuple[np.ndarray, dict[str, Any], dict[str, float]]:
     """Thresholds tuned on dev, dev metrics of every artifact, and each one's max deviation from ONNX fp32."""
     scores = {backend: predict_all(load_predictor(folder, backend), texts) for backend in BACKENDS}
     thresholds = trainer.tune_thresholds(scores[REFERENCE_BACKEND], truth)
-    metrics: dict[str, Any] = {"data": "dev.tsv", "n": len(texts), "thresholds_tuned_on": f"dev.tsv, {REFERENCE_BACKEND} scores"}
+    metrics: dict[str, Any] = {
+        "data": "dev.tsv",
+        "n": len(texts),
+        "thresholds_tuned_on": f"dev.tsv, {REFERENCE_BACKEND} scores",
+    }
     for backend, s in scores.items():
         per_label = f1_per_class(truth, s >= thresholds)
         cross_fit, cross_per_label = trainer.cross_fit_f1(s, truth, seed)
@@ -74,12 +81,17 @@ def _measure(folder: Path, texts: list[str], truth: np.ndarray, labels: list[str
     deviation = {b: float(np.max(np.abs(scores[b] - scores[REFERENCE_BACKEND]))) for b in TOLERANCE}
     for backend, limit in TOLERANCE.items():
         if deviation[backend] > limit:
-            raise BundleError(f"{backend} artifact deviates from {REFERENCE_BACKEND} by {deviation[backend]:.3g} > stated {limit:g}")
+            raise BundleError(
+                f"{backend} artifact deviates from {REFERENCE_BACKEND} by {deviation[backend]:.3g} > stated {limit:g}"
+            )
     return thresholds, metrics, deviation
 
 
 def _data_files(data: Path) -> dict[str, Any]:
-    return {name: {"file": f"{data.name}/{name}", "sha256": sha256_file(data / name)} for name in ("labels.txt", "train.tsv", "dev.tsv")}
+    return {
+        name: {"file": f"{data.name}/{name}", "sha256": sha256_file(data / name)}
+        for name in ("labels.txt", "train.tsv", "dev.tsv")
+    }
 
 
 def train(data: Path, out: Path, seed: int = 0, show_progress: bool = True) -> Bundle:
@@ -94,7 +106,15 @@ def train(data: Path, out: Path, seed: int = 0, show_progress: bool = True) -> B
     ids, bag_weights = featurizer.batch(train_set.texts)
     shape = {"buckets": featurizer.spec.buckets, "dim": trainer.DIM, "n_labels": len(labels)}
     progress = Progress("emotion train", trainer.EPOCHS, enabled=show_progress)
-    result = trainer.fit(trainer.init_weights(shape, seed), ids, bag_weights, train_set.labels, epochs=trainer.EPOCHS, seed=seed, progress=progress)
+    result = trainer.fit(
+        trainer.init_weights(shape, seed),
+        ids,
+        bag_weights,
+        train_set.labels,
+        epochs=trainer.EPOCHS,
+        seed=seed,
+        progress=progress,
+    )
     progress.close()
     seconds = time.monotonic() - started
 
@@ -134,7 +154,11 @@ def train(data: Path, out: Path, seed: int = 0, show_progress: bool = True) -> B
         thresholds, metrics, deviation = _measure(staging, dev_set.texts, dev_set.labels, labels, seed)
         manifest["thresholds"] = {name: float(t) for name, t in zip(labels, thresholds)}
         manifest["metrics"] = metrics
-        manifest["tolerance"] = {"reference": REFERENCE_BACKEND, "max_abs_diff": TOLERANCE, "measured_on_dev": deviation}
+        manifest["tolerance"] = {
+            "reference": REFERENCE_BACKEND,
+            "max_abs_diff": TOLERANCE,
+            "measured_on_dev": deviation,
+        }
         write_manifest(staging, manifest)
     return verify_bundle(out / NAME / version)
 

@@ -46,7 +46,11 @@ def _parse(kind: str, text: str) -> Any:
     return text.strip()
 
 
-_KINDS = {**{c: "number" for c in NUMERIC}, **{c: "category" for c in CATEGORICAL}, **{c: "bool" for c in (*BOOLEAN, LABEL)}}
+_KINDS = {
+    **{c: "number" for c in NUMERIC},
+    **{c: "category" for c in CATEGORICAL},
+    **{c: "bool" for c in (*BOOLEAN, LABEL)},
+}
 
 
 def read_sessions(path: Path) -> SessionData:
@@ -85,7 +89,9 @@ def read_sessions(path: Path) -> SessionData:
                         session[column] = _parse(kind, row[index])
                     except (ValueError, KeyError):
                         expected = {"number": "a number", "bool": "TRUE or FALSE", "category": "a category"}[kind]
-                        raise DataError(f"{path} line {line}: column {column!r} has {row[index]!r:.40}, expected {expected}") from None
+                        raise DataError(
+                            f"{path} line {line}: column {column!r} has {row[index]!r:.40}, expected {expected}"
+                        ) from None
                 labels.append(session.pop(LABEL))
                 sessions.append(session)
         except (csv.Error, UnicodeDecodeError) as exc:
@@ -95,7 +101,9 @@ def read_sessions(path: Path) -> SessionData:
     return SessionData(path, sessions, np.asarray(labels, dtype=np.float32))
 
 
-def split_indices(labels: np.ndarray, seed: int = SPLIT_SEED, test_fraction: float = TEST_FRACTION) -> tuple[np.ndarray, np.ndarray]:
+def split_indices(
+    labels: np.ndarray, seed: int = SPLIT_SEED, test_fraction: float = TEST_FRACTION
+) -> tuple[np.ndarray, np.ndarray]:
     """Stratified split: a seeded permutation of each class, its first ``test_fraction`` held out.
 
     Returns sorted ``(train_idx, test_idx)``; the same labels and seed always give the same rows.

@@ -11,10 +11,11 @@ unknown bucket), then the boolean columns as 0/1.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from numbers import Integral, Real
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -83,7 +84,9 @@ def _flag(i: int, name: str, value: Any) -> bool:
     return bool(value)
 
 
-def _read(sessions: Sequence[Mapping[str, Any]], numeric: Sequence[str], categorical: Sequence[str], boolean: Sequence[str]) -> _Columns:
+def _read(
+    sessions: Sequence[Mapping[str, Any]], numeric: Sequence[str], categorical: Sequence[str], boolean: Sequence[str]
+) -> _Columns:
     """Check every session row by row (one Python pass, so a single session stays cheap)."""
     if isinstance(sessions, (str, bytes, Mapping)):
         raise DataError("expected a list of session objects")
@@ -190,7 +193,9 @@ class Featurizer:
             "version": SPEC_VERSION,
             "n_features": self.n_features,
             "numeric": [{"name": f.name, "transform": f.transform, "mean": f.mean, "std": f.std} for f in self.numeric],
-            "categorical": [{"name": c.name, "vocabulary": list(c.vocabulary), "unknown_bucket": True} for c in self.categorical],
+            "categorical": [
+                {"name": c.name, "vocabulary": list(c.vocabulary), "unknown_bucket": True} for c in self.categorical
+            ],
             "boolean": [{"name": name} for name in self.boolean],
             "excluded": dict(self.excluded),
             "layout": "numeric ((transform(x) - mean) / std), then one-hot per categorical (vocabulary order, unknown last), then booleans as 0/1",
@@ -200,10 +205,18 @@ class Featurizer:
     def from_spec(cls, spec: Mapping[str, Any]) -> Featurizer:
         try:
             if spec["version"] != SPEC_VERSION:
-                raise DataError(f"featurizer spec version {spec['version']!r} is not supported (expected {SPEC_VERSION})")
-            numeric = tuple(NumericFeature(f["name"], f["transform"], float(f["mean"]), float(f["std"])) for f in spec["numeric"])
-            categorical = tuple(CategoricalFeature(c["name"], tuple(str(v) for v in c["vocabulary"])) for c in spec["categorical"])
-            featurizer = cls(numeric, categorical, tuple(b["name"] for b in spec["boolean"]), dict(spec.get("excluded", {})))
+                raise DataError(
+                    f"featurizer spec version {spec['version']!r} is not supported (expected {SPEC_VERSION})"
+                )
+            numeric = tuple(
+                NumericFeature(f["name"], f["transform"], float(f["mean"]), float(f["std"])) for f in spec["numeric"]
+            )
+            categorical = tuple(
+                CategoricalFeature(c["name"], tuple(str(v) for v in c["vocabulary"])) for c in spec["categorical"]
+            )
+            featurizer = cls(
+                numeric, categorical, tuple(b["name"] for b in spec["boolean"]), dict(spec.get("excluded", {}))
+            )
             expected = int(spec["n_features"])
         except (KeyError, TypeError, ValueError) as exc:
             raise DataError(f"malformed funnel featurizer spec ({type(exc).__name__}: {exc})") from None

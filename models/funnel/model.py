@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -23,7 +24,9 @@ class FunnelPredictor(BundlePredictor):
         except NexusError as exc:
             raise BundleError(f"{bundle.path}: {exc}") from None
         except (KeyError, TypeError, ValueError) as exc:
-            raise BundleError(f"{bundle.path}: funnel manifest lacks or garbles its featurizer spec ({exc!r})") from None
+            raise BundleError(
+                f"{bundle.path}: funnel manifest lacks or garbles its featurizer spec ({exc!r})"
+            ) from None
         super().__init__(bundle, runner)
 
     def predict(self, sessions: Sequence[Mapping[str, Any]]) -> np.ndarray:

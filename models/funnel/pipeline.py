@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from models.bundle import ARTIFACTS, BACKENDS, Bundle, BundleError, sha256_file, verify_bundle, write_manifest
 from models.build import git_revision, manifest_header, staged_bundle, target_version
+from models.bundle import ARTIFACTS, BACKENDS, Bundle, BundleError, sha256_file, verify_bundle, write_manifest
 from models.cli import DEFAULT_REPOSITORY
 from models.export import onnx_graphs, tflite_graphs
 from models.funnel import train as trainer
@@ -45,14 +46,21 @@ def _predict(predictor: Predictor, sessions: Sequence[dict[str, Any]], progress:
     return np.concatenate(parts) if parts else np.zeros(0, dtype=np.float32)
 
 
-def _measure(folder: Path, sessions: list[dict[str, Any]], labels: np.ndarray) -> tuple[dict[str, Any], dict[str, float]]:
+def _measure(
+    folder: Path, sessions: list[dict[str, Any]], labels: np.ndarray
+) -> tuple[dict[str, Any], dict[str, float]]:
     """Held-out metrics of every exported artifact, and each one's max deviation from ONNX fp32."""
     probs = {backend: _predict(load_predictor(folder, backend), sessions) for backend in BACKENDS}
-    metrics = {b: {"roc_auc": roc_auc(labels, p), "log_loss": log_loss(labels, p), "n": int(len(labels))} for b, p in probs.items()}
+    metrics = {
+        b: {"roc_auc": roc_auc(labels, p), "log_loss": log_loss(labels, p), "n": int(len(labels))}
+        for b, p in probs.items()
+    }
     deviation = {b: float(np.max(np.abs(probs[b] - probs[REFERENCE_BACKEND]))) for b in TOLERANCE}
     for backend, limit in TOLERANCE.items():
         if deviation[backend] > limit:
-            raise BundleError(f"{backend} artifact deviates from {REFERENCE_BACKEND} by {deviation[backend]:.3g} > stated {limit:g}")
+            raise BundleError(
+                f"{backend} artifact deviates from {REFERENCE_BACKEND} by {deviation[backend]:.3g} > stated {limit:g}"
+            )
     return metrics, deviation
 
 
@@ -69,7 +77,9 @@ def train(data: Path, out: Path, seed: int = 0, show_progress: bool = True) -> B
 
     progress = Progress("funnel train", trainer.EPOCHS, enabled=show_progress)
     started = time.monotonic()
-    result = trainer.fit(trainer.init_weights(spec, seed), x_train, y_train, epochs=trainer.EPOCHS, seed=seed, progress=progress)
+    result = trainer.fit(
+        trainer.init_weights(spec, seed), x_train, y_train, epochs=trainer.EPOCHS, seed=seed, progress=progress
+    )
     seconds = time.monotonic() - started
     progress.close()
 
@@ -84,8 +94,16 @@ def train(data: Path, out: Path, seed: int = 0, show_progress: bool = True) -> B
             "outputs": [{"name": OUTPUT, "dtype": "float32", "shape": [-1, 1]}],
             "featurizer": spec,
             "provenance": {
-                "data": {"file": f"{dataset.path.parent.name}/{dataset.path.name}", "sha256": sha256_file(dataset.path), "rows": len(dataset.sessions)},
-                "split": {**split_description(), "train_rows": int(train_idx.size), "held_out_rows": int(test_idx.size)},
+                "data": {
+                    "file": f"{dataset.path.parent.name}/{dataset.path.name}",
+                    "sha256": sha256_file(dataset.path),
+                    "rows": len(dataset.sessions),
+                },
+                "split": {
+                    **split_description(),
+                    "train_rows": int(train_idx.size),
+                    "held_out_rows": int(test_idx.size),
+                },
                 "seed": seed,
                 "trainer": {
                     "module": "models.funnel.train",
@@ -105,7 +123,11 @@ def train(data: Path, out: Path, seed: int = 0, show_progress: bool = True) -> B
         write_manifest(staging, manifest)
         metrics, deviation = _measure(staging, test_sessions, y_test)
         manifest["metrics"] = {"held_out": metrics}
-        manifest["tolerance"] = {"reference": REFERENCE_BACKEND, "max_abs_diff": TOLERANCE, "measured_on_held_out": deviation}
+        manifest["tolerance"] = {
+            "reference": REFERENCE_BACKEND,
+            "max_abs_diff": TOLERANCE,
+            "measured_on_held_out": deviation,
+        }
         write_manifest(staging, manifest)
     return verify_bundle(out / NAME / version)
 

@@ -8,8 +8,9 @@ the global model and optionally pull towards it with a FedProx proximal term.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
