@@ -11,17 +11,16 @@ import importlib
 import sys
 
 from models.errors import NexusError
+from nexus_tools import cli as tools_cli
 
-# Each module defines ``register(subparsers)`` and may define ``register_bench(bench_subparsers)``
-# for ``nexus bench ...``; every sub-command sets ``func(args) -> int``.
-_COMMAND_MODULES = ("models.cli", "edge_worker.cli", "edge_worker.audit_cli", "hub.cli", "federated.cli", "nexus_demo")
+# Each module defines ``register(subparsers)``; every sub-command sets ``func(args) -> int``.
+_COMMAND_MODULES = ("models.cli", "edge_worker.cli", "edge_worker.audit.cli", "hub.cli", "federated.cli")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nexus", description="Nexus Edge: edge ML runtime for sales funnels")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    bench = sub.add_parser("bench", help="benchmarks that report medians and ratios measured in one run")
-    bench_sub = bench.add_subparsers(dest="bench", required=True, metavar="TARGET")
+    tools_cli.register_bench(sub)
     for name in _COMMAND_MODULES:
         try:
             module = importlib.import_module(name)
@@ -30,8 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(sub)
-        if hasattr(module, "register_bench"):
-            module.register_bench(bench_sub)
+    tools_cli.register_demo(sub)
     return parser
 
 

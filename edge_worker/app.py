@@ -1,9 +1,11 @@
 """The edge node's ASGI app: ``create_app(settings)`` wires state, routes and lifespan.
 
 Background work started in the lifespan: retention of the local store, optional
-polling of the model repository, and, when ``settings.hub_url`` is set, the sync agent:
-``edge_worker.sync.run(state: EdgeState)``, a coroutine run as a task and cancelled at
-shutdown (see :mod:`edge_worker.state` for what it may use).
+polling of the model repository, and, when ``settings.hub_url`` is set, the node's one
+:class:`~edge_worker.hub_link.HubLink` and the jobs that share it: model sync
+(``sync.run``), funnel sync (``funnels.run_sync``) and, with a SuperLink, the SuperNode
+(``federation.run``). Each is a coroutine run as a task and cancelled at shutdown (see
+:mod:`edge_worker.state` for what it may use).
 """
 
 from __future__ import annotations
@@ -18,21 +20,23 @@ from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from edge_worker import funnels, routes
-from edge_worker.audit import AuditLog, load_or_create_operator_token
+from edge_worker import federation, funnels, routes, sync
+from edge_worker.audit import AuditLog, PrivacyBudget
 from edge_worker.batcher import MicroBatcher
-from edge_worker.dp_budget import PrivacyBudget
-from edge_worker.errors import EXCEPTION_HANDLERS
-from edge_worker.metrics import Registry, edge_registry, metrics_dir, publish_forever
+from edge_worker.hub_link import HubLink
+from edge_worker.metrics import Registry, edge_registry, publish_forever
 from edge_worker.openapi import build_openapi
-from edge_worker.outputs import ROW_MAKERS
-from edge_worker.repository import ModelRepository
-from edge_worker.schemas import build_schemas
+from edge_worker.repository import ModelNotReady, ModelRepository
 from edge_worker.settings import EdgeSettings
 from edge_worker.state import EdgeState
 from edge_worker.store import LocalStore
+from models.errors import DataError
+from models.families import FAMILIES, Families
+from nexus_service.http import exception_handlers
+from nexus_service.keyfiles import load_or_create_token
+from nexus_wire.datadir import EdgeDataDir
 
 log = logging.getLogger("nexus.edge")
 DESCRIPTION = "Nexus Edge inference node: emotion and funnel models, Open Inference Protocol v2, local labelled store."
@@ -53,7 +57,7 @@ class MetricsMiddleware:
         start = time.perf_counter()
         status = 500
 
-        async def send_status(message: dict[str, Any]) -> None:
+        async def send_status(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
@@ -72,7 +76,9 @@ class MetricsMiddleware:
             )
 
 
-def create_app(settings: EdgeSettings) -> Starlette:
+def create_app(settings: EdgeSettings, families: Families = FAMILIES) -> Starlette:
+    """The node's app, serving ``settings.models`` of the families in ``families``."""
+    served = {m: families.get(m) for m in settings.models}  # an unknown name: a NexusError naming the known
     metrics = edge_registry()
     repository = ModelRepository(
         settings.models_dir,
@@ -81,13 +87,14 @@ def create_app(settings: EdgeSettings) -> Starlette:
         pins={m: settings.pinned_version(m) for m in settings.models},
         threads=settings.model_threads,
         metrics=metrics,
+        families=families,
     )
     threads = settings.pool_threads()
     pool = ThreadPoolExecutor(threads, thread_name_prefix="nexus-infer")
     batchers = {
         m: MicroBatcher(
             m,
-            repository.batch_fn(m, ROW_MAKERS[m]),
+            repository.batch_fn(m, served[m].serving.rows),
             pool,
             slots=threads,
             metrics=metrics,
@@ -99,10 +106,11 @@ def create_app(settings: EdgeSettings) -> Starlette:
     }
     metrics.on_collect(lambda: _sample_queue_depth(metrics, batchers))
     if settings.workers > 1:  # one /metrics view over the workers (edge_worker.metrics)
-        metrics.share(metrics_dir(settings.data_dir))
-    schemas = build_schemas(settings)
-    state = EdgeState(settings, metrics, repository, schemas, batchers, pool)
-    table = routes.operations(schemas, settings.models) + funnels.operations()
+        metrics.share(EdgeDataDir(settings.data_dir).metrics)
+    limits = {m: settings.limits(family.serving.limits) for m, family in served.items()}
+    state = EdgeState(settings, metrics, repository, families, limits, batchers, pool)
+    metrics.on_collect(lambda: _sample_egress(metrics, state))
+    table = routes.operations(state) + funnels.operations()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -115,16 +123,14 @@ def create_app(settings: EdgeSettings) -> Starlette:
         if settings.poll_interval_s > 0:
             state.tasks.append(asyncio.create_task(_poll_loop(state), name="nexus-model-poll"))
         if settings.hub_url:
-            from edge_worker.sync import run as run_sync  # the seam: see the module docstring
-
-            state.tasks.append(asyncio.create_task(run_sync(state), name="nexus-sync"))
+            hub = state.hub = HubLink.open(str(settings.hub_url), settings.data_dir)
+            HubLink.declare_metrics(metrics)
+            state.tasks.append(asyncio.create_task(sync.run(state, hub), name="nexus-sync"))
             state.tasks.append(
-                asyncio.create_task(funnels.run_sync(state, app.state.funnels), name="nexus-funnel-sync")
+                asyncio.create_task(funnels.run_sync(state, hub, app.state.funnels), name="nexus-funnel-sync")
             )
             if settings.supernode and settings.superlink:
-                from edge_worker.federation import run as run_supernode
-
-                state.tasks.append(asyncio.create_task(run_supernode(state), name="nexus-supernode"))
+                state.tasks.append(asyncio.create_task(federation.run(state, hub), name="nexus-supernode"))
         for task in state.tasks:
             task.add_done_callback(_report_exit)
         try:
@@ -134,16 +140,21 @@ def create_app(settings: EdgeSettings) -> Starlette:
                 task.cancel()
             await asyncio.gather(*state.tasks, return_exceptions=True)
             state.tasks.clear()
+            if state.hub is not None:
+                await state.hub.aclose()
+                state.hub = None
             await state.in_store(state.store.close)
             pool.shutdown(wait=True)
             state.store_pool.shutdown(wait=True)
             if metrics.shared:
                 metrics.publish(exited=True)  # this worker's final counts outlive it
 
-    app = Starlette(routes=routes.routes(table), exception_handlers=EXCEPTION_HANDLERS, lifespan=lifespan)
+    errors = exception_handlers(log, {DataError: 422, ModelNotReady: (503, {"Retry-After": "1"})}, "node")
+    app = Starlette(routes=routes.routes(table), exception_handlers=errors, lifespan=lifespan)
     app.add_middleware(MetricsMiddleware, metrics=metrics, templates={handler: op.path for op, handler in table})
     app.state.edge = state
-    app.state.operator_token = load_or_create_operator_token(settings.data_dir)  # GET /v1/privacy/audit
+    # the bearer token of GET /v1/privacy/audit, created on first start, never logged
+    app.state.operator_token = load_or_create_token(EdgeDataDir(settings.data_dir).operator_token)
     if settings.privacy_epsilon is not None or settings.privacy_delta is not None:
         PrivacyBudget(
             settings.data_dir, settings.privacy_epsilon, settings.privacy_delta
@@ -162,6 +173,11 @@ def _sample_queue_depth(metrics: Registry, batchers: dict[str, MicroBatcher]) ->
     """Queue depth is read when metrics are collected rather than updated on every request."""
     for name, batcher in batchers.items():
         metrics.set("nexus_edge_queue_depth", (("model", name),), batcher.queue_depth)
+
+
+def _sample_egress(metrics: Registry, state: EdgeState) -> None:
+    if state.hub is not None:
+        state.hub.sample_metrics(metrics)
 
 
 def _report_exit(task: asyncio.Task[Any]) -> None:

@@ -1,4 +1,4 @@
-"""Deterministic variant assignment (algorithm ``sha256-u53/1``, specified in docs/funnels.md).
+"""Deterministic variant assignment (``nexus_wire.assignment.ALGORITHM``, specified in docs/funnels.md).
 
 A visitor's variant is a pure function of (experiment id, salt, visitor id, variant weights),
 so every edge gives the same visitor the same variant without talking to the others, and
@@ -12,7 +12,7 @@ Algorithm:
      the variant is the first ``i`` with ``u * W < S_i`` (the last one if rounding leaves
      none), i.e. each variant owns a slice of [0, 1) proportional to its weight.
 
-Experiment ids and salts cannot contain ":" (see hub/funnel_config.py), so the hashed
+Experiment ids and salts cannot contain ":" (nexus_wire.names.CONFIG_ID), so the hashed
 string is unambiguous even when visitor ids do.
 """
 
@@ -22,18 +22,13 @@ import hashlib
 import math
 from collections.abc import Sequence
 
-ALGORITHM = "sha256-u53/1"
-
-# Wire constant: the step name an edge counts once per visitor when it first assigns them
-# (the denominator of every conversion rate). "$" is outside the config id charset, so it
-# can never clash with a funnel step. hub/counters.py holds the same value (tests check).
-ASSIGNED = "$assigned"
+from nexus_wire.assignment import SEPARATOR, U_BITS
 
 
 def bucket(experiment_id: str, salt: str, visitor_id: str) -> float:
     """The visitor's uniform position ``u`` in [0, 1) for this experiment and salt."""
-    digest = hashlib.sha256(f"{experiment_id}:{salt}:{visitor_id}".encode()).digest()
-    return (int.from_bytes(digest[:8], "big") >> 11) / float(1 << 53)
+    digest = hashlib.sha256(SEPARATOR.join((experiment_id, salt, visitor_id)).encode()).digest()
+    return (int.from_bytes(digest[:8], "big") >> (64 - U_BITS)) / float(1 << U_BITS)
 
 
 def pick(u: float, weights: Sequence[float]) -> int:

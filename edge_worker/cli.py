@@ -1,4 +1,4 @@
-"""``nexus edge serve`` and ``nexus bench edge``."""
+"""``nexus edge serve``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import argparse
 import os
 from pathlib import Path
 
-from edge_worker.bench import register_bench  # noqa: F401  (nexus_cli wires `nexus bench edge`)
 from edge_worker.metrics import reset_metrics_dir
 from edge_worker.server import run_uvicorn
 from edge_worker.settings import EdgeSettings

@@ -5,10 +5,11 @@ its :func:`~edge_worker.payloads.check_payload` (numbers, enums, ids; no free te
 is refused, logged as a ``refusal`` in the node's audit log, and never sent. All bytes go
 out through :meth:`HubGateway._send` (JSON bodies) or :meth:`HubGateway.download_file`
 (bundle files), which write the exact body to the audit log *before* it leaves and keep
-the hub's signed receipt (``Nexus-Receipt`` header) beside that entry. A new kind declares
-its schema in payloads.py and calls ``_send``: it inherits the check, the log and the
-receipt. Counter keys come from the funnel config: whoever fetches it sets
-``gateway.declared``. Per-kind message and byte counters feed ``/metrics``.
+the hub's signed receipt (``Nexus-Receipt`` header) beside that entry. A new kind is named
+in nexus_wire/payloads.py, declares its schema in edge_worker/payloads.py and calls
+``_send``: it inherits the check, the log and the receipt. Counter keys come from the
+funnel config: whoever fetches it sets ``gateway.declared``. Per-kind message and byte
+counters feed ``/metrics``.
 """
 
 from __future__ import annotations
@@ -27,26 +28,16 @@ from typing import Any
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edge_worker.audit import AuditLog, Entry, canonical_json
+from edge_worker.audit import AuditLog, Entry
 from edge_worker.identity import NodeIdentity
-from edge_worker.payloads import (
-    ASSIGNMENT_POLL,
-    BUNDLE_DOWNLOAD,
-    COUNTERS,
-    ENROLLMENT,
-    HEARTBEAT,
-    Declarations,
-    PayloadRefused,
-    check_payload,
-)
+from edge_worker.payloads import Declarations, PayloadRefused, check_payload
 from models.errors import NexusError
-from models.receipts import HEADER as RECEIPT_HEADER
-from models.receipts import decode_header
+from nexus_wire.heads import HEADER as RECEIPT_HEADER
+from nexus_wire.heads import canonical_json, decode_header
+from nexus_wire.payloads import ASSIGNMENT_POLL, BUNDLE_DOWNLOAD, COUNTERS, ENROLLMENT, HEARTBEAT, gateway_channel
 
 log = logging.getLogger("nexus.edge.egress")
 _CHUNK = 1 << 16
-#: audit channel per payload kind (default "sync")
-CHANNELS = {COUNTERS: "counters"}
 
 
 @dataclass(frozen=True)
@@ -110,7 +101,7 @@ class HubGateway:
     ) -> tuple[bytes, Entry]:
         """Check ``payload`` and log it: the refusal (then raise), or the send of its exact
         body (none when the payload travels ``in_path``)."""
-        channel = CHANNELS.get(kind, "sync")
+        channel = gateway_channel(kind)
         if self.identity is not None:
             await self._pin(self.identity.hub_public_key)  # a node enrolled before the audit log existed
         try:

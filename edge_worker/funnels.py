@@ -24,29 +24,29 @@ import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from edge_worker.audit import AuditLog
-from edge_worker.egress import HubGateway
-from edge_worker.errors import ApiError, parse_body
-from edge_worker.identity import load_identity, write_private_json
+from edge_worker.hub_link import HubLink
 from edge_worker.openapi import Operation
-from edge_worker.payloads import Declarations, counter_keys
-from edge_worker.schemas import VISITOR_ID_PATTERN, ErrorResponse
+from edge_worker.payloads import Declarations
+from edge_worker.schemas import ErrorResponse
+from edge_worker.state import EdgeState
 from edge_worker.sync import Backoff
-
-if TYPE_CHECKING:
-    from edge_worker.state import EdgeState
+from nexus_service.http import ApiError, parse_body
+from nexus_service.keyfiles import write_private_json
+from nexus_wire.assignment import ALGORITHM
+from nexus_wire.counters import CounterKey, counter_keys
+from nexus_wire.datadir import EdgeDataDir
+from nexus_wire.names import CONFIG_ID, VISITOR_ID, anchored
 
 log = logging.getLogger("nexus.edge.funnels")
-CONFIG_FILE = "funnel-config.json"
 #: counters per report: keeps a report well under the hub's 64 KiB body limit
 REPORT_CHUNK = 400
-_ID = r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$"
+_ID = anchored(CONFIG_ID)
 
 
 # -- the config as pulled from the hub ---------------------------------------------------------
@@ -76,9 +76,16 @@ class _ExperimentIn(_In):
 
 
 class _ConfigIn(_In):
-    assignment: str = Field(pattern=r"^sha256-u53/1$")  # refuse a config for an algorithm we do not implement
+    assignment: str
     funnels: list[_FunnelIn]
     experiments: list[_ExperimentIn]
+
+    @field_validator("assignment")
+    @classmethod
+    def _implemented(cls, value: str) -> str:
+        if value != ALGORITHM:
+            raise ValueError(f"assignment algorithm {value!r} is not the one this node implements ({ALGORITHM})")
+        return value
 
 
 @dataclass(frozen=True)
@@ -100,10 +107,12 @@ class FunnelConfig:
     """The hub's funnel config as this node last saw it, cached in ``data_dir``."""
 
     def __init__(self, data_dir: Path) -> None:
-        self.path = Path(data_dir) / CONFIG_FILE
+        self.path = EdgeDataDir(Path(data_dir)).funnel_config
         self.etag: str | None = None
-        self.document: dict[str, Any] = {"assignment": "sha256-u53/1", "funnels": [], "experiments": []}
+        self.document: dict[str, Any] = {"assignment": ALGORITHM, "funnels": [], "experiments": []}
         self.funnels: dict[str, FunnelSpec] = {}
+        #: every counter key of the config's experiments, running or stopped (their final counts still sync)
+        self.counter_keys: frozenset[CounterKey] = frozenset()
         try:
             cached = json.loads(self.path.read_text())
             self._adopt(cached["etag"], cached["document"])
@@ -120,6 +129,12 @@ class FunnelConfig:
             if e.status == "running"
         }
         self.funnels = {f.id: FunnelSpec(f.id, tuple(f.steps), running.get(f.id)) for f in parsed.funnels}
+        steps = {f.id: f.steps for f in parsed.funnels}
+        self.counter_keys = frozenset(
+            key
+            for e in parsed.experiments
+            for key in counter_keys(e.id, [v.name for v in e.variants], steps.get(e.funnel_id, ()))
+        )
         self.document, self.etag = document, etag
 
     def replace(self, etag: str, document: dict[str, Any]) -> None:
@@ -143,11 +158,11 @@ class _Body(BaseModel):
 
 
 class AssignRequest(_Body):
-    visitor_id: str = Field(pattern=VISITOR_ID_PATTERN, description="the site's visitor id; stays on this node")
+    visitor_id: str = Field(pattern=anchored(VISITOR_ID), description="the site's visitor id; stays on this node")
 
 
 class EventRequest(_Body):
-    visitor_id: str = Field(pattern=VISITOR_ID_PATTERN)
+    visitor_id: str = Field(pattern=anchored(VISITOR_ID))
     step: str = Field(pattern=_ID, description="a step of the funnel")
 
 
@@ -177,7 +192,7 @@ async def assign(request: Request) -> Response:
     e = spec.running
     if e is None:
         return JSONResponse({"funnel": spec.id, "experiment": None, "variant": None, "version": None})
-    variant = await state.in_store(state.store.funnel_assign, e.id, e.salt, body.visitor_id, e.variants)
+    variant = await state.in_store(state.local_store.funnel_assign, e.id, e.salt, body.visitor_id, e.variants)
     return JSONResponse({"funnel": spec.id, "experiment": e.id, "variant": variant, "version": e.version})
 
 
@@ -189,7 +204,9 @@ async def event(request: Request) -> Response:
         raise ApiError(422, f"step: {body.step!r} is not a step of funnel {spec.id} ({', '.join(spec.steps)})")
     e = spec.running
     experiment = None if e is None else (e.id, e.salt, e.variants)
-    variant, counted = await state.in_store(state.store.funnel_event, spec.id, experiment, body.visitor_id, body.step)
+    variant, counted = await state.in_store(
+        state.local_store.funnel_event, spec.id, experiment, body.visitor_id, body.step
+    )
     return JSONResponse(
         {
             "funnel": spec.id,
@@ -238,8 +255,8 @@ def operations() -> list[tuple[Operation, Any]]:
 class FunnelSync:
     """One node's funnel sync: pull the config, report the counts the hub has not acknowledged."""
 
-    def __init__(self, gateway: HubGateway, config: FunnelConfig, state: EdgeState) -> None:
-        self.gateway = gateway
+    def __init__(self, link: HubLink, config: FunnelConfig, state: EdgeState) -> None:
+        self.link = link
         self.config = config
         self.state = state
         #: the first report of a process sends every count (the hub may have lost some); later ones only changes
@@ -247,17 +264,17 @@ class FunnelSync:
 
     async def sync_once(self) -> int:
         """Returns how many counters the hub acknowledged; 0 while the node is not enrolled yet."""
-        identity = self.gateway.identity or await asyncio.to_thread(load_identity, self.state.settings.data_dir)
+        identity = await self.link.reload_identity()
         if identity is None:
             return 0  # the model sync agent enrolls the node
-        self.gateway.identity = identity
-        polled = await self.gateway.poll_funnel_config(self.config.etag)
+        gateway = self.link.gateway
+        polled = await gateway.poll_funnel_config(self.config.etag)
         if polled is not None:
             self.config.replace(*polled)
             log.info("funnel config %s: %d funnels", polled[0], len(self.config.funnels))
-        declared = counter_keys(self.config.document)
-        self.gateway.declared = Declarations(counter_keys=declared)
-        store = self.state.store
+        declared = self.config.counter_keys
+        gateway.declared = Declarations(counter_keys=declared)
+        store = self.state.local_store
         counts = await self.state.in_store(store.funnel_counts, self._sent_all)
         unknown = [key for key in counts if key not in declared]
         if unknown:
@@ -265,29 +282,25 @@ class FunnelSync:
         items = sorted((key, count) for key, count in counts.items() if key in declared)
         for start in range(0, len(items), REPORT_CHUNK):
             chunk = dict(items[start : start + REPORT_CHUNK])
-            await self.gateway.report_counters(identity.node_id, chunk)
+            await gateway.report_counters(identity.node_id, chunk)
             await self.state.in_store(store.mark_synced, chunk)
         self._sent_all = True
         return len(items)
 
 
-async def run_sync(state: EdgeState, config: FunnelConfig) -> None:
+async def run_sync(state: EdgeState, link: HubLink, config: FunnelConfig) -> None:
     """Background task of the node's lifespan when a hub is configured; backs off while the hub is down."""
     settings = state.settings
-    gateway = HubGateway(str(settings.hub_url), AuditLog(settings.data_dir))
-    sync = FunnelSync(gateway, config, state)
+    sync = FunnelSync(link, config, state)
     backoff, rng, failures = Backoff(settings.funnel_sync_s / 2, 10 * settings.funnel_sync_s), random.Random(), 0
-    try:
-        while True:
-            try:
-                await sync.sync_once()
-                failures, delay = 0, settings.funnel_sync_s
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the loop must outlive any one failure; counting goes on locally
-                failures += 1
-                delay = backoff.delay(failures, rng)
-                log.warning("funnel sync failed (%d in a row), retrying in %.1f s: %s", failures, delay, exc)
-            await asyncio.sleep(delay)
-    finally:
-        await gateway.aclose()
+    while True:
+        try:
+            await sync.sync_once()
+            failures, delay = 0, settings.funnel_sync_s
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the loop must outlive any one failure; counting goes on locally
+            failures += 1
+            delay = backoff.delay(failures, rng)
+            log.warning("funnel sync failed (%d in a row), retrying in %.1f s: %s", failures, delay, exc)
+        await asyncio.sleep(delay)

@@ -7,19 +7,15 @@ proof that this is our hub); from then on only bundles signed by that key instal
 
 from __future__ import annotations
 
-import base64
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from models.errors import NexusError
-
-IDENTITY_FILE = "hub-identity.json"
+from nexus_service.keyfiles import public_key_from_b64, write_private_json
+from nexus_wire.datadir import EdgeDataDir
 
 
 @dataclass(frozen=True)
@@ -30,29 +26,14 @@ class NodeIdentity:
     tags: dict[str, str]
 
     def public_key(self) -> Ed25519PublicKey:
-        return Ed25519PublicKey.from_public_bytes(base64.b64decode(self.hub_public_key, validate=True))
+        return public_key_from_b64(self.hub_public_key)
 
     def credential(self) -> str:
         return f"node.{self.node_id}.{self.node_secret}"
 
 
-def write_private_json(path: Path, obj: Any) -> None:
-    """Atomically replace ``path`` with JSON, readable by the owner only from the first byte."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mkstemp creates 0600
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(obj, fh, sort_keys=True)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def load_identity(data_dir: Path) -> NodeIdentity | None:
-    path = Path(data_dir) / IDENTITY_FILE
+    path = EdgeDataDir(Path(data_dir)).identity
     try:
         raw = json.loads(path.read_text())
         identity = NodeIdentity(
@@ -67,4 +48,4 @@ def load_identity(data_dir: Path) -> NodeIdentity | None:
 
 
 def save_identity(data_dir: Path, identity: NodeIdentity) -> None:
-    write_private_json(Path(data_dir) / IDENTITY_FILE, asdict(identity))
+    write_private_json(EdgeDataDir(Path(data_dir)).identity, asdict(identity))

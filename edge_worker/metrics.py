@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from nexus_wire.datadir import EdgeDataDir
+
 Labels = tuple[tuple[str, str], ...]
 Merge = Literal["sum", "livesum", "livemax"]
 
@@ -158,13 +160,9 @@ def _text(families: Iterable[_Family]) -> str:
     return "\n".join(line for family in families for line in family.render()) + "\n"
 
 
-def metrics_dir(data_dir: Path) -> Path:
-    return Path(data_dir) / "metrics"
-
-
 def reset_metrics_dir(data_dir: Path) -> None:
     """A new server run starts from zero: called before any worker starts."""
-    shutil.rmtree(metrics_dir(data_dir), ignore_errors=True)
+    shutil.rmtree(EdgeDataDir(Path(data_dir)).metrics, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:

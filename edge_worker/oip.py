@@ -1,53 +1,36 @@
-"""Open Inference Protocol v2 (KServe / Triton) JSON tensors for the two model families.
+"""Open Inference Protocol v2 (KServe / Triton) JSON tensors, for any family in the registry.
 
-Each model is served with its featurizer in front, like a Triton ensemble: emotion takes
-a BYTES tensor ``text`` [B] and returns FP32 ``scores`` [B, labels]; funnel takes a BYTES
-tensor ``session`` [B] (each element a JSON object, or the object itself) and returns
-FP32 ``probability`` [B].
+Each model is served with its featurizer in front, like a Triton ensemble: it takes one
+BYTES tensor of items (``Serving.oip_input``: emotion ``text`` [B], funnel ``session`` [B],
+each element a JSON object or the object itself) and returns one FP32 tensor
+(``Serving.oip_output``: emotion ``scores`` [B, labels], funnel ``probability`` [B]).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
-from edge_worker.errors import ApiError, describe
 from edge_worker.repository import Served
-from edge_worker.schemas import InferRequest, Session
-from edge_worker.settings import EdgeSettings
+from edge_worker.schemas import InferRequest
+from models.errors import DataError
+from models.family import Family
+from nexus_service.http import ApiError, describe
 
 _PLATFORMS = {"onnx": "onnxruntime_onnx", "onnx-int8": "onnxruntime_onnx", "tflite": "tflite"}
-_SESSION = TypeAdapter(Session)
 
 
-@dataclass(frozen=True)
-class TensorSpec:
-    name: str
-    datatype: str
-    shape: tuple[int, ...]
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
-
-
-def io_specs(model: str, manifest: dict[str, Any]) -> tuple[TensorSpec, TensorSpec]:
-    if model == "emotion":
-        return TensorSpec("text", "BYTES", (-1,)), TensorSpec("scores", "FP32", (-1, len(manifest["labels"])))
-    return TensorSpec("session", "BYTES", (-1,)), TensorSpec("probability", "FP32", (-1,))
-
-
-def metadata(served: Served, versions: list[str]) -> dict[str, Any]:
-    inp, out = io_specs(served.name, served.manifest)
+def metadata(family: Family, served: Served, versions: list[str]) -> dict[str, Any]:
     return {
         "name": served.name,
         "versions": versions,
         "platform": _PLATFORMS.get(served.predictor.backend, served.predictor.backend),
-        "inputs": [inp.as_dict()],
-        "outputs": [out.as_dict()],
+        "inputs": [family.serving.oip_input.as_dict()],
+        "outputs": [family.serving.oip_output(served.manifest).as_dict()],
     }
 
 
@@ -70,9 +53,9 @@ def _flatten(data: list[Any], rank: int) -> list[Any]:
     return flat
 
 
-def decode_items(served: Served, request: InferRequest, settings: EdgeSettings) -> list[Any]:
-    """The texts or sessions carried by an infer request, checked against the model's input."""
-    spec, out = io_specs(served.name, served.manifest)
+def decode_items(family: Family, served: Served, request: InferRequest, limits: Mapping[str, int]) -> list[Any]:
+    """The items an infer request carries, checked against the family's input and the node's limits."""
+    spec, out = family.serving.oip_input, family.serving.oip_output(served.manifest)
     if len(request.inputs) != 1 or request.inputs[0].name != spec.name:
         names = ", ".join(t.name for t in request.inputs)
         raise ApiError(400, f"model {served.name!r} takes one input {spec.name!r}; got {names}")
@@ -90,40 +73,28 @@ def decode_items(served: Served, request: InferRequest, settings: EdgeSettings) 
         raise ApiError(
             400, f"input {spec.name!r} has shape {tensor.shape} ({count} elements) but {len(values)} data elements"
         )
-    limit = settings.max_texts if served.name == "emotion" else settings.max_sessions
+    limit = limits[family.serving.max_items]
     if not 1 <= count <= limit:
         raise ApiError(422, f"input {spec.name!r} must hold 1 to {limit} elements, got {count}")
-    if served.name == "emotion":
-        return [_text(i, v, settings.max_text_chars) for i, v in enumerate(values)]
-    return [_session(i, v) for i, v in enumerate(values)]
+    items = []
+    for index, value in enumerate(values):
+        try:
+            items.append(family.serving.oip_item(value, limits))
+        except ValidationError as exc:
+            raise ApiError(422, f"{spec.name}[{index}]: {describe(exc)}") from None
+        except DataError as exc:
+            raise ApiError(422, f"{spec.name}[{index}]: {exc}") from None
+    return items
 
 
-def _text(index: int, value: Any, max_chars: int) -> str:
-    if not isinstance(value, str):
-        raise ApiError(422, f"text[{index}]: BYTES elements must be strings")
-    if not value.strip():
-        raise ApiError(422, f"text[{index}]: empty text")
-    if len(value) > max_chars:
-        raise ApiError(422, f"text[{index}]: {len(value)} characters exceeds the limit of {max_chars}")
-    return value
-
-
-def _session(index: int, value: Any) -> dict[str, Any]:
-    try:
-        if isinstance(value, str):
-            return _SESSION.validate_json(value)
-        return _SESSION.validate_python(value, strict=False)
-    except ValidationError as exc:
-        raise ApiError(422, f"session[{index}]: {describe(exc)}") from None
-
-
-def encode(served_name: str, scores: np.ndarray, version: str, request_id: str | None) -> dict[str, Any]:
-    name = "scores" if served_name == "emotion" else "probability"
-    scores = np.asarray(scores, dtype=np.float32)
+def encode(family: Family, served: Served, rows: list[Any], request_id: str | None) -> dict[str, Any]:
+    """The infer answer: the family's output tensor of one batch's answer rows."""
+    values = np.asarray(family.serving.oip_values(rows), dtype=np.float32)
+    name = family.serving.oip_output(served.manifest).name
     body: dict[str, Any] = {
-        "model_name": served_name,
-        "model_version": version,
-        "outputs": [{"name": name, "shape": list(scores.shape), "datatype": "FP32", "data": scores.ravel().tolist()}],
+        "model_name": served.name,
+        "model_version": served.version,
+        "outputs": [{"name": name, "shape": list(values.shape), "datatype": "FP32", "data": values.ravel().tolist()}],
     }
     if request_id is not None:
         body["id"] = request_id

@@ -13,7 +13,6 @@ summary for the audit entry or raises :class:`PayloadRefused` with a one-line re
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,23 +20,22 @@ from typing import Any
 
 import numpy as np
 
-from edge_worker.assignment import ASSIGNED
 from models.bundle import ARTIFACTS
 from models.errors import NexusError
 from models.export.onnx_graphs import read_initializers
-from models.receipts import HEAD_KEY_ID, HEAD_ROOT, HEAD_SIGNATURE, HEAD_TIME
+from nexus_wire.counters import CounterKey
+from nexus_wire.heads import HEAD_KEY_ID, HEAD_ROOT, HEAD_SIGNATURE, HEAD_TIME
+from nexus_wire.names import CONFIG_ID, FILE_NAME, MODEL_NAME, TOKEN, VERSION, fullmatch
+from nexus_wire.payloads import (
+    ASSIGNMENT_POLL,
+    BUNDLE_DOWNLOAD,
+    COUNTERS,
+    ENROLLMENT,
+    GATEWAY_KINDS,
+    HEARTBEAT,
+    MODEL_UPDATE,
+)
 
-# The one list of payload kinds: the egress gateway (edge_worker/egress.py) sends nothing else.
-MODEL_UPDATE, COUNTERS, HEARTBEAT = "model-update", "counters", "heartbeat"
-ENROLLMENT, ASSIGNMENT_POLL, BUNDLE_DOWNLOAD = "enrollment", "assignment-poll", "bundle-download"
-KINDS = (MODEL_UPDATE, COUNTERS, HEARTBEAT, ENROLLMENT, ASSIGNMENT_POLL, BUNDLE_DOWNLOAD)
-
-# Same charsets as the hub's schemas, so what passes here is what the hub accepts.
-_MODEL_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,63}")
-_VERSION = re.compile(r"[0-9]{1,9}")
-_CONFIG_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
-_TOKEN = re.compile(r"[A-Za-z0-9_-]{16,128}")
-_FILE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 _HEALTH = ("ok", "degraded", "starting", "unhealthy")
 _DP_FIELDS = ("noise_multiplier", "clipping_norm", "sample_rate", "epsilon", "delta")
 _MAX_INT = 2**53  # exact in a JSON double
@@ -46,9 +44,6 @@ _MAX_INT = 2**53  # exact in a JSON double
 _AUDIT_FIELDS = ("bytes_sent", "audit_entries", "audit_ok", "audit_verified_at", "audit_head")
 # a tree head exactly as edge_worker.audit writes it (the hub checks the same formats)
 _HEAD_FIELDS = ("size", "root", "time", "key_id", "signature")
-_HEAD_ROOT, _HEAD_KEY_ID, _HEAD_TIME, _HEAD_SIGNATURE = map(
-    re.compile, (HEAD_ROOT, HEAD_KEY_ID, HEAD_TIME, HEAD_SIGNATURE)
-)
 
 
 class PayloadRefused(NexusError):
@@ -67,7 +62,7 @@ class Declarations:
     #: model name -> array name -> shape
     models: Mapping[str, Mapping[str, tuple[int, ...]]] = field(default_factory=dict)
     #: (experiment id, variant, step) triples of the current funnel config
-    counter_keys: frozenset[tuple[str, str, str]] = frozenset()
+    counter_keys: frozenset[CounterKey] = frozenset()
 
 
 def model_shapes(bundle_dir: Path) -> dict[str, tuple[int, ...]]:
@@ -76,22 +71,11 @@ def model_shapes(bundle_dir: Path) -> dict[str, tuple[int, ...]]:
     return {name: tuple(int(d) for d in array.shape) for name, array in weights.items()}
 
 
-def counter_keys(config: Mapping[str, Any]) -> frozenset[tuple[str, str, str]]:
-    """Counter keys of a hub config document (``hub.funnel_schemas.config_document``)."""
-    steps = {f["id"]: tuple(f["steps"]) for f in config.get("funnels", ())}
-    keys = set()
-    for experiment in config.get("experiments", ()):
-        for variant in experiment["variants"]:
-            for step in (ASSIGNED, *steps.get(experiment["funnel_id"], ())):
-                keys.add((experiment["id"], variant["name"], step))
-    return frozenset(keys)
-
-
 def check_payload(kind: str, payload: Any, declared: Declarations) -> dict[str, Any]:
     """The audit summary of a declared payload; :class:`PayloadRefused` for anything else."""
     checker = _CHECKERS.get(kind)
     if checker is None:
-        raise PayloadRefused(kind, f"unknown payload kind; declared kinds are {', '.join(KINDS)}")
+        raise PayloadRefused(kind, f"unknown payload kind; declared kinds are {', '.join(GATEWAY_KINDS)}")
     if not isinstance(payload, Mapping):
         raise PayloadRefused(kind, f"payload must be an object, got {type(payload).__name__}")
     try:
@@ -118,10 +102,10 @@ def _fields(payload: Mapping[str, Any], required: Iterable[str], optional: Itera
             raise _Refusal(f"required field {name!r} is missing")
 
 
-def _pattern(name: str, value: Any, pattern: re.Pattern[str], what: str) -> str:
+def _pattern(name: str, value: Any, pattern: str, what: str) -> str:
     if not isinstance(value, str):
         raise _Refusal(f"{name} must be a string ({what}), got {type(value).__name__}")
-    if not pattern.fullmatch(value):
+    if not fullmatch(pattern, value):
         raise _Refusal(f"{name} is not {what}: free text is not allowed")
     return value
 
@@ -167,7 +151,7 @@ def _array(name: str, value: Any, shape: tuple[int, ...]) -> np.ndarray:
 
 def _model_update(payload: Mapping[str, Any], declared: Declarations) -> dict[str, Any]:
     _fields(payload, ("model", "arrays"), ("version", "num_examples", "dp"))
-    model = _pattern("model", payload["model"], _MODEL_NAME, "a model name")
+    model = _pattern("model", payload["model"], MODEL_NAME, "a model name")
     shapes = declared.models.get(model)
     if shapes is None:
         raise _Refusal(f"model {model!r} is not declared (known: {', '.join(sorted(declared.models)) or 'none'})")
@@ -183,7 +167,7 @@ def _model_update(payload: Mapping[str, Any], declared: Declarations) -> dict[st
         summary["arrays"][name] = {"shape": list(array.shape), "dtype": str(array.dtype)}
         summary["values"] += int(array.size)
     if "version" in payload:
-        summary["version"] = _pattern("version", payload["version"], _VERSION, "a version number")
+        summary["version"] = _pattern("version", payload["version"], VERSION, "a version number")
     if "num_examples" in payload:
         summary["num_examples"] = _int("num_examples", payload["num_examples"])
     if "dp" in payload:
@@ -197,7 +181,7 @@ def _model_update(payload: Mapping[str, Any], declared: Declarations) -> dict[st
 
 def _counters(payload: Mapping[str, Any], declared: Declarations) -> dict[str, Any]:
     _fields(payload, ("node_id", "counts"))
-    _pattern("node_id", payload["node_id"], _CONFIG_ID, "a node id")
+    _pattern("node_id", payload["node_id"], CONFIG_ID, "a node id")
     counts = payload["counts"]
     if not isinstance(counts, list):
         raise _Refusal("counts must be a list of {experiment, variant, step, count}")
@@ -226,8 +210,8 @@ def _heartbeat(payload: Mapping[str, Any], declared: Declarations) -> dict[str, 
     if not isinstance(models, Mapping):
         raise _Refusal("models must be an object of model name -> version")
     summary["models"] = {
-        _pattern("models key", name, _MODEL_NAME, "a model name"): _pattern(
-            f"models.{name}", version, _VERSION, "a version number"
+        _pattern("models key", name, MODEL_NAME, "a model name"): _pattern(
+            f"models.{name}", version, VERSION, "a version number"
         )
         for name, version in models.items()
     }
@@ -253,10 +237,10 @@ def _audit_head(head: Any) -> dict[str, Any]:
     _fields(head, _HEAD_FIELDS)
     return {
         "size": _int("audit_head.size", head["size"], minimum=1),
-        "root": _pattern("audit_head.root", head["root"], _HEAD_ROOT, "a hex sha256"),
-        "time": _pattern("audit_head.time", head["time"], _HEAD_TIME, "a UTC time"),
-        "key_id": _pattern("audit_head.key_id", head["key_id"], _HEAD_KEY_ID, "a key id"),
-        "signature": _pattern("audit_head.signature", head["signature"], _HEAD_SIGNATURE, "an Ed25519 signature"),
+        "root": _pattern("audit_head.root", head["root"], HEAD_ROOT, "a hex sha256"),
+        "time": _pattern("audit_head.time", head["time"], HEAD_TIME, "a UTC time"),
+        "key_id": _pattern("audit_head.key_id", head["key_id"], HEAD_KEY_ID, "a key id"),
+        "signature": _pattern("audit_head.signature", head["signature"], HEAD_SIGNATURE, "an Ed25519 signature"),
     }
 
 
@@ -264,9 +248,9 @@ def _bundle_download(payload: Mapping[str, Any], declared: Declarations) -> dict
     """A bundle file request: sent as the URL path, checked like a body."""
     _fields(payload, ("model", "version", "name"))
     return {
-        "model": _pattern("model", payload["model"], _MODEL_NAME, "a model name"),
-        "version": _pattern("version", payload["version"], _VERSION, "a version number"),
-        "name": _pattern("name", payload["name"], _FILE_NAME, "a bundle file name"),
+        "model": _pattern("model", payload["model"], MODEL_NAME, "a model name"),
+        "version": _pattern("version", payload["version"], VERSION, "a version number"),
+        "name": _pattern("name", payload["name"], FILE_NAME, "a bundle file name"),
     }
 
 
@@ -278,7 +262,7 @@ def _assignment_poll(payload: Mapping[str, Any], declared: Declarations) -> dict
 def _enrollment(payload: Mapping[str, Any], declared: Declarations) -> dict[str, Any]:
     _fields(payload, ("token",))
     # The token is a secret: the audit entry records that one was sent, never its value.
-    return {"token_chars": len(_pattern("token", payload["token"], _TOKEN, "an enrollment token"))}
+    return {"token_chars": len(_pattern("token", payload["token"], TOKEN, "an enrollment token"))}
 
 
 _CHECKERS: dict[str, Callable[[Mapping[str, Any], Declarations], dict[str, Any]]] = {

@@ -22,7 +22,8 @@ from edge_worker.batcher import BatchResult
 from edge_worker.metrics import Registry
 from models.bundle import BundleError, list_versions, version_key
 from models.errors import NexusError
-from models.predictor import Predictor, load_predictor
+from models.families import FAMILIES, Families, load_predictor
+from models.predictor import Predictor
 
 log = logging.getLogger("nexus.edge.repository")
 
@@ -51,8 +52,10 @@ class ModelRepository:
         pins: dict[str, str | None],
         threads: int,
         metrics: Registry,
+        families: Families = FAMILIES,
     ) -> None:
         self.root = Path(root)
+        self._families = families
         self.models = tuple(models)
         self._backends = backends
         self._pins = dict(pins)
@@ -147,11 +150,14 @@ class ModelRepository:
 
     def _load(self, name: str, version: str) -> Predictor:
         # load_predictor verifies every file's sha256 before opening anything
-        predictor = load_predictor(self.root / name / version, self._backends[name], self._threads)
+        predictor = load_predictor(
+            self.root / name / version, self._backends[name], self._threads, families=self._families
+        )
         manifest = predictor.bundle.manifest
         if manifest.get("family") != name or predictor.version != version:
             raise BundleError(
-                f"{self.root / name / version}: bundle says family {manifest.get('family')!r} version {predictor.version!r}"
+                f"{self.root / name / version}: bundle says family {manifest.get('family')!r}"
+                f" version {predictor.version!r}"
             )
         return predictor
 
@@ -179,7 +185,7 @@ class ModelRepository:
         return (("model", name), ("version", predictor.version), ("backend", predictor.backend))
 
     def batch_fn(
-        self, name: str, rows: Callable[[np.ndarray, Served], list[Any]]
+        self, name: str, rows: Callable[[np.ndarray, Predictor], list[Any]]
     ) -> Callable[[list[Any]], BatchResult[Any]]:
         """The micro-batcher's function for ``name``: reads the current predictor once per
         batch, predicts, and turns the outputs into one answer row per item with ``rows``."""
@@ -188,7 +194,7 @@ class ModelRepository:
             served = self._served.get(name)
             if served is None:
                 raise ModelNotReady(name)
-            return BatchResult(rows(served.predictor.predict(items), served), served)
+            return BatchResult(rows(served.predictor.predict(items), served.predictor), served)
 
         return run
 

@@ -4,45 +4,49 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import re
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from edge_worker import oip
-from edge_worker.audit import OPERATOR_TOKEN_FILE, AuditLog
-from edge_worker.audit_report import build_report
-from edge_worker.errors import ApiError, parse_body
+from edge_worker.audit import AuditLog
+from edge_worker.audit.report import build_report
 from edge_worker.openapi import Operation
-from edge_worker.outputs import FastJSONResponse, emotion_view
+from edge_worker.outputs import FastJSONResponse
 from edge_worker.schemas import (
-    VISITOR_ID_PATTERN,
-    EmotionResponse,
     EraseResponse,
     ErrorResponse,
-    FunnelResponse,
     InferRequest,
     InferResponse,
+    ItemsRequest,
     Live,
     ModelMetadata,
     ModelReady,
     Ready,
-    Schemas,
     ServerMetadata,
     StoredResponse,
+    answer_model,
+    feedback_request,
+    items_request,
+    outcome_request,
 )
 from edge_worker.state import EdgeState
 from edge_worker.store import LocalStore
+from models.family import Family
+from nexus_service.http import ApiError, parse_body
+from nexus_wire.datadir import EdgeDataDir
+from nexus_wire.names import VISITOR_ID, anchored, fullmatch
 
 SERVER_NAME = "nexus-edge"
 SERVER_VERSION = "0.1.0"
-_VISITOR_RE = re.compile(VISITOR_ID_PATTERN)
+_VISITOR_ID = anchored(VISITOR_ID)
 PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-FUNNEL_DECIMALS = 6
 
 
 def _state(request: Request) -> EdgeState:
@@ -56,43 +60,105 @@ def _model(state: EdgeState, name: str) -> str:
 
 
 # --- application API ---------------------------------------------------------------------
+# Built per served family from its record (models.family.Serving): the scoring route, and
+# the local-store route that collects the family's labelled examples.
+
+Handler = Callable[[Request], Awaitable[Response]]
 
 
-async def emotion(request: Request) -> Response:
-    state = _state(request)
-    body = await parse_body(request, state.schemas.EmotionRequest, state.settings.max_body_bytes)
-    result = await state.batchers["emotion"].submit(body.items())
-    results = [row.as_json() for row in result.rows]
-    return FastJSONResponse({"model": "emotion", "model_version": result.source.version, "results": results})
+def _scorer(family: Family, body: type[ItemsRequest]) -> Handler:
+    name, serving = family.name, family.serving
+
+    async def score(request: Request) -> Response:
+        state = _state(request)
+        parsed = await parse_body(request, body, state.settings.max_body_bytes)
+        result = await state.batchers[name].submit(parsed.items())
+        answers = [serving.answer_json(row) for row in result.rows]
+        return FastJSONResponse({"model": name, "model_version": result.source.version, serving.answer: answers})
+
+    return score
 
 
-async def funnel_score(request: Request) -> Response:
-    state = _state(request)
-    body = await parse_body(request, state.schemas.FunnelRequest, state.settings.max_body_bytes)
-    result = await state.batchers["funnel"].submit(body.items())
-    probabilities = [round(p, FUNNEL_DECIMALS) for p in result.rows]
-    return FastJSONResponse({"model": "funnel", "model_version": result.source.version, "probabilities": probabilities})
+def _feedback(family: Family, body: type[BaseModel]) -> Handler:
+    name = family.name
+
+    async def feedback(request: Request) -> Response:
+        state = _state(request)
+        parsed: Any = await parse_body(request, body, state.settings.max_body_bytes)
+        known = state.served(name).manifest["labels"]
+        unknown = sorted(set(parsed.labels) - set(known))
+        if unknown:
+            raise ApiError(422, f"labels: unknown label(s) {', '.join(unknown)}; known: {', '.join(known)}")
+        row = await state.in_store(state.local_store.add_feedback, parsed.text, parsed.labels, parsed.visitor_id)
+        return JSONResponse({"stored": True, "id": row}, status_code=201)
+
+    return feedback
 
 
-async def feedback(request: Request) -> Response:
-    state = _state(request)
-    body = await parse_body(request, state.schemas.FeedbackRequest, state.settings.max_body_bytes)
-    known = emotion_view(state.served("emotion"))[0]
-    unknown = sorted(set(body.labels) - set(known))
-    if unknown:
-        raise ApiError(422, f"labels: unknown label(s) {', '.join(unknown)}; known: {', '.join(known)}")
-    row = await state.in_store(state.store.add_feedback, body.text, body.labels, body.visitor_id)
-    return JSONResponse({"stored": True, "id": row}, status_code=201)
+def _outcome(family: Family, body: type[BaseModel]) -> Handler:
+    name = family.name
+
+    async def outcome(request: Request) -> Response:
+        state = _state(request)
+        parsed: Any = await parse_body(request, body, state.settings.max_body_bytes)
+        # Scoring the session runs the featurizer: a session it refuses is refused here too,
+        # so the store only keeps rows local training can use.
+        await state.batchers[name].submit([parsed.session])
+        row = await state.in_store(state.local_store.add_outcome, parsed.session, parsed.converted, parsed.visitor_id)
+        return JSONResponse({"stored": True, "id": row}, status_code=201)
+
+    return outcome
 
 
-async def funnel_outcome(request: Request) -> Response:
-    state = _state(request)
-    body = await parse_body(request, state.schemas.OutcomeRequest, state.settings.max_body_bytes)
-    # Scoring the session runs the featurizer: a session it refuses is refused here too,
-    # so the store only keeps rows local training can use.
-    await state.batchers["funnel"].submit([body.session])
-    row = await state.in_store(state.store.add_outcome, body.session, body.converted, body.visitor_id)
-    return JSONResponse({"stored": True, "id": row}, status_code=201)
+@dataclass(frozen=True)
+class StoreRoute:
+    """A local-store route of the edge (its store table), served for the family that names it."""
+
+    summary: str
+    #: the family's item type -> the request body
+    body: Callable[[Any], type[BaseModel]]
+    handler: Callable[[Family, type[BaseModel]], Handler]
+
+
+STORE_ROUTES = {
+    "/v1/feedback": StoreRoute(
+        "store a text with its true emotion labels (kept on this node)", feedback_request, _feedback
+    ),
+    "/v1/funnel/outcome": StoreRoute(
+        "store a session and whether it converted (kept on this node)", outcome_request, _outcome
+    ),
+}
+
+
+def family_operations(family: Family, limits: Mapping[str, int]) -> list[tuple[Operation, Any]]:
+    """The scoring route of a served family, and its local-store route if it has one."""
+    serving, unavailable = family.serving, {503: ErrorResponse}
+    request = items_request(family, limits)
+    table: list[tuple[Operation, Any]] = [
+        (
+            Operation(
+                "post", serving.path, serving.summary, "inference", request, {200: answer_model(family), **unavailable}
+            ),
+            _scorer(family, request),
+        )
+    ]
+    if serving.store_route is not None:
+        store = STORE_ROUTES[serving.store_route]
+        body = store.body(serving.item_type(limits))
+        table.append(
+            (
+                Operation(
+                    "post",
+                    serving.store_route,
+                    store.summary,
+                    "local store",
+                    body,
+                    {201: StoredResponse, **unavailable},
+                ),
+                store.handler(family, body),
+            )
+        )
+    return table
 
 
 def _require_operator(request: Request) -> None:
@@ -100,7 +166,9 @@ def _require_operator(request: Request) -> None:
     expected = f"Bearer {request.app.state.operator_token}"
     if not hmac.compare_digest(request.headers.get("authorization", "").encode(), expected.encode()):
         raise ApiError(
-            401, f"this endpoint needs the edge's operator token (the {OPERATOR_TOKEN_FILE} file in its data dir)"
+            401,
+            f"this endpoint needs the edge's operator token (the {EdgeDataDir(Path()).operator_token.name} file in its "
+            "data dir)",
         )
 
 
@@ -108,8 +176,8 @@ async def erase_visitor(request: Request) -> Response:
     _require_operator(request)
     state = _state(request)
     visitor_id = request.path_params["visitor_id"]
-    if not _VISITOR_RE.match(visitor_id):
-        raise ApiError(422, f"visitor_id must match {VISITOR_ID_PATTERN}")
+    if not fullmatch(VISITOR_ID, visitor_id):
+        raise ApiError(422, f"visitor_id must match {_VISITOR_ID}")
     erased = await state.in_store(_erase_and_log, state.store, state.settings.data_dir, visitor_id)
     state.metrics.inc("nexus_edge_store_rows_erased_total", (("reason", "erasure"),), erased)
     return JSONResponse({"visitor_id": visitor_id, "erased": erased})
@@ -149,7 +217,7 @@ async def ready(request: Request) -> Response:
 async def model_metadata(request: Request) -> Response:
     state = _state(request)
     name = _model(state, request.path_params["name"])
-    return JSONResponse(oip.metadata(state.served(name), state.repository.versions(name)))
+    return JSONResponse(oip.metadata(state.families.get(name), state.served(name), state.repository.versions(name)))
 
 
 async def model_ready(request: Request) -> Response:
@@ -163,10 +231,10 @@ async def infer(request: Request) -> Response:
     state = _state(request)
     name = _model(state, request.path_params["name"])
     body = await parse_body(request, InferRequest, state.settings.max_body_bytes)
-    items = oip.decode_items(state.served(name), body, state.settings)
+    family = state.families.get(name)
+    items = oip.decode_items(family, state.served(name), body, state.limits[name])
     result = await state.batchers[name].submit(items)
-    scores = [row.scores for row in result.rows] if name == "emotion" else result.rows
-    return FastJSONResponse(oip.encode(name, np.asarray(scores, dtype=np.float32), result.source.version, body.id))
+    return FastJSONResponse(oip.encode(family, result.source, list(result.rows), body.id))
 
 
 # --- operations ---------------------------------------------------------------------------
@@ -182,56 +250,15 @@ async def openapi(request: Request) -> Response:
     return JSONResponse(request.app.state.openapi)
 
 
-def operations(schemas: Schemas, models: tuple[str, ...]) -> list[tuple[Operation, Any]]:
+def operations(state: EdgeState) -> list[tuple[Operation, Any]]:
     """(documented operation, handler) for every route the node serves."""
     name = {"name": {"type": "string", "minLength": 1, "maxLength": 64}}
-    visitor = {"visitor_id": {"type": "string", "pattern": VISITOR_ID_PATTERN}}
+    visitor = {"visitor_id": {"type": "string", "pattern": _VISITOR_ID}}
     unavailable = {503: ErrorResponse}
-    table = [
-        (
-            Operation(
-                "post",
-                "/v1/emotion",
-                "emotion label scores of one or more texts",
-                "inference",
-                schemas.EmotionRequest,
-                {200: EmotionResponse, **unavailable},
-            ),
-            emotion,
-        ),
-        (
-            Operation(
-                "post",
-                "/v1/funnel/score",
-                "P(purchase) of one or more sessions",
-                "inference",
-                schemas.FunnelRequest,
-                {200: FunnelResponse, **unavailable},
-            ),
-            funnel_score,
-        ),
-        (
-            Operation(
-                "post",
-                "/v1/feedback",
-                "store a text with its true emotion labels (kept on this node)",
-                "local store",
-                schemas.FeedbackRequest,
-                {201: StoredResponse, **unavailable},
-            ),
-            feedback,
-        ),
-        (
-            Operation(
-                "post",
-                "/v1/funnel/outcome",
-                "store a session and whether it converted (kept on this node)",
-                "local store",
-                schemas.OutcomeRequest,
-                {201: StoredResponse, **unavailable},
-            ),
-            funnel_outcome,
-        ),
+    # the routes of the served families, scoring ones first
+    served = [family_operations(state.families.get(m), state.limits[m]) for m in state.repository.models]
+    table = [ops[0] for ops in served] + [op for ops in served for op in ops[1:]]
+    table += [
         (
             Operation(
                 "delete",
@@ -248,7 +275,8 @@ def operations(schemas: Schemas, models: tuple[str, ...]) -> list[tuple[Operatio
             Operation(
                 "get",
                 "/v1/privacy/audit",
-                "privacy audit report: data inventory, egress ledger, DP budget, refusals, erasures, verification (operator token)",
+                "privacy audit report: data inventory, egress ledger, DP budget, refusals, erasures, verification "
+                "(operator token)",
                 "privacy",
                 None,
                 {200: "application/json", 401: ErrorResponse},
@@ -310,9 +338,7 @@ def operations(schemas: Schemas, models: tuple[str, ...]) -> list[tuple[Operatio
         (Operation("get", "/metrics", "Prometheus metrics", "operations", None, {200: "text/plain"}), metrics),
         (Operation("get", "/openapi.json", "this document", "operations", None, {200: "application/json"}), openapi),
     ]
-    # Model-specific routes exist only when their model is configured.
-    needs = {emotion: "emotion", feedback: "emotion", funnel_score: "funnel", funnel_outcome: "funnel"}
-    return [(op, handler) for op, handler in table if needs.get(handler, models[0]) in models]
+    return table
 
 
 def routes(table: list[tuple[Operation, Any]]) -> list[Route]:

@@ -1,100 +1,98 @@
 """HTTP bodies: pydantic models with the size bounds from settings.
 
-The request models are built per app (:func:`build_schemas`) because their limits come
-from :class:`~edge_worker.settings.EdgeSettings`; the same classes feed the OpenAPI
-document, so the published schema states the limits the node enforces.
+The /v1 request models are built per app and family (:func:`items_request`) because their
+item types come from the family (``Serving``) and their limits from
+:class:`~edge_worker.settings.EdgeSettings`; the same classes feed the OpenAPI document,
+so the published schema states the limits the node enforces.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+import re
+from collections.abc import Mapping
+from types import GenericAlias
+from typing import Annotated, Any, ClassVar, Self
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, create_model, model_validator
 
-from edge_worker.settings import EdgeSettings
+from models.family import Family
+from nexus_wire.names import VISITOR_ID, anchored
 
-#: at least one non-blank character
-NON_BLANK = r"\S"
-VISITOR_ID_PATTERN = r"^[A-Za-z0-9._:@-]{1,128}$"
-VisitorId = Annotated[str, Field(min_length=1, max_length=128, pattern=VISITOR_ID_PATTERN)]
-# A session field value: numbers, booleans, or short category strings (Month, VisitorType...).
-# Integers stay within float64's exact range: the featurizer turns them into floats.
-SAFE_INT = 2**53
-SessionValue = (
-    Annotated[StrictInt, Field(ge=-SAFE_INT, le=SAFE_INT)]
-    | StrictFloat
-    | StrictBool
-    | Annotated[str, Field(max_length=64)]
-)
-Session = Annotated[
-    dict[Annotated[str, Field(min_length=1, max_length=64)], SessionValue], Field(min_length=1, max_length=64)
-]
+VisitorId = Annotated[str, Field(min_length=1, max_length=128, pattern=anchored(VISITOR_ID))]
+Labels = Annotated[list[Annotated[str, Field(min_length=1, max_length=32)]], Field(min_length=1, max_length=16)]
 
 
 class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def _exactly_one(model: BaseModel, one: str, many: str) -> None:
-    if (getattr(model, one) is None) == (getattr(model, many) is None):
-        raise ValueError(f"give exactly one of '{one}' or '{many}'")
+class ItemsRequest(_Body):
+    """A /v1 scoring request: one item or a list of items, in the two fields its family names."""
+
+    one: ClassVar[str]
+    many: ClassVar[str]
+
+    @model_validator(mode="after")
+    def _one_of(self) -> Self:
+        if (getattr(self, self.one) is None) == (getattr(self, self.many) is None):
+            raise ValueError(f"give exactly one of '{self.one}' or '{self.many}'")
+        return self
+
+    def items(self) -> list[Any]:
+        single = getattr(self, self.one)
+        return [single] if single is not None else list(getattr(self, self.many) or [])
 
 
-@dataclass(frozen=True)
-class Schemas:
-    EmotionRequest: type[BaseModel]
-    FunnelRequest: type[BaseModel]
-    FeedbackRequest: type[BaseModel]
-    OutcomeRequest: type[BaseModel]
+def _title(family: Family) -> str:
+    """``emotion`` -> ``Emotion``: how the family's OpenAPI component names begin."""
+    return "".join(part.capitalize() for part in re.split(r"[-_]", family.name))
 
 
-def build_schemas(settings: EdgeSettings) -> Schemas:
-    Text = Annotated[str, Field(min_length=1, max_length=settings.max_text_chars, pattern=NON_BLANK)]
+def items_request(family: Family, limits: Mapping[str, int]) -> type[ItemsRequest]:
+    """The family's /v1 request body under a node's limits (``EdgeSettings.limits``)."""
+    serving = family.serving
+    item = serving.item_type(limits)
+    many: Any = Annotated[GenericAlias(list, (item,)), Field(min_length=1, max_length=limits[serving.max_items])]
+    fields: dict[str, Any] = {serving.one: (item | None, None), serving.many: (many | None, None)}
+    model = create_model(f"{_title(family)}Request", __base__=ItemsRequest, __doc__=serving.request_doc, **fields)
+    model.one, model.many = serving.one, serving.many
+    return model
 
-    class EmotionRequest(_Body):
-        """One text or a list of texts."""
 
-        text: Text | None = None
-        texts: Annotated[list[Text], Field(min_length=1, max_length=settings.max_texts)] | None = None
+def answer_model(family: Family) -> type[BaseModel]:
+    """The family's /v1 answer (documentation only: the handler builds a plain dict)."""
+    serving = family.serving
+    entries = Field(description=serving.answer_doc) if serving.answer_doc else Field()
+    fields: dict[str, Any] = {
+        "model": (str, Field(json_schema_extra={"const": family.name})),
+        "model_version": (str, Field()),
+        serving.answer: (GenericAlias(list, (serving.answer_type,)), entries),
+    }
+    return create_model(f"{_title(family)}Response", **fields)
 
-        @model_validator(mode="after")
-        def _one_of(self) -> EmotionRequest:
-            _exactly_one(self, "text", "texts")
-            return self
 
-        def items(self) -> list[str]:
-            return [self.text] if self.text is not None else list(self.texts or [])
+def feedback_request(text: Any) -> type[BaseModel]:
+    """``POST /v1/feedback``'s body: a text (the family's item type) and its true labels."""
+    return create_model(
+        "FeedbackRequest",
+        __base__=_Body,
+        __doc__="A text with its true emotion labels, kept in the node's local store.",
+        text=(text, Field()),
+        labels=(Labels, Field()),
+        visitor_id=(VisitorId | None, None),
+    )
 
-    class FunnelRequest(_Body):
-        """One session or a list of sessions (Online Shoppers fields, as in the model's manifest)."""
 
-        session: Session | None = None
-        sessions: Annotated[list[Session], Field(min_length=1, max_length=settings.max_sessions)] | None = None
-
-        @model_validator(mode="after")
-        def _one_of(self) -> FunnelRequest:
-            _exactly_one(self, "session", "sessions")
-            return self
-
-        def items(self) -> list[dict[str, Any]]:
-            return [self.session] if self.session is not None else list(self.sessions or [])
-
-    class FeedbackRequest(_Body):
-        """A text with its true emotion labels, kept in the node's local store."""
-
-        text: Text
-        labels: Annotated[list[Annotated[str, Field(min_length=1, max_length=32)]], Field(min_length=1, max_length=16)]
-        visitor_id: VisitorId | None = None
-
-    class OutcomeRequest(_Body):
-        """A funnel session and whether it converted, kept in the node's local store."""
-
-        session: Session
-        converted: StrictBool
-        visitor_id: VisitorId | None = None
-
-    return Schemas(EmotionRequest, FunnelRequest, FeedbackRequest, OutcomeRequest)
+def outcome_request(session: Any) -> type[BaseModel]:
+    """``POST /v1/funnel/outcome``'s body: a session (the family's item type) and whether it converted."""
+    return create_model(
+        "OutcomeRequest",
+        __base__=_Body,
+        __doc__="A funnel session and whether it converted, kept in the node's local store.",
+        session=(session, Field()),
+        converted=(StrictBool, Field()),
+        visitor_id=(VisitorId | None, None),
+    )
 
 
 # --- responses (documentation only: handlers build plain dicts) -------------------------
@@ -102,24 +100,6 @@ def build_schemas(settings: EdgeSettings) -> Schemas:
 
 class ErrorResponse(BaseModel):
     error: str = Field(description="what was wrong, naming the field or limit")
-
-
-class EmotionResult(BaseModel):
-    scores: dict[str, float]
-    labels: list[str] = Field(description="labels whose score reaches the model's threshold")
-    top: str
-
-
-class EmotionResponse(BaseModel):
-    model: Literal["emotion"]
-    model_version: str
-    results: list[EmotionResult]
-
-
-class FunnelResponse(BaseModel):
-    model: Literal["funnel"]
-    model_version: str
-    probabilities: list[float] = Field(description="P(purchase) per session, in request order")
 
 
 class StoredResponse(BaseModel):

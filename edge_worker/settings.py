@@ -12,10 +12,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
-from models.cli import DEFAULT_REPOSITORY, FAMILIES
+from models.bundle import DEFAULT_REPOSITORY
 from models.errors import NexusError
+from models.families import FAMILIES, Families
 
 ENV_PREFIX = "NEXUS_"
 # the artifact names of models.bundle.ARTIFACTS
@@ -32,8 +33,9 @@ class EdgeSettings(BaseModel):
 
     models_dir: Path = DEFAULT_REPOSITORY
     data_dir: Path = Field(default_factory=default_data_dir)
-    #: model names served from ``models_dir`` (a name is also the bundle's family)
-    models: tuple[str, ...] = FAMILIES
+    #: model names served from ``models_dir`` (a name is also the bundle's family); validated
+    #: against the registry in the validation context's "families" (default: the shipped ones)
+    models: tuple[str, ...] = FAMILIES.names()
     emotion_backend: Backend = "onnx"
     funnel_backend: Backend = "onnx"
     #: pin a version instead of serving the newest one
@@ -93,12 +95,12 @@ class EdgeSettings(BaseModel):
 
     @field_validator("models")
     @classmethod
-    def _known_models(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        unknown = [name for name in value if name not in FAMILIES]
+    def _known_models(cls, value: tuple[str, ...], info: ValidationInfo) -> tuple[str, ...]:
+        families: Families = (info.context or {}).get("families", FAMILIES)
+        unknown = [name for name in value if name not in families]
         if unknown or not value:
-            raise ValueError(
-                f"models must be a non-empty subset of {', '.join(FAMILIES)}; got {', '.join(value) or 'none'}"
-            )
+            known = ", ".join(families.names())
+            raise ValueError(f"models must be a non-empty subset of {known}; got {', '.join(value) or 'none'}")
         return value
 
     def pool_threads(self) -> int:
@@ -108,10 +110,19 @@ class EdgeSettings(BaseModel):
         return max(1, len(os.sched_getaffinity(0)) // self.workers)
 
     def backend(self, model: str) -> str:
-        return getattr(self, f"{model}_backend")
+        """``<model>_backend``; a family without a setting of its own serves ONNX."""
+        return self._own(f"{model}_backend", "onnx")
 
     def pinned_version(self, model: str) -> str | None:
-        return getattr(self, f"{model}_version")
+        """``<model>_version``; a family without a setting of its own serves its newest version."""
+        return self._own(f"{model}_version", None)
+
+    def limits(self, defaults: Mapping[str, int]) -> dict[str, int]:
+        """A family's request limits (``Serving.limits``): its defaults, or this node's setting of that name."""
+        return {name: self._own(name, default) for name, default in defaults.items()}
+
+    def _own(self, name: str, default: Any) -> Any:
+        return getattr(self, name) if name in type(self).model_fields else default
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> EdgeSettings:

@@ -1,6 +1,7 @@
 """Everything one edge app owns, held on ``app.state.edge`` (no module globals).
 
-This is also the seam for background agents. The sync agent gets the state, installs
+This is also the seam for background agents. The sync agent gets the state (and the
+node's ``hub`` link), installs
 bundles into ``settings.models_dir``, then either ``repository.activate(model, version)``
 (blocking: serve exactly that version) or ``await state.reload(model)`` (newest);
 ``served_versions()`` and ``queue_depth()`` feed its heartbeat.
@@ -15,11 +16,12 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from edge_worker.batcher import MicroBatcher
+from edge_worker.hub_link import HubLink
 from edge_worker.metrics import Registry
 from edge_worker.repository import ModelNotReady, ModelRepository, Served
-from edge_worker.schemas import Schemas
 from edge_worker.settings import EdgeSettings
 from edge_worker.store import LocalStore
+from models.families import Families
 
 T = TypeVar("T")
 
@@ -29,7 +31,10 @@ class EdgeState:
     settings: EdgeSettings
     metrics: Registry
     repository: ModelRepository
-    schemas: Schemas
+    #: the registry the served models' families come from
+    families: Families
+    #: per served model: its family's request limits under this node's settings
+    limits: dict[str, dict[str, int]]
     batchers: dict[str, MicroBatcher]
     inference_pool: ThreadPoolExecutor
     #: SQLite calls run on one thread of their own, off the event loop
@@ -37,7 +42,16 @@ class EdgeState:
         default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="nexus-store")
     )
     store: LocalStore | None = None
+    #: the node's link to the hub, while the app runs with a hub (edge_worker/hub_link.py)
+    hub: HubLink | None = None
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+
+    @property
+    def local_store(self) -> LocalStore:
+        """The local store, which the lifespan opens before the app takes a request."""
+        if self.store is None:
+            raise RuntimeError("the local store is not open: the app's lifespan has not run")
+        return self.store
 
     async def reload(self, model: str | None = None, *, retry_failed: bool = False) -> dict[str, str | None]:
         """Rescan the model repository and hot-swap newer (or pinned) versions in."""

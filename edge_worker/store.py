@@ -20,9 +20,11 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from edge_worker.assignment import ASSIGNED, sticky_assign
+from edge_worker.assignment import sticky_assign
+from nexus_wire.assignment import ASSIGNED
+from nexus_wire.counters import CounterKey
+from nexus_wire.datadir import EdgeDataDir
 
-DB_NAME = "edge.sqlite3"
 T = TypeVar("T")
 _DAY = 86400.0
 
@@ -51,7 +53,8 @@ CREATE TABLE IF NOT EXISTS funnel_assignment (
     experiment TEXT NOT NULL, visitor_id TEXT NOT NULL, variant TEXT NOT NULL, created_at REAL NOT NULL,
     PRIMARY KEY (experiment, visitor_id));
 CREATE TABLE IF NOT EXISTS funnel_event (
-    funnel TEXT NOT NULL, experiment TEXT NOT NULL, visitor_id TEXT NOT NULL, step TEXT NOT NULL, created_at REAL NOT NULL,
+    funnel TEXT NOT NULL, experiment TEXT NOT NULL, visitor_id TEXT NOT NULL, step TEXT NOT NULL,
+    created_at REAL NOT NULL,
     PRIMARY KEY (funnel, experiment, visitor_id, step));
 CREATE INDEX IF NOT EXISTS assignment_visitor ON funnel_assignment (visitor_id);
 CREATE INDEX IF NOT EXISTS assignment_created ON funnel_assignment (created_at);
@@ -64,7 +67,6 @@ CREATE TABLE IF NOT EXISTS funnel_count (
 _TABLES = ("feedback", "funnel_outcome")
 #: every table holding visitor ids: retention and erasure clear them all
 _VISITOR_TABLES = (*_TABLES, "funnel_assignment", "funnel_event")
-CounterKey = tuple[str, str, str]  # (experiment, variant, step), as hub/counters.py
 
 
 class LocalStore:
@@ -73,7 +75,7 @@ class LocalStore:
         path = Path(path)
         if path.is_dir() or not path.suffix:
             path.mkdir(parents=True, exist_ok=True)
-            path = path / DB_NAME
+            path = EdgeDataDir(path).store
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
@@ -110,7 +112,9 @@ class LocalStore:
 
     def _insert(self, sql: str, params: tuple[Any, ...]) -> int:
         with self._lock:
-            return int(self._db.execute(sql, params).lastrowid)
+            row_id = self._db.execute(sql, params).lastrowid
+        assert row_id is not None  # an INSERT always sets it
+        return row_id
 
     def counts(self) -> dict[str, int]:
         with self._lock:

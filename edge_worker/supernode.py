@@ -16,9 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from models.errors import NexusError
-from models.flower_process import FlowerProcess
-
-LOG_FILE = "supernode.log"
+from nexus_service.processes import FlowerProcess
+from nexus_wire.datadir import NODE_CONFIG_DATA_DIR, EdgeDataDir
 
 
 @dataclass(frozen=True)
@@ -35,12 +34,12 @@ class SuperNodeConfig:
 
     @property
     def flwr_home(self) -> Path:
-        return Path(self.data_dir) / "flwr-home"
+        return EdgeDataDir(Path(self.data_dir)).flwr_home
 
 
 def node_config_arg(data_dir: Path, tags: Mapping[str, str]) -> str:
     """``data-dir="..." region="3"``: TOML values, strings quoted (JSON string syntax is valid TOML)."""
-    items = {"data-dir": str(Path(data_dir).resolve()), **{k: str(v) for k, v in tags.items()}}
+    items = {NODE_CONFIG_DATA_DIR: str(Path(data_dir).resolve()), **{k: str(v) for k, v in tags.items()}}
     for key in items:
         if not key.replace("-", "").replace("_", "").isalnum():
             raise NexusError(f"node tag {key!r} must be letters, digits, - or _")
@@ -54,7 +53,8 @@ class SuperNode(FlowerProcess):
     binary = "flower-supernode"
 
     def __init__(self, config: SuperNodeConfig) -> None:
-        super().__init__(Path(config.data_dir), LOG_FILE, config.flwr_home, config.host, config.port)
+        data_dir = EdgeDataDir(Path(config.data_dir))
+        super().__init__(data_dir.root, data_dir.supernode_log, config.flwr_home, config.host, config.port)
         self.config = config
 
     def command(self) -> list[str]:

@@ -16,7 +16,6 @@ and half-downloaded bundles live in the data dir, so a restart resumes where it 
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import json
 import logging
 import os
@@ -26,14 +25,15 @@ import time
 from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edge_worker.audit import AuditLog, verify
-from edge_worker.egress import HeartbeatPayload, HubGateway, HubUnreachable
-from edge_worker.federation import remember_superlink
-from edge_worker.identity import NodeIdentity, load_identity, save_identity, write_private_json
+from edge_worker.audit import verify
+from edge_worker.egress import HeartbeatPayload, HubUnreachable
+from edge_worker.hub_link import HubLink
+from edge_worker.identity import NodeIdentity
+from edge_worker.state import EdgeState
 from models.bundle import (
     MANIFEST,
     SIGNATURE,
@@ -45,14 +45,10 @@ from models.bundle import (
     verify_signature,
 )
 from models.errors import NexusError
-
-if TYPE_CHECKING:
-    from edge_worker.state import EdgeState
+from nexus_service.keyfiles import write_private_json
+from nexus_wire.datadir import EdgeDataDir
 
 log = logging.getLogger("nexus.edge.sync")
-STATE_FILE = "hub-sync.json"
-STAGING_DIR = "hub-staging"
-LOCK_FILE = "hub-sync.lock"
 _META_MAX_BYTES = 1 << 20
 
 
@@ -111,32 +107,6 @@ class Refused(NexusError):
     """A bundle from the hub failed verification: never installed, old model kept."""
 
 
-class _LeaderLock:
-    """An exclusive ``flock`` on a file in the data dir, held until the process exits."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fh: IO[str] | None = None
-
-    def acquire(self) -> bool:
-        if self._fh is not None:
-            return True
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(self.path, "a")
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            fh.close()
-            return False
-        self._fh = fh
-        return True
-
-    def release(self) -> None:
-        if self._fh is not None:
-            self._fh.close()  # closing the file drops the flock
-            self._fh = None
-
-
 def _verifies(bundle_dir: Path, key: Ed25519PublicKey) -> bool:
     try:
         verify_bundle(bundle_dir, key)
@@ -159,23 +129,22 @@ def _adopt(target: Path, staging: Path, key: Ed25519PublicKey) -> None:
     verify_bundle(target, key)
 
 
-def load_state(data_dir: Path) -> SyncState:
+def load_state(data_dir: EdgeDataDir) -> SyncState:
     try:
-        raw = json.loads((Path(data_dir) / STATE_FILE).read_text())
+        raw = json.loads(data_dir.sync_state.read_text())
         return SyncState(**raw)
     except FileNotFoundError:
         return SyncState()
     except (ValueError, TypeError) as exc:
         # Losing the state only costs a re-poll: the repository still holds the bundles.
-        log.warning("ignoring corrupt %s (%s)", STATE_FILE, exc)
+        log.warning("ignoring corrupt %s (%s)", data_dir.sync_state.name, exc)
         return SyncState()
 
 
 class SyncAgent:
     def __init__(
         self,
-        gateway: HubGateway,
-        data_dir: Path,
+        link: HubLink,
         repository_dir: Path,
         activate: Callable[[str, str], None],
         status: Callable[[], NodeStatus],
@@ -188,8 +157,8 @@ class SyncAgent:
     ) -> None:
         """``activate(model, version)`` is blocking (called in a thread) and makes the
         repository serve exactly that version; ``models`` limits what this node takes."""
-        self.gateway = gateway
-        self.data_dir = Path(data_dir)
+        self.link = link
+        self.data_dir = link.data_dir
         self.repository_dir = Path(repository_dir)
         self.activate = activate
         self.status = status
@@ -201,26 +170,21 @@ class SyncAgent:
         self.rng = rng or random.Random()
         self.state = load_state(self.data_dir)
         self.stats = SyncStats()
-        self.identity: NodeIdentity | None = load_identity(self.data_dir)
-        gateway.identity = self.identity
         #: model -> version this process's repository was told to serve
         self._activated: dict[str, str] = {}
-        self._leader = _LeaderLock(self.data_dir / LOCK_FILE)
         self.audit_verify_interval_s = audit_verify_interval_s
         #: heartbeats carry the last finished verification, None before the first one
         self.audit_check: AuditCheck | None = None
         self._audit_started_at: float | None = None
         self._audit_task: asyncio.Task[AuditCheck] | None = None
-        #: the SuperLink the hub named last (edge_worker/federation.py keeps it for the SuperNode)
-        self._superlink: object = None
 
     # -- loop ------------------------------------------------------------------------------
     async def run(self, after_cycle: Callable[[SyncAgent], None] | None = None) -> None:
         """Until cancelled: restore what was applied, then sync on the poll interval.
 
-        Several server processes of one node share its data dir: the one holding the
-        leader lock talks to the hub; the others follow the state file it writes and
-        switch their own repositories (a follower takes over if the leader dies).
+        Several server processes of one node share its data dir: the node's leader
+        (edge_worker/hub_link.py) talks to the hub; the others follow the state file it writes
+        and switch their own repositories (a follower takes over if the leader dies).
         """
         await self.follow()
         try:
@@ -228,11 +192,10 @@ class SyncAgent:
         finally:
             if self._audit_task is not None:
                 self._audit_task.cancel()
-            self._leader.release()
 
     async def _loop(self, after_cycle: Callable[[SyncAgent], None] | None) -> None:
         while True:
-            if self._leader.acquire():
+            if self.link.lead():
                 self._schedule_audit_verification()
                 try:
                     await self.sync_once()
@@ -266,7 +229,7 @@ class SyncAgent:
         """Walk the whole audit log (linear in its size, so off the event loop) and keep
         the verdict for the following heartbeats."""
         try:
-            result = await asyncio.to_thread(verify, self.gateway.audit.data_dir)
+            result = await asyncio.to_thread(verify, self.data_dir.root)
             ok = result.ok
             if not ok:
                 log.error("%s", result.message())
@@ -306,11 +269,11 @@ class SyncAgent:
         self.stats.cycles += 1
         identity = await self._ensure_enrolled()
         status = self.status()
-        entries, bytes_sent = await asyncio.to_thread(self.gateway.audit.totals)
+        entries, bytes_sent = await asyncio.to_thread(self.link.audit.totals)
         # the hub keeps the largest head it saw: a log cut back with its heads shows there
-        head = await asyncio.to_thread(self.gateway.audit.tree_head)
+        head = await asyncio.to_thread(self.link.audit.tree_head)
         check = self.audit_check
-        reply = await self.gateway.heartbeat(
+        reply = await self.link.gateway.heartbeat(
             HeartbeatPayload(
                 models=status.models,
                 health=status.health,
@@ -327,12 +290,9 @@ class SyncAgent:
         )
         if self._poll_override is None and isinstance(reply.get("poll_interval_s"), (int, float)):
             self.poll_interval_s = float(reply["poll_interval_s"])
-        superlink = reply.get("superlink")
-        if superlink != self._superlink:  # the file is written (and read back) only on a change
-            self._superlink = superlink
-            if await asyncio.to_thread(remember_superlink, self.data_dir, superlink):
-                log.info("the hub's Flower SuperLink is %s", superlink)
-        polled = await self.gateway.poll_assignments(self.state.etag)
+        if await self.link.name_superlink(reply.get("superlink")):
+            log.info("the hub's Flower SuperLink is %s", self.link.superlink)
+        polled = await self.link.gateway.poll_assignments(self.state.etag)
         if polled is not None:
             etag, body = polled
             self.state.assignments = {m: dict(a) for m, a in body.get("models", {}).items() if self._wanted(m)}
@@ -348,21 +308,18 @@ class SyncAgent:
         return self.models is None or model in self.models
 
     async def _ensure_enrolled(self) -> NodeIdentity:
-        if self.identity is None:
-            # a leader that died may have enrolled after this process started
-            self.identity = self.gateway.identity = load_identity(self.data_dir)
-        if self.identity is not None:
-            return self.identity
+        known = await self.link.reload_identity()  # a leader that died may have enrolled meanwhile
+        if known is not None:
+            return known
         if not self.enroll_token:
             raise NexusError("this node is not enrolled: start it once with --enroll-token")
-        reply = await self.gateway.enroll(self.enroll_token)
+        reply = await self.link.gateway.enroll(self.enroll_token)
         identity = NodeIdentity(
             reply["node_id"], reply["node_secret"], reply["public_key"], dict(reply.get("tags", {}))
         )
         identity.public_key()
-        save_identity(self.data_dir, identity)
-        self.identity = self.gateway.identity = identity
-        log.info("enrolled with %s as %s tags=%s", self.gateway.hub_url, identity.node_id, identity.tags)
+        self.link.enrolled(identity)
+        log.info("enrolled with %s as %s tags=%s", self.link.gateway.hub_url, identity.node_id, identity.tags)
         return identity
 
     # -- applying assignments --------------------------------------------------------------
@@ -399,11 +356,11 @@ class SyncAgent:
         target = self.repository_dir / model / version
         if target.is_dir() and await asyncio.to_thread(_verifies, target, key):
             return  # installed before (a rollback to it), and still intact and signed
-        staging = self.data_dir / STAGING_DIR / f"{model}-{version}-{digest[:16]}"
+        staging = self._staging(model, version, digest)
         staging.mkdir(parents=True, exist_ok=True)
         for name in (MANIFEST, SIGNATURE):
             if not (staging / name).is_file():
-                await self.gateway.download_file(model, version, name, staging / name, _META_MAX_BYTES)
+                await self.link.gateway.download_file(model, version, name, staging / name, _META_MAX_BYTES)
         # The signature first: nothing the manifest says is believed before it verifies.
         verify_signature(staging, key)
         manifest = read_manifest(staging)
@@ -416,7 +373,7 @@ class SyncAgent:
                 path = staging / name
                 if path.is_file() and path.stat().st_size == entry["bytes"] and sha256_file(path) == entry["sha256"]:
                     continue  # finished before an interruption
-                got = await self.gateway.download_file(model, version, name, path, int(entry["bytes"]))
+                got = await self.link.gateway.download_file(model, version, name, path, int(entry["bytes"]))
                 if got != entry["sha256"]:
                     raise Refused(f"{model} {version}: {name} sha256 mismatch (corrupt or tampered)")
             await asyncio.to_thread(install_bundle, staging, self.repository_dir, key)
@@ -425,7 +382,7 @@ class SyncAgent:
     def _refuse(self, model: str, version: str, digest: str, reason: str) -> None:
         self.stats.refusals += 1
         self.state.refused[model] = {"version": version, "archive_sha256": digest, "reason": reason}
-        shutil.rmtree(self.data_dir / STAGING_DIR / f"{model}-{version}-{digest[:16]}", ignore_errors=True)
+        shutil.rmtree(self._staging(model, version, digest), ignore_errors=True)
         self._save()
         log.error(
             "refused %s version %s from the hub, keeping %s: %s",
@@ -435,11 +392,14 @@ class SyncAgent:
             reason,
         )
 
+    def _staging(self, model: str, version: str, digest: str) -> Path:
+        return self.data_dir.staging / f"{model}-{version}-{digest[:16]}"
+
     def _save(self) -> None:
-        write_private_json(self.data_dir / STATE_FILE, asdict(self.state))
+        write_private_json(self.data_dir.sync_state, asdict(self.state))
 
 
-# -- the edge app's seam (edge_worker/app.py starts ``run(state)`` when hub_url is set) -------
+# -- the edge app's seam (edge_worker/app.py starts ``run(state, link)`` when hub_url is set) -
 
 _METRICS = (
     ("nexus_edge_hub_sync_errors_total", "counter", "sync cycles that failed (hub unreachable, refused, ...)"),
@@ -452,18 +412,15 @@ _METRICS = (
         "hub bundles refused (bad sha256 or signature); old model kept",
     ),
     ("nexus_edge_hub_refused_bundle_info", "gauge", "1 for each assigned model/version currently refused"),
-    ("nexus_edge_egress_messages_total", "counter", "requests sent to the hub per payload kind"),
-    ("nexus_edge_egress_bytes_total", "counter", "bytes exchanged with the hub per payload kind and direction"),
 )
 
 
-async def run(state: EdgeState) -> None:
+async def run(state: EdgeState, link: HubLink) -> None:
     """The sync agent of a running edge node, exporting its state to ``/metrics``."""
     settings = state.settings
     token = settings.enroll_token or (
         settings.enroll_token_file.read_text().strip() if settings.enroll_token_file else None
     )
-    gateway = HubGateway(str(settings.hub_url), AuditLog(settings.data_dir))
     metrics = state.metrics
     for name, kind, help_text in _METRICS:
         metrics.declare(name, kind, help_text)
@@ -486,16 +443,9 @@ async def run(state: EdgeState) -> None:
         metrics.set("nexus_edge_hub_bundles_refused_total", (), agent.stats.refusals)
         for model, refused in agent.state.refused.items():
             metrics.set("nexus_edge_hub_refused_bundle_info", (("model", model), ("version", refused["version"])), 1)
-        for kind, count in gateway.messages.items():
-            metrics.set("nexus_edge_egress_messages_total", (("kind", kind),), count)
-            metrics.set(
-                "nexus_edge_egress_bytes_total", (("kind", kind), ("direction", "out")), gateway.bytes_out[kind]
-            )
-            metrics.set("nexus_edge_egress_bytes_total", (("kind", kind), ("direction", "in")), gateway.bytes_in[kind])
 
     agent = SyncAgent(
-        gateway,
-        settings.data_dir,
+        link,
         settings.models_dir,
         state.repository.activate,
         status,
@@ -503,10 +453,7 @@ async def run(state: EdgeState) -> None:
         models=settings.models,
         audit_verify_interval_s=settings.audit_verify_interval_s,
     )
-    try:
-        await agent.run(after_cycle=export)
-    finally:
-        await gateway.aclose()
+    await agent.run(after_cycle=export)
 
 
 class _RequestRate:

@@ -6,8 +6,11 @@ import argparse
 import json
 from pathlib import Path
 
-from federated.codec import COMPRESSIONS
-from federated.settings import STRATEGIES
+from models.families import FAMILIES
+from nexus_wire.runconfig import add_flags
+
+#: the run-config keys a simulation takes; it sets the others itself
+_RUN_KEYS = ("rounds", "local_epochs", "strategy", "compression")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -16,14 +19,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sim = sub.add_parser(
         "simulate", help="compare central, federated and local-only training (in-process Flower rounds)"
     )
-    sim.add_argument("--model", choices=("funnel", "emotion"), required=True)
+    add_flags(sim, ["model"], model={"required": True, "choices": FAMILIES.names(), "metavar": None})
     sim.add_argument(
         "--data", type=Path, required=True, help="funnel: sessions CSV; emotion: train.tsv (labels.txt beside it)"
     )
     sim.add_argument(
         "--eval",
         type=Path,
-        help="scored on this file; funnel: the same CSV means its fixed held-out split (default); emotion: dev.tsv beside --data",
+        help="scored on this file; funnel: the same CSV means its fixed held-out split (default); "
+        "emotion: dev.tsv beside --data",
     )
     sim.add_argument(
         "--partition",
@@ -31,16 +35,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="region | iid | dirichlet:ALPHA (default: region for funnel, dirichlet:0.5 for emotion)",
     )
     sim.add_argument("--nodes", type=int, default=10, help="nodes for iid / dirichlet partitions")
-    sim.add_argument("--rounds", type=int, default=None, help="federated rounds (default: 20 funnel, 5 emotion)")
-    sim.add_argument("--local-epochs", type=int, default=2, help="local epochs per round")
-    sim.add_argument("--strategy", choices=STRATEGIES, default="fedavg")
-    sim.add_argument("--compression", choices=COMPRESSIONS, default="int8", help="emotion update encoding")
+    add_flags(
+        sim,
+        _RUN_KEYS,
+        rounds={"default": None, "help": "federated rounds (default: 20 funnel, 5 emotion)"},
+        local_epochs={"default": 2},
+        compression={"help": "emotion update encoding"},
+    )
     sim.add_argument(
         "--compare-dense",
         action="store_true",
         help="emotion: also run with dense fp32 updates to state the accuracy cost of compression",
     )
-    sim.add_argument("--seed", type=int, default=0)
+    add_flags(sim, ["seed"])
     sim.add_argument("--json", action="store_true", help="print the full report as JSON on stdout")
     sim.set_defaults(func=_simulate)
 
@@ -48,14 +55,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _simulate(args: argparse.Namespace) -> int:
     from federated.simulate import SimConfig, simulate  # numpy + flwr imports only when used
 
-    funnel = args.model == "funnel"
+    task = FAMILIES.get(args.model).task
     cfg = SimConfig(
         model=args.model,
         data=args.data,
         eval=args.eval,
-        partition=args.partition or ("region" if funnel else "dirichlet:0.5"),
+        partition=args.partition or task.simulation_partition,
         nodes=args.nodes,
-        rounds=args.rounds or (20 if funnel else 5),
+        rounds=args.rounds or task.simulation_rounds,
         local_epochs=args.local_epochs,
         strategy=args.strategy,
         compression=args.compression,
@@ -76,6 +83,7 @@ def _simulate(args: argparse.Namespace) -> int:
         )
     b = report["bytes_per_update"]
     print(
-        f"bytes per update: {b['mean']:.0f} ({b['compression']}), dense fp32 {b['dense_fp32']}, {b['ratio']:.1f}x smaller; {report['seconds']}s"
+        f"bytes per update: {b['mean']:.0f} ({b['compression']}), dense fp32 {b['dense_fp32']}, "
+        f"{b['ratio']:.1f}x smaller; {report['seconds']}s"
     )
     return 0

@@ -10,9 +10,9 @@ app over in-memory partitions with :func:`make_client_app`.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ConfigRecord, ConfigRecordValues, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
@@ -20,77 +20,97 @@ from edge_worker.store import LocalStore
 from federated import codec
 from federated.audit_mod import audit_mod
 from federated.receipts import receipts_in
-from federated.selection import NODE_CONFIG
-from federated.strategy import ARRAYS, CONFIG, METRICS
-from federated.tasks import Examples, ModelSpec, task_for
 from models.errors import NexusError
+from models.families import FAMILIES, Families
+from models.task import Examples, ModelSpec
+from nexus_wire.datadir import NODE_CONFIG_DATA_DIR, EdgeDataDir
+from nexus_wire.messages import (
+    ARRAYS,
+    CONFIG,
+    METRICS,
+    NODE_CONFIG,
+    NUM_EXAMPLES,
+    RECEIPTS_ACTION,
+    TRAIN_LOSS,
+    EvaluateInstruction,
+    TrainInstruction,
+)
 
 #: (node config, model spec) -> the node's featurised examples
 Loader = Callable[[Mapping[str, Any], ModelSpec], Examples]
 
 
-def store_examples(node_config: Mapping[str, Any], spec: ModelSpec) -> Examples:
+def store_examples(node_config: Mapping[str, Any], spec: ModelSpec, families: Families = FAMILIES) -> Examples:
     """The labelled examples in the edge's local store (``node_config["data-dir"]``)."""
-    data_dir = node_config.get("data-dir")
-    if not data_dir:
+    task = families.get(spec.family).task
+    layout = EdgeDataDir.from_node_config(node_config)
+    if layout is None:
         raise NexusError('this SuperNode has no data-dir in its --node-config (start it with data-dir="...")')
-    store = LocalStore(str(data_dir))
+    store = LocalStore(layout.store)
     try:
-        if spec.family == "funnel":
-            raw, labels = store.funnel_examples()
-        else:
-            raw, labels = store.emotion_examples(spec.labels)
+        raw, labels = task.local_examples(store, spec)
     finally:
         store.close()
     if not raw:
-        raise NexusError(f"the local store in {data_dir} holds no labelled {spec.family} examples")
-    return task_for(spec.family).featurize(spec, raw, labels)
+        raise NexusError(f"the local store in {layout.root} holds no labelled {spec.family} examples")
+    return task.featurize(spec, raw, labels)
 
 
-def _round_seed(config: ConfigRecord) -> int:
+Instruction = TypeVar("Instruction", TrainInstruction, EvaluateInstruction)
+
+
+def _instruction(kind: type[Instruction], msg: Message) -> Instruction:
+    """The instruction in the message's config record; a bad one is a one-line NexusError."""
+    try:
+        return kind.from_config(msg.content.config_records[CONFIG])
+    except ValueError as exc:
+        raise NexusError(str(exc)) from None
+
+
+def _round_seed(instruction: TrainInstruction) -> int:
     # a different minibatch order each round, the same on a re-run of the round
-    return int(config["seed"]) * 10_007 + int(config.get("server-round", 0))
+    return instruction.seed * 10_007 + instruction.server_round
 
 
-def make_client_app(loader: Loader, mods: Sequence[Mod] = ()) -> ClientApp:
+def make_client_app(loader: Loader, mods: Sequence[Mod] = (), families: Families = FAMILIES) -> ClientApp:
     app = ClientApp(mods=list(mods))
 
-    def local_split(context: Context, config: ConfigRecord) -> tuple[Examples, Examples, ModelSpec]:
-        spec = ModelSpec.from_json(str(config["model-spec"]))
+    def local_split(
+        context: Context, instruction: TrainInstruction | EvaluateInstruction
+    ) -> tuple[Examples, Examples, ModelSpec]:
+        spec = ModelSpec.from_json(instruction.model_spec)
         data = loader(context.node_config, spec)
         # the split seed is the run's, not the round's: held-out rows are never trained on
-        train_idx, test_idx = task_for(spec.family).split(data.labels, int(config["seed"]))
+        train_idx, test_idx = families.get(spec.family).task.split(data.labels, instruction.seed)
         return data.take(train_idx), data.take(test_idx), spec
 
     @app.train()
     def train(msg: Message, context: Context) -> Message:
-        config = msg.content[CONFIG]
-        data, _, spec = local_split(context, config)
+        instruction = _instruction(TrainInstruction, msg)
+        data, _, spec = local_split(context, instruction)
         if len(data) == 0:
             raise NexusError("no local training examples")
-        task = task_for(spec.family)
-        base = codec.from_record(msg.content[ARRAYS])
-        lr = float(config["lr"]) or task.default_lr
-        out = task.train(
-            base, data, int(config["local-epochs"]), _round_seed(config), lr, float(config.get("proximal-mu", 0.0))
-        )
-        arrays = codec.encode(out.weights, base, out.touched_rows, str(config["compression"]))
-        metrics = MetricRecord({"num-examples": len(data), "train-loss": out.loss})
+        task = families.get(spec.family).task
+        base = codec.from_record(msg.content.array_records[ARRAYS])
+        lr = instruction.lr or task.default_lr
+        out = task.train(base, data, instruction.local_epochs, _round_seed(instruction), lr, instruction.proximal_mu)
+        arrays = codec.encode(out.weights, base, out.touched_rows, instruction.compression)
+        metrics = MetricRecord({NUM_EXAMPLES: len(data), TRAIN_LOSS: out.loss})
         return Message(RecordDict({ARRAYS: arrays, METRICS: metrics}), reply_to=msg)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:
-        config = msg.content[CONFIG]
-        _, held_out, spec = local_split(context, config)
+        instruction = _instruction(EvaluateInstruction, msg)
+        _, held_out, spec = local_split(context, instruction)
         if len(held_out) == 0:
             raise NexusError("too few local examples to hold any out for evaluation")
-        task = task_for(spec.family)
-        scores = task.scores(codec.from_record(msg.content[ARRAYS]), held_out)
-        metrics = task.metrics(scores, held_out.labels, int(config["seed"]))
-        record = MetricRecord({"num-examples": len(held_out), **{k: float(v) for k, v in metrics.items()}})
+        task = families.get(spec.family).task
+        scores = task.scores(codec.from_record(msg.content.array_records[ARRAYS]), held_out)
+        metrics = task.metrics(scores, held_out.labels, instruction.seed)
+        record = MetricRecord({NUM_EXAMPLES: len(held_out), **{k: float(v) for k, v in metrics.items()}})
         return Message(RecordDict({METRICS: record}), reply_to=msg)
 
-    @app.query("receipts")
+    @app.query(RECEIPTS_ACTION)
     def acknowledge_receipts(msg: Message, context: Context) -> Message:
         # the audit mod has attached them to their entries; the count tells the hub they arrived
         return Message(RecordDict({METRICS: MetricRecord({"receipts": len(receipts_in(msg))})}), reply_to=msg)
@@ -98,8 +118,10 @@ def make_client_app(loader: Loader, mods: Sequence[Mod] = ()) -> ClientApp:
     @app.query()
     def query(msg: Message, context: Context) -> Message:
         # tags only: the data dir is a local path and none of the hub's business
-        tags = {
-            k: v for k, v in context.node_config.items() if k != "data-dir" and isinstance(v, (str, int, float, bool))
+        tags: dict[str, ConfigRecordValues] = {
+            k: v
+            for k, v in context.node_config.items()
+            if k != NODE_CONFIG_DATA_DIR and isinstance(v, (str, int, float, bool))
         }
         config = ConfigRecord(tags)
         return Message(RecordDict({NODE_CONFIG: config}), reply_to=msg)

@@ -12,7 +12,6 @@ import numpy as np
 from flwr.app import Array, ArrayRecord
 
 Weights = dict[str, np.ndarray]
-COMPRESSIONS = ("none", "fp16", "int8")
 SPARSE_KEY = "embedding"
 _ROWS, _Q, _SCALE, _HALF = (
     f"{SPARSE_KEY}.rows",

@@ -13,9 +13,9 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from flwr.app import Message, RecordDict
+from flwr.app import ConfigRecord, Message, MetricRecord, RecordDict
 
-from models.receipts import canonical_json
+from nexus_wire.heads import canonical_json
 
 
 def _plain(value: Any) -> Any:
@@ -38,10 +38,11 @@ def describe(content: RecordDict) -> tuple[bytes, dict[str, Any]]:
                 "sha256": hashlib.sha256(array.data).hexdigest(),
             }
             parts.append(array.data)
-    records = {
-        name: {k: _plain(v) for k, v in record.items()}
-        for name, record in sorted([*content.metric_records.items(), *content.config_records.items()])
-    }
+    named: list[tuple[str, MetricRecord | ConfigRecord]] = [
+        *content.metric_records.items(),
+        *content.config_records.items(),
+    ]
+    records = {name: {k: _plain(v) for k, v in record.items()} for name, record in sorted(named)}
     parts.append(canonical_json(records).encode("utf-8"))
     return b"".join(parts), {"arrays": arrays, "records": records}
 
@@ -49,5 +50,5 @@ def describe(content: RecordDict) -> tuple[bytes, dict[str, Any]]:
 def reply_body(reply: Message) -> bytes:
     """The bytes of a reply both ends hash: its content, or an error's reason."""
     if reply.has_error():
-        return reply.error.reason.encode("utf-8")
+        return (reply.error.reason or "").encode("utf-8")
     return describe(reply.content)[0]

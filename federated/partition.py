@@ -7,7 +7,7 @@ mixes. Multi-label examples are assigned by their first label.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +25,7 @@ class Partition:
     rows: list[np.ndarray]  # sorted row indices of each node
 
 
-def by_key(keys: Sequence[object], name: str) -> Partition:
+def by_key(keys: Iterable[object], name: str) -> Partition:
     values = np.asarray([str(k) for k in keys])
     distinct = sorted(set(values.tolist()), key=lambda v: (not v.isdigit(), int(v) if v.isdigit() else 0, v))
     return Partition([f"{name}={v}" for v in distinct], [np.flatnonzero(values == v) for v in distinct])
@@ -60,7 +60,8 @@ def dirichlet(labels: np.ndarray, nodes: int, alpha: float, seed: int) -> Partit
         if min(len(r) for r in rows) >= MIN_PER_NODE:
             return Partition([f"node-{i}" for i in range(nodes)], rows)
     raise NexusError(
-        f"no Dirichlet({alpha}) draw gave every one of {nodes} nodes {MIN_PER_NODE} examples; raise alpha or lower --nodes"
+        f"no Dirichlet({alpha}) draw gave every one of {nodes} nodes {MIN_PER_NODE} examples; "
+        "raise alpha or lower --nodes"
     )
 
 

@@ -1,6 +1,6 @@
 """Signed receipts for what nodes send through Flower: the hub side of the audit trail.
 
-A node's HTTP requests get the hub's receipt in a response header (models/receipts.py);
+A node's HTTP requests get the hub's receipt in a response header (nexus_wire/heads.py);
 a Flower reply has no response, so the ServerApp (run by the hub's SuperLink, with the hub's
 signing key named by ``NEXUS_RECEIPT_KEY``) signs one per reply it received, train and
 evaluate alike and error replies too: the sha256 and length of the reply's bytes
@@ -30,12 +30,10 @@ from flwr.serverapp import Grid
 from flwr.supercore import log
 
 from federated.digest import reply_body
-from models.receipts import KEY_ENV, canonical_json, load_signing_key, sign_receipt, utc_now
+from nexus_service.keyfiles import load_signing_key
+from nexus_wire.heads import KEY_ENV, canonical_json, sign_receipt, utc_now
+from nexus_wire.messages import RECEIPTS_FIELD, RECEIPTS_MESSAGE, RECEIPTS_RECORD
 
-RECORD, FIELD = "nexus-receipts", "receipts"
-MESSAGE_TYPE = "query.receipts"
-#: the audit kind of a node's acknowledgement: the one reply that gets no receipt (or it would never end)
-ACK_KIND = "receipt-ack"
 #: the final delivery waits at most this long for nodes that went away meanwhile
 FLUSH_TIMEOUT_S = 30.0
 
@@ -73,7 +71,7 @@ class ReceiptBook:
         for msg in messages:
             owed = self._pending.pop(msg.metadata.dst_node_id, None)
             if owed:
-                msg.content = RecordDict({**msg.content, RECORD: ConfigRecord({FIELD: owed})})
+                msg.content = RecordDict({**msg.content, RECEIPTS_RECORD: _record(owed)})
                 self.delivered += len(owed)
             out.append(msg)
         return out
@@ -81,9 +79,10 @@ class ReceiptBook:
     def flush(self, grid: Grid, timeout: float = FLUSH_TIMEOUT_S) -> int:
         """Send what is still owed, one message per node; the number of nodes that acknowledged."""
         messages = [
-            Message(RecordDict({RECORD: ConfigRecord({FIELD: owed})}), dst_node_id=node, message_type=MESSAGE_TYPE)
-            for node, owed in self._pending.items() if owed
-        ]  # fmt: skip
+            Message(RecordDict({RECEIPTS_RECORD: _record(owed)}), dst_node_id=node, message_type=RECEIPTS_MESSAGE)
+            for node, owed in self._pending.items()
+            if owed
+        ]
         if not messages:
             return 0
         owed_count = sum(len(v) for v in self._pending.values())
@@ -103,12 +102,17 @@ class ReceiptBook:
         return acked
 
 
+def _record(owed: list[str]) -> ConfigRecord:
+    return ConfigRecord({RECEIPTS_FIELD: owed})
+
+
 def receipts_in(msg: Message) -> list[dict[str, Any]]:
     """The receipts a message from the ServerApp carries (node side); malformed ones are skipped."""
-    if RECORD not in msg.content.config_records:
+    if RECEIPTS_RECORD not in msg.content.config_records:
         return []
     found = []
-    for text in msg.content.config_records[RECORD].get(FIELD, []):
+    texts = msg.content.config_records[RECEIPTS_RECORD].get(RECEIPTS_FIELD, [])
+    for text in texts if isinstance(texts, list) else []:
         try:
             receipt = json.loads(text) if isinstance(text, str) else None
         except ValueError:

@@ -16,8 +16,7 @@ from flwr.supercore import log
 from flwr.supercore.run import Run
 
 from federated.settings import parse_select
-
-NODE_CONFIG = "node-config"
+from nexus_wire.messages import NODE_CONFIG
 
 
 class SelectedGrid(Grid):

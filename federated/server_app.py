@@ -25,11 +25,14 @@ from flwr.serverapp import Grid, ServerApp
 from federated import codec
 from federated.receipts import FLUSH_TIMEOUT_S, ReceiptBook
 from federated.selection import select_nodes
-from federated.settings import RunSettings
+from federated.settings import read_run_config
 from federated.strategy import RoundRecord, build_strategy
-from federated.tasks import ModelSpec, task_for
 from models.errors import NexusError
 from models.export.onnx_graphs import read_initializers
+from models.families import FAMILIES, Families
+from models.task import ModelSpec
+from nexus_wire.messages import EvaluateInstruction, TrainInstruction
+from nexus_wire.runconfig import RunConfig
 
 
 @dataclass
@@ -38,7 +41,7 @@ class RunResult:
     rounds: list[RoundRecord]
 
 
-def load_base(settings: RunSettings) -> tuple[ModelSpec, codec.Weights]:
+def load_base(settings: RunConfig, families: Families = FAMILIES) -> tuple[ModelSpec, codec.Weights]:
     """The starting point: a bundle folder (its manifest + fp32 weights), or a JSON spec (fresh weights)."""
     path = Path(settings.base)
     if not settings.base or not path.exists():
@@ -47,15 +50,11 @@ def load_base(settings: RunSettings) -> tuple[ModelSpec, codec.Weights]:
         manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
         weights = read_initializers(path / "model.onnx")
         labels = tuple(manifest.get("labels", ()))
-        shape = (
-            {"buckets": weights["embedding"].shape[0], "dim": weights["embedding"].shape[1], "n_labels": len(labels)}
-            if "embedding" in weights
-            else {"hidden": weights["w0"].shape[1]}
-        )
-        spec = ModelSpec(manifest["family"], manifest["featurizer"], labels, shape)
+        task = families.get(manifest["family"]).task
+        spec = ModelSpec(manifest["family"], manifest["featurizer"], labels, task.shape_of(weights, labels))
     else:
         spec = ModelSpec.from_json(path.read_text(encoding="utf-8"))
-        weights = task_for(spec.family).init_weights(spec, settings.seed)
+        weights = families.get(spec.family).task.init_weights(spec, settings.seed)
     if spec.family != settings.model:
         raise NexusError(f"base {path} is a {spec.family} model, the run trains {settings.model}")
     return spec, weights
@@ -69,25 +68,26 @@ def _write_json(path: Path, payload: dict[str, Any]) -> None:
 
 def run_rounds(
     grid: Grid,
-    settings: RunSettings,
+    settings: RunConfig,
     spec: ModelSpec,
     initial: codec.Weights,
     on_round: Callable[[RoundRecord], None] | None = None,
     receipts: ReceiptBook | None = None,
+    families: Families = FAMILIES,
 ) -> RunResult:
     """Every round of the run; writes the outputs when ``settings.output_path`` is set.
     With ``receipts``, every reply gets a signed receipt, delivered before the run ends."""
-    task = task_for(spec.family)
+    score_name = families.get(spec.family).score_name
     rounds: list[RoundRecord] = []
     summary: dict[str, Any] = {
         "status": "running",
         "model": spec.family,
         "strategy": settings.strategy,
-        "settings": settings.__dict__,
-        "score_name": task.score_name,
+        "settings": settings.model_dump(),
+        "score_name": score_name,
         "rounds": [],
     }
-    metrics_path = settings.metrics_path
+    metrics_path = Path(settings.output_path).with_suffix(".json") if settings.output_path else None
     if metrics_path is not None:
         metrics_path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -99,30 +99,23 @@ def run_rounds(
         if on_round is not None:
             on_round(r)
 
-    strategy = build_strategy(settings, task.score_name, record, receipts)
-    grid = select_nodes(grid, settings.select, settings.timeout)
-    train_config = ConfigRecord(
-        {
-            "model-spec": spec.to_json(),
-            "local-epochs": settings.local_epochs,
-            "lr": settings.lr,
-            "seed": settings.seed,
-            "compression": settings.compression,
-        }
-    )
-    evaluate_config = ConfigRecord({"model-spec": spec.to_json(), "seed": settings.seed})
+    strategy = build_strategy(settings, score_name, record, receipts)
+    grid = select_nodes(grid, settings.select, settings.timeout_s)
+    # dict(): the same values, typed as Flower's wider record values
+    train_config = ConfigRecord(dict(TrainInstruction.from_run(settings, spec.to_json()).to_config()))
+    evaluate_config = ConfigRecord(dict(EvaluateInstruction.from_run(settings, spec.to_json()).to_config()))
     started = time.time()
     result = strategy.start(
-        grid, codec.to_record(initial), settings.num_rounds, settings.timeout, train_config, evaluate_config
+        grid, codec.to_record(initial), settings.rounds, settings.timeout_s, train_config, evaluate_config
     )
     weights = codec.from_record(result.arrays) if result.arrays is not None and len(result.arrays) else initial
     if receipts is not None:
-        receipts.flush(grid, min(settings.timeout, FLUSH_TIMEOUT_S))
-    if settings.output_path:
+        receipts.flush(grid, min(settings.timeout_s, FLUSH_TIMEOUT_S))
+    if metrics_path is not None:
         out = Path(settings.output_path)
         out.parent.mkdir(parents=True, exist_ok=True)
         with open(out, "wb") as fh:  # a file object: np.savez would otherwise append ".npz"
-            np.savez(fh, **weights)
+            np.savez(fh, **weights)  # type: ignore[arg-type]  # mypy matches **weights to allow_pickle: bool too
         participants = sorted({node for r in rounds for node in r.nodes})
         summary.update(
             status="finished",
@@ -139,6 +132,6 @@ app = ServerApp()
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
-    settings = RunSettings.from_run_config(context.run_config)
+    settings = read_run_config(context.run_config)
     spec, initial = load_base(settings)
     run_rounds(grid, settings, spec, initial, receipts=ReceiptBook.from_env())

@@ -27,34 +27,26 @@ from federated import partition as partitioning
 from federated.client_app import make_client_app
 from federated.local_grid import LocalGrid
 from federated.server_app import run_rounds
-from federated.settings import RunSettings
 from federated.strategy import RoundRecord
-from federated.tasks import Examples, ModelSpec, Task, task_for
-from models.emotion import data as emotion_data
-from models.emotion.featurizer import DEFAULT_SPEC as EMOTION_FEATURIZER
 from models.errors import NexusError
-from models.funnel import data as funnel_data
-from models.funnel import train as funnel_train
-from models.funnel.featurizer import fit_spec
+from models.families import FAMILIES, Families
+from models.family import Family
 from models.progress import Progress
-
-#: embedding width of simulated emotion models
-EMOTION_DIM = 32
-#: epochs of the central and local-only arms (the family's central default)
-CENTRAL_EPOCHS = {"funnel": funnel_train.EPOCHS, "emotion": 5}
+from models.task import Examples, ModelSpec, Task
+from nexus_wire.runconfig import Compression, Model, RunConfig, Strategy
 
 
 @dataclass(frozen=True)
 class SimConfig:
-    model: str
+    model: Model
     data: Path
     eval: Path | None = None
     partition: str = "region"
     nodes: int = 10
     rounds: int = 10
     local_epochs: int = 2
-    strategy: str = "fedavg"
-    compression: str = "int8"
+    strategy: Strategy = "fedavg"
+    compression: Compression = "int8"
     seed: int = 0
     compare_dense: bool = False  # emotion: also run federated with dense fp32 updates
 
@@ -68,37 +60,10 @@ class Dataset:
     eval_keys: np.ndarray | None
 
 
-def _load_funnel(cfg: SimConfig) -> Dataset:
-    data = funnel_data.read_sessions(cfg.data)
-    if cfg.eval is None or funnel_data.resolve(cfg.eval).resolve() == data.path.resolve():
-        # one file: score on the project's fixed held-out split of it
-        train_idx, test_idx = funnel_data.split_indices(data.labels)
-        train = [data.sessions[i] for i in train_idx]
-        held = [data.sessions[i] for i in test_idx]
-        y_train, y_eval = data.labels[train_idx], data.labels[test_idx]
-    else:
-        other = funnel_data.read_sessions(cfg.eval)
-        train, held, y_train, y_eval = data.sessions, other.sessions, data.labels, other.labels
-    # the featurizer statistics play the part of the base model every node starts from
-    spec = ModelSpec("funnel", fit_spec(train), ("purchase",), {"hidden": funnel_train.HIDDEN})
-    task = task_for("funnel")
-    keys = lambda sessions: np.asarray([str(s["Region"]) for s in sessions])  # noqa: E731
-    return Dataset(
-        spec, task.featurize(spec, train, y_train), keys(train), task.featurize(spec, held, y_eval), keys(held)
-    )
-
-
-def _load_emotion(cfg: SimConfig) -> Dataset:
-    labels = emotion_data.read_labels(Path(cfg.data).parent / "labels.txt")
-    eval_path = cfg.eval if cfg.eval is not None else Path(cfg.data).parent / "dev.tsv"
-    train = emotion_data.read_tsv(cfg.data, len(labels))
-    held = emotion_data.read_tsv(eval_path, len(labels))
-    shape = {"buckets": int(EMOTION_FEATURIZER["buckets"]), "dim": EMOTION_DIM, "n_labels": len(labels)}
-    spec = ModelSpec("emotion", dict(EMOTION_FEATURIZER), tuple(labels), shape)
-    task = task_for("emotion")
-    return Dataset(
-        spec, task.featurize(spec, train.texts, train.labels), None, task.featurize(spec, held.texts, held.labels), None
-    )
+def _load(task: Task, cfg: SimConfig) -> Dataset:
+    sim = task.simulation_data(cfg.data, cfg.eval)
+    train = task.featurize(sim.spec, sim.train, sim.train_labels)
+    return Dataset(sim.spec, train, sim.train_keys, task.featurize(sim.spec, sim.eval, sim.eval_labels), sim.eval_keys)
 
 
 def _partition(cfg: SimConfig, ds: Dataset) -> partitioning.Partition:
@@ -112,27 +77,27 @@ def _partition(cfg: SimConfig, ds: Dataset) -> partitioning.Partition:
     return partitioning.dirichlet(ds.train.labels, cfg.nodes, alpha, cfg.seed)
 
 
-def _score(task: Task, scores: np.ndarray, labels: np.ndarray, seed: int) -> float:
-    return float(task.metrics(scores, labels, seed)[task.score_name])
+def _score(family: Family, scores: np.ndarray, labels: np.ndarray, seed: int) -> float:
+    return float(family.task.metrics(scores, labels, seed)[family.score_name])
 
 
 def _arm_scores(
-    task: Task, ds: Dataset, names: list[str], models: Mapping[str, codec.Weights], seed: int
+    family: Family, ds: Dataset, names: list[str], models: Mapping[str, codec.Weights], seed: int
 ) -> dict[str, Any]:
     """Pooled and per-partition scores; ``models`` maps partition name -> weights ("*" = one for all)."""
     routed = ds.eval_keys is not None and "*" not in models
     if "*" in models:
-        pooled_scores = task.scores(models["*"], ds.eval)
-        out: dict[str, Any] = {"pooled": _score(task, pooled_scores, ds.eval.labels, seed)}
+        pooled_scores = family.task.scores(models["*"], ds.eval)
+        out: dict[str, Any] = {"pooled": _score(family, pooled_scores, ds.eval.labels, seed)}
     elif routed:
         pooled_scores = np.zeros(ds.eval.labels.shape, dtype=np.float64)
         for name in names:
             rows = np.flatnonzero(ds.eval_keys == name.split("=", 1)[1])
-            pooled_scores[rows] = task.scores(models[name], ds.eval.take(rows))
-        out = {"pooled": _score(task, pooled_scores, ds.eval.labels, seed)}
+            pooled_scores[rows] = family.task.scores(models[name], ds.eval.take(rows))
+        out = {"pooled": _score(family, pooled_scores, ds.eval.labels, seed)}
     else:
         # no key routes eval rows to a node: each local model is scored on all of them
-        per_model = [_score(task, task.scores(models[n], ds.eval), ds.eval.labels, seed) for n in names]
+        per_model = [_score(family, family.task.scores(models[n], ds.eval), ds.eval.labels, seed) for n in names]
         return {"pooled": float(np.mean(per_model)), "partition_mean": None, "per_node": dict(zip(names, per_model))}
     if ds.eval_keys is None:
         out["partition_mean"] = None
@@ -141,7 +106,7 @@ def _arm_scores(
     for name in names:
         rows = np.flatnonzero(ds.eval_keys == name.split("=", 1)[1])
         if len(rows):
-            per_part[name] = _score(task, pooled_scores[rows], ds.eval.labels[rows], seed)
+            per_part[name] = _score(family, pooled_scores[rows], ds.eval.labels[rows], seed)
     out["partition_mean"] = float(np.nanmean(list(per_part.values())))
     out["per_partition"] = per_part
     return out
@@ -160,19 +125,24 @@ def _quiet_flower() -> Any:
     finally:
         FLOWER_LOGGER.setLevel(saved[0])
         for handler, stream in saved[1]:
-            if stream is not None:
+            if stream is not None and isinstance(handler, logging.StreamHandler):
                 handler.setStream(stream)
 
 
 def _federated(
-    cfg: SimConfig, ds: Dataset, part: partitioning.Partition, initial: codec.Weights, compression: str
+    cfg: SimConfig,
+    ds: Dataset,
+    part: partitioning.Partition,
+    initial: codec.Weights,
+    compression: Compression,
+    families: Families,
 ) -> tuple[codec.Weights, list[RoundRecord]]:
     shares = {name: ds.train.take(rows) for name, rows in zip(part.names, part.rows)}
     node_configs = {i + 1: {"partition": name} for i, name in enumerate(part.names)}
     loader = lambda node_config, spec: shares[node_config["partition"]]  # noqa: E731 - data already featurised
-    settings = RunSettings(
+    settings = RunConfig(
         model=cfg.model,
-        num_rounds=cfg.rounds,
+        rounds=cfg.rounds,
         local_epochs=cfg.local_epochs,
         strategy=cfg.strategy,
         min_nodes=len(part.names),
@@ -182,27 +152,29 @@ def _federated(
     progress = Progress(f"federated {cfg.model} ({compression})", cfg.rounds)
     with _quiet_flower():
         result = run_rounds(
-            LocalGrid(make_client_app(loader), node_configs),
+            LocalGrid(make_client_app(loader, families=families), node_configs),
             settings,
             ds.spec,
             initial,
             on_round=lambda r: progress.update(1, score=r.score or float("nan")),
+            families=families,
         )
     progress.close()
     return result.weights, result.rounds
 
 
-def simulate(cfg: SimConfig) -> dict[str, Any]:
+def simulate(cfg: SimConfig, families: Families = FAMILIES) -> dict[str, Any]:
     started = time.monotonic()
-    task = task_for(cfg.model)
-    ds = _load_funnel(cfg) if cfg.model == "funnel" else _load_emotion(cfg)
+    family = families.get(cfg.model)
+    task = family.task
+    ds = _load(task, cfg)
     part = _partition(cfg, ds)
     # every arm trains on the rows the ClientApp trains on: each node's non-held-out share
     train_rows = {
         name: rows[task.split(ds.train.labels[rows], cfg.seed)[0]] for name, rows in zip(part.names, part.rows)
     }
     initial = task.init_weights(ds.spec, cfg.seed)
-    epochs, lr = CENTRAL_EPOCHS[cfg.model], task.default_lr
+    epochs, lr = task.central_epochs, task.default_lr
 
     central = task.train(
         initial, ds.train.take(np.sort(np.concatenate(list(train_rows.values())))), epochs, cfg.seed, lr, 0.0
@@ -211,13 +183,13 @@ def simulate(cfg: SimConfig) -> dict[str, Any]:
         name: task.train(initial, ds.train.take(rows), epochs, cfg.seed, lr, 0.0).weights
         for name, rows in train_rows.items()
     }
-    federated, rounds = _federated(cfg, ds, part, initial, cfg.compression)
+    federated, rounds = _federated(cfg, ds, part, initial, cfg.compression, families)
 
     update_bytes = [b for r in rounds for b in r.update_bytes]
     dense = codec.dense_bytes(initial)
     report: dict[str, Any] = {
         "model": cfg.model,
-        "metric": task.score_name,
+        "metric": family.score_name,
         "partition": cfg.partition,
         "strategy": cfg.strategy,
         "rounds": cfg.rounds,
@@ -228,15 +200,15 @@ def simulate(cfg: SimConfig) -> dict[str, Any]:
             for n, r in zip(part.names, part.rows)
         ],
         "eval_rows": len(ds.eval),
-        "central": _arm_scores(task, ds, part.names, {"*": central}, cfg.seed),
-        "federated": _arm_scores(task, ds, part.names, {"*": federated}, cfg.seed),
-        "local_only": _arm_scores(task, ds, part.names, local, cfg.seed),
+        "central": _arm_scores(family, ds, part.names, {"*": central}, cfg.seed),
+        "federated": _arm_scores(family, ds, part.names, {"*": federated}, cfg.seed),
+        "local_only": _arm_scores(family, ds, part.names, local, cfg.seed),
         "per_round": [
             {
                 "round": r.round,
                 "participants": r.participants,
                 "loss": r.loss,
-                task.score_name: r.score,
+                family.score_name: r.score,
                 "bytes_in": r.bytes_in,
                 "bytes_out": r.bytes_out,
             }
@@ -250,8 +222,8 @@ def simulate(cfg: SimConfig) -> dict[str, Any]:
         },
     }
     if cfg.compare_dense and cfg.compression != "none":
-        dense_weights, _ = _federated(cfg, ds, part, initial, "none")
-        dense_score = _arm_scores(task, ds, part.names, {"*": dense_weights}, cfg.seed)["pooled"]
+        dense_weights, _ = _federated(cfg, ds, part, initial, "none", families)
+        dense_score = _arm_scores(family, ds, part.names, {"*": dense_weights}, cfg.seed)["pooled"]
         report["bytes_per_update"]["dense_updates_score"] = dense_score
         report["bytes_per_update"]["accuracy_cost"] = dense_score - report["federated"]["pooled"]
     report["seconds"] = round(time.monotonic() - started, 1)

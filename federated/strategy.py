@@ -21,9 +21,8 @@ from flwr.supercore import log
 
 from federated import codec, validation
 from federated.receipts import ReceiptBook
-from federated.settings import RunSettings
-
-ARRAYS, METRICS, CONFIG = "arrays", "metrics", "config"
+from nexus_wire.messages import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, TRAIN_LOSS
+from nexus_wire.runconfig import RunConfig
 
 
 @dataclass
@@ -107,8 +106,8 @@ class RoundGuard:
         record.participants = len(accepted)
         record.nodes = sorted(m.metadata.src_node_id for m in accepted)
         arrays, metrics = super().aggregate_train(server_round, accepted)  # type: ignore[misc]
-        if metrics is not None and "train-loss" in metrics:
-            record.train_loss = float(metrics["train-loss"])
+        if metrics is not None and TRAIN_LOSS in metrics:
+            record.train_loss = float(metrics[TRAIN_LOSS])
         return arrays, metrics
 
     def _reject(self, msg: Message, reason: str) -> None:
@@ -154,7 +153,8 @@ class RoundGuard:
         return metrics
 
 
-_BASES: dict[str, type[Strategy]] = {
+#: Flower's class of each name in ``nexus_wire.runconfig.STRATEGIES`` (a test holds them equal)
+STRATEGY_CLASSES: dict[str, type[Strategy]] = {
     "fedavg": FedAvg,
     "fedprox": FedProx,
     "fedadam": FedAdam,
@@ -164,10 +164,14 @@ _BASES: dict[str, type[Strategy]] = {
 
 
 def build_strategy(
-    settings: RunSettings, score_name: str, on_round: Callable[[RoundRecord], None], receipts: ReceiptBook | None = None
+    settings: RunConfig, score_name: str, on_round: Callable[[RoundRecord], None], receipts: ReceiptBook | None = None
 ) -> Strategy:
-    base = _BASES[settings.strategy]
+    base = STRATEGY_CLASSES[settings.strategy]
     kwargs: dict[str, Any] = {
+        # Flower's defaults, named where the ClientApp reads them (nexus_wire/messages.py)
+        "arrayrecord_key": ARRAYS,
+        "configrecord_key": CONFIG,
+        "weighted_by_key": NUM_EXAMPLES,
         "fraction_train": settings.fraction,
         "fraction_evaluate": settings.fraction,
         "min_train_nodes": settings.min_nodes,

@@ -58,4 +58,7 @@ def short(head: Mapping[str, Any] | None) -> str:
 
 
 def describe(regression: Mapping[str, Any]) -> str:
-    return f"audit log went back: the hub held {short(regression['was'])}; the node then reported {short(regression['now'])}"
+    return (
+        f"audit log went back: the hub held {short(regression['was'])}; "
+        f"the node then reported {short(regression['now'])}"
+    )

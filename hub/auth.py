@@ -15,19 +15,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from hub.secrets_file import read_or_create
 from hub.store.base import NodeRecord, Store
 from models.errors import NexusError
+from nexus_service.http import ApiError
+from nexus_service.keyfiles import load_or_create_token
+from nexus_wire.datadir import HubDataDir
 
-ADMIN_TOKEN_FILE = "admin.token"
 NODE_PREFIX = "node."
 Role = Literal["admin", "node"]
 
 
-class AuthError(NexusError):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
+class AuthError(ApiError):
+    """401 (no known credential) or 403 (a credential without the role)."""
 
 
 @dataclass(frozen=True)
@@ -47,7 +46,7 @@ def hash_secret(secret: str) -> str:
 
 
 def load_or_create_admin_token(data_dir: Path) -> str:
-    return read_or_create(Path(data_dir) / ADMIN_TOKEN_FILE, lambda: new_secret().encode()).decode().strip()
+    return load_or_create_token(HubDataDir(Path(data_dir)).admin_token, new_secret)
 
 
 def node_credential(node_id: str, secret: str) -> str:
@@ -58,7 +57,8 @@ def check_store_admin(store: Store, admin_token: str) -> None:
     """Replicas of one store must share the admin token file, like the signing key."""
     if store.claim_meta("admin_token_sha256", hash_secret(admin_token)) != hash_secret(admin_token):
         raise NexusError(
-            f"this store belongs to a hub with another admin token; copy {ADMIN_TOKEN_FILE} from its data dir"
+            "this store belongs to a hub with another admin token; "
+            f"copy {HubDataDir(Path()).admin_token.name} from its data dir"
         )
 
 

@@ -19,9 +19,9 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from hub.counters import ASSIGNED
 from hub.funnel_config import Allocation, Experiment, Funnel
 from models.errors import NexusError
+from nexus_wire.assignment import ASSIGNED
 
 Counts = Mapping[tuple[str, str], int]  # (variant, step) -> unique visitors, see hub.counters.experiment_totals
 

@@ -1,4 +1,4 @@
-"""``nexus hub serve|token|nodes|models`` and ``nexus bench hub``.
+"""``nexus hub serve|token|nodes|models``.
 
 Operator commands talk HTTP to a running hub with the admin token (never read the
 store directly), so they work the same against one hub or a replica set.
@@ -17,6 +17,7 @@ from hub import audit_heads, funnels_cli, rounds_cli
 from hub.client import DEFAULT_URL, OperatorClient, resolve_token
 from hub.settings import DEFAULT_PORT, HubSettings
 from models.errors import NexusError
+from nexus_wire.datadir import HubDataDir
 
 
 def parse_tags(items: list[str] | None) -> dict[str, str]:
@@ -50,7 +51,8 @@ def _serve(args: argparse.Namespace) -> int:
     app = create_app(settings)
     # The token itself is never printed: only where to read it.
     print(
-        f"nexus hub on http://{settings.host}:{settings.port} store={settings.store_url()} admin token in {settings.data_dir / 'admin.token'}",
+        f"nexus hub on http://{settings.host}:{settings.port} store={settings.store_url()}"
+        f" admin token in {HubDataDir(settings.data_dir).admin_token}",
         file=sys.stderr,
         flush=True,
     )
@@ -190,28 +192,3 @@ def register(sub: argparse._SubParsersAction) -> None:
         parser.set_defaults(func=_models)
     funnels_cli.register(hsub, _operator_args)
     rounds_cli.register(hsub, _operator_args)
-
-
-def register_bench(bench_sub: argparse._SubParsersAction) -> None:
-    funnels_cli.register_bench(bench_sub)
-    bench = bench_sub.add_parser("hub", help="heartbeats/s with 200 nodes and rollout time to 20 edges, per store")
-    bench.add_argument("--nodes", type=int, default=200)
-    bench.add_argument("--edges", type=int, default=20)
-    bench.add_argument("--seconds", type=float, default=5.0, help="heartbeat phase length per store")
-    bench.add_argument("--redis", default="redis://127.0.0.1:6379/15", help="Redis URL for the Redis run ('' to skip)")
-    bench.add_argument("--json", action="store_true")
-    bench.set_defaults(func=_bench)
-
-
-def _bench(args: argparse.Namespace) -> int:
-    from hub.bench import run_bench
-
-    result = run_bench(
-        nodes=args.nodes,
-        edges=args.edges,
-        seconds=args.seconds,
-        redis_url=args.redis or None,
-        show_progress=not args.json,
-    )
-    print(json.dumps(result, indent=None if args.json else 2))
-    return 0

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 
 from hub.archive import pack
-from hub.auth import ADMIN_TOKEN_FILE
 from hub.settings import DEFAULT_PORT
 from models.errors import NexusError
+from models.progress import Progress
+from nexus_wire.datadir import HubDataDir
 
 DEFAULT_URL = f"http://127.0.0.1:{DEFAULT_PORT}"
+#: a federated run in one of these has ended
+FINAL_STATUSES = ("finished", "failed", "stopped")
 
 
 class HubError(NexusError):
@@ -29,7 +33,7 @@ def resolve_token(token: str | None, data_dir: str | None) -> str:
     if os.environ.get("NEXUS_HUB_TOKEN"):
         return os.environ["NEXUS_HUB_TOKEN"]
     if data_dir:
-        path = Path(data_dir) / ADMIN_TOKEN_FILE
+        path = HubDataDir(Path(data_dir)).admin_token
         try:
             return path.read_text().strip()
         except FileNotFoundError:
@@ -45,7 +49,7 @@ class OperatorClient:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> OperatorClient:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -112,3 +116,75 @@ class OperatorClient:
 
     def stop_run(self, run_id: str) -> dict[str, Any]:
         return self._request("POST", f"/v1/rounds/{run_id}/stop")
+
+    def wait_run(
+        self, run_id: str, poll_s: float = 2.0, show_progress: bool = True, patience_s: float = 120.0
+    ) -> dict[str, Any]:
+        """Poll until the run ends, showing rounds done on stderr; the final run with its rounds.
+
+        A hub restart in the middle is waited out (the run survives it: see hub/rounds.py).
+        """
+        run = self.run(run_id)
+        progress = Progress(f"run {run_id}", int(run["config"]["rounds"]), enabled=show_progress)
+        done = 0
+        while run["status"] not in FINAL_STATUSES:
+            time.sleep(poll_s)
+            run = self._run_patiently(run_id, patience_s)
+            if run["rounds_done"] > done:
+                last = run["rounds"][-1] if run["rounds"] else {}
+                progress.update(
+                    run["rounds_done"] - done,
+                    loss=last.get("loss") or 0.0,
+                    score=last.get("score") or 0.0,
+                    nodes=last.get("participants", 0),
+                )
+                done = run["rounds_done"]
+        progress.close()
+        return run
+
+    def _run_patiently(self, run_id: str, patience_s: float) -> dict[str, Any]:
+        """The run; while the hub cannot be reached (restarting) keep asking for ``patience_s``."""
+        deadline = time.monotonic() + patience_s
+        while True:
+            try:
+                return self.run(run_id)
+            except HubError:
+                raise  # the hub answered: retrying will not change its mind
+            except NexusError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)
+
+
+class FunnelClient(OperatorClient):
+    """The operator side of hub/api/funnels.py (paths and shapes in docs/funnels.md)."""
+
+    def create_funnel(self, funnel_id: str, steps: list[str]) -> dict[str, Any]:
+        return self._request("POST", "/v1/funnels", json={"id": funnel_id, "steps": steps})
+
+    def funnels(self) -> list[dict[str, Any]]:
+        return self._request("GET", "/v1/funnels")["funnels"]
+
+    def funnel(self, funnel_id: str) -> dict[str, Any]:
+        return self._request("GET", f"/v1/funnels/{funnel_id}")
+
+    def create_experiment(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._request("POST", "/v1/experiments", json=body)
+
+    def experiments(self) -> list[dict[str, Any]]:
+        return self._request("GET", "/v1/experiments")["experiments"]
+
+    def experiment(self, experiment_id: str) -> dict[str, Any]:
+        return self._request("GET", f"/v1/experiments/{experiment_id}")
+
+    def start(self, experiment_id: str) -> dict[str, Any]:
+        return self._request("POST", f"/v1/experiments/{experiment_id}/start")
+
+    def stop(self, experiment_id: str) -> dict[str, Any]:
+        return self._request("POST", f"/v1/experiments/{experiment_id}/stop")
+
+    def results(self, experiment_id: str) -> dict[str, Any]:
+        return self._request("GET", f"/v1/experiments/{experiment_id}/results")
+
+    def history(self, experiment_id: str) -> list[dict[str, Any]]:
+        return self._request("GET", f"/v1/experiments/{experiment_id}/history")["history"]

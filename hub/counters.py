@@ -18,10 +18,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-# Wire constant shared with edge_worker/assignment.py (the edge cannot import hub/).
-ASSIGNED = "$assigned"
+from nexus_wire.counters import CounterKey
 
-CounterKey = tuple[str, str, str]  # (experiment_id, variant, step)
 CounterState = dict[CounterKey, dict[str, int]]  # key -> {node_id: count}
 
 

@@ -8,14 +8,11 @@ returns a new value with ``version`` bumped, which is what edges see as a new co
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from hub.counters import ASSIGNED, CounterKey
 from models.errors import NexusError
-
-ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+from nexus_wire.names import CONFIG_ID, fullmatch
 
 
 class FunnelConfigError(NexusError):
@@ -38,7 +35,7 @@ _TRANSITIONS = {Status.DRAFT: {Status.RUNNING, Status.STOPPED}, Status.RUNNING: 
 
 
 def check_id(kind: str, value: str) -> str:
-    if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
+    if not fullmatch(CONFIG_ID, value):
         raise FunnelConfigError(
             f"{kind} {value!r} must be 1-64 characters of A-Z a-z 0-9 _ -, not starting with _ or -"
         )
@@ -141,10 +138,3 @@ class Experiment:
             raise FunnelConfigError(f"weights must name exactly the variants {list(self.variant_names)}")
         variants = tuple(Variant(v.name, weights[v.name]) for v in self.variants)
         return replace(self, variants=variants, version=self.version + 1)
-
-
-def counter_keys(experiment: Experiment, funnel: Funnel) -> set[CounterKey]:
-    """Every key an edge may report for this experiment; anything else in a sync is rejected."""
-    experiment.validate_against(funnel)
-    steps = (ASSIGNED, *funnel.steps)
-    return {(experiment.id, variant, step) for variant in experiment.variant_names for step in steps}

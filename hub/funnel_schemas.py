@@ -15,8 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hub.counters import NodeReport
 from hub.funnel_config import Allocation, Experiment, Funnel, Status, Variant, check_id
-
-ASSIGNMENT_ALGORITHM = "sha256-u53/1"  # must equal edge_worker.assignment.ALGORITHM (tests check)
+from nexus_wire.assignment import ALGORITHM
 
 
 class _In(BaseModel):
@@ -82,7 +81,7 @@ def config_document(funnels: Iterable[Funnel], experiments: Iterable[Experiment]
     (and keeps its counts for the final sync).
     """
     return {
-        "assignment": ASSIGNMENT_ALGORITHM,
+        "assignment": ALGORITHM,
         "funnels": [{"id": f.id, "steps": list(f.steps)} for f in sorted(funnels, key=lambda f: f.id)],
         "experiments": [
             {

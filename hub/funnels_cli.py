@@ -1,5 +1,5 @@
-"""``nexus hub funnels create|list|show``, ``nexus hub experiments create|start|stop|results``
-and ``nexus bench funnels``; registered from hub/cli.py.
+"""``nexus hub funnels create|list|show`` and ``nexus hub experiments create|start|stop|results``;
+registered from hub/cli.py.
 
 Like the other operator commands they talk HTTP to a running hub with the admin token.
 """
@@ -10,42 +10,8 @@ import argparse
 import json
 from typing import Any
 
-from hub.client import OperatorClient, resolve_token
+from hub.client import FunnelClient, resolve_token
 from models.errors import NexusError
-
-
-class FunnelClient(OperatorClient):
-    """The operator side of hub/funnels_api.py (paths and shapes in docs/funnels.md)."""
-
-    def create_funnel(self, funnel_id: str, steps: list[str]) -> dict[str, Any]:
-        return self._request("POST", "/v1/funnels", json={"id": funnel_id, "steps": steps})
-
-    def funnels(self) -> list[dict[str, Any]]:
-        return self._request("GET", "/v1/funnels")["funnels"]
-
-    def funnel(self, funnel_id: str) -> dict[str, Any]:
-        return self._request("GET", f"/v1/funnels/{funnel_id}")
-
-    def create_experiment(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self._request("POST", "/v1/experiments", json=body)
-
-    def experiments(self) -> list[dict[str, Any]]:
-        return self._request("GET", "/v1/experiments")["experiments"]
-
-    def experiment(self, experiment_id: str) -> dict[str, Any]:
-        return self._request("GET", f"/v1/experiments/{experiment_id}")
-
-    def start(self, experiment_id: str) -> dict[str, Any]:
-        return self._request("POST", f"/v1/experiments/{experiment_id}/start")
-
-    def stop(self, experiment_id: str) -> dict[str, Any]:
-        return self._request("POST", f"/v1/experiments/{experiment_id}/stop")
-
-    def results(self, experiment_id: str) -> dict[str, Any]:
-        return self._request("GET", f"/v1/experiments/{experiment_id}/results")
-
-    def history(self, experiment_id: str) -> list[dict[str, Any]]:
-        return self._request("GET", f"/v1/experiments/{experiment_id}/history")["history"]
 
 
 def parse_variants(text: str) -> list[dict[str, Any]]:
@@ -71,10 +37,12 @@ def _experiment_row(e: dict[str, Any]) -> str:
 
 def results_table(r: dict[str, Any]) -> list[str]:
     rows = [
-        f"experiment {r['experiment_id']} ({r['status']}, {r['allocation']}) control {r['control']}, decision step {r['decision_step']}"
+        f"experiment {r['experiment_id']} ({r['status']}, {r['allocation']})"
+        f" control {r['control']}, decision step {r['decision_step']}"
     ]
     rows.append(
-        f"{'VARIANT':<10} {'STEP':<12} {'REACHED':>8} {'ASSIGNED':>8} {'RATE':>7} {'95% CI':>15} {'P(BEAT)':>8} {'LOSS':>8}"
+        f"{'VARIANT':<10} {'STEP':<12} {'REACHED':>8} {'ASSIGNED':>8} {'RATE':>7}"
+        f" {'95% CI':>15} {'P(BEAT)':>8} {'LOSS':>8}"
     )
     for v in r["variants"]:
         for s in v["steps"]:
@@ -162,38 +130,3 @@ def register(hsub: argparse._SubParsersAction, operator_args: Any) -> None:
     for parser in parsers:
         operator_args(parser)
         parser.set_defaults(func=_run)
-
-
-def register_bench(bench_sub: argparse._SubParsersAction) -> None:
-    bench = bench_sub.add_parser(
-        "funnels", help="events/s one edge ingests over HTTP (wrk, vs a bare echo), and hub counter merges/s per store"
-    )
-    bench.add_argument(
-        "--duration",
-        type=float,
-        default=10.0,
-        help="seconds of event load on the edge, and as many on the echo (default 10)",
-    )
-    bench.add_argument("--rounds", type=int, default=5, help="interleaved edge/echo slices (default 5)")
-    bench.add_argument("--connections", type=int, default=64)
-    bench.add_argument("--workers", type=int, default=1, help="uvicorn workers for the edge and the echo (default 1)")
-    bench.add_argument("--counters", type=int, default=20000, help="node-counters merged per store")
-    bench.add_argument("--redis", default="redis://127.0.0.1:6379/15", help="Redis URL for the Redis run ('' to skip)")
-    bench.add_argument("--json", action="store_true")
-    bench.set_defaults(func=_bench)
-
-
-def _bench(args: argparse.Namespace) -> int:
-    from hub.funnels_bench import run_bench
-
-    result = run_bench(
-        duration=args.duration,
-        rounds=args.rounds,
-        connections=args.connections,
-        workers=args.workers,
-        counters=args.counters,
-        redis_url=args.redis or None,
-        show_progress=not args.json,
-    )
-    print(json.dumps(result, indent=None if args.json else 2))
-    return 0

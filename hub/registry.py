@@ -17,7 +17,6 @@ node) send a version to nodes matching a tag selector and a hash-bucket percenta
 from __future__ import annotations
 
 import hashlib
-import re
 import tempfile
 import time
 from collections.abc import Callable
@@ -31,9 +30,8 @@ from hub.archive import pack, read_member, unpack
 from hub.store.base import NodeRecord, RolloutAction, Store, VersionRecord
 from models.bundle import BundleError, read_manifest, sign_bundle, verify_bundle, version_key, write_manifest
 from models.errors import NexusError
+from nexus_wire.names import MODEL_NAME, VERSION, anchored, fullmatch
 
-MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
-VERSION = re.compile(r"^[0-9]{1,9}$")
 DEFAULT_CANARY_PERCENT = 10
 Stage = Literal["canary", "stable"]
 
@@ -74,9 +72,9 @@ class Registry:
             unpack(archive, bundle_dir)
             manifest = verify_bundle(bundle_dir).manifest
             name = manifest["name"]
-            if not isinstance(name, str) or not MODEL_NAME.match(name):
-                raise BundleError(f"model name {name!r} must match {MODEL_NAME.pattern}")
-            if not isinstance(manifest["version"], str) or not VERSION.match(manifest["version"]):
+            if not fullmatch(MODEL_NAME, name):
+                raise BundleError(f"model name {name!r} must match {anchored(MODEL_NAME)}")
+            if not fullmatch(VERSION, manifest["version"]):
                 raise BundleError(f"version {manifest['version']!r} must be a decimal integer string")
             for record in self.store.list_versions(name):
                 if _same_bundle(record.manifest, manifest):
@@ -87,9 +85,9 @@ class Registry:
                 taken = {r.version for r in self.store.list_versions(name)}
                 if version in taken:
                     version = str(max(int(v) for v in taken if v.isdigit()) + 1)
-                record = self._sign_and_store(bundle_dir, manifest, version)
-                if record is not None:
-                    return record, True
+                stored = self._sign_and_store(bundle_dir, manifest, version)
+                if stored is not None:
+                    return stored, True
 
     def _sign_and_store(self, bundle_dir: Path, manifest: dict[str, Any], version: str) -> VersionRecord | None:
         if manifest["version"] != version:

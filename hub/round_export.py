@@ -13,7 +13,6 @@ identical bundle and the registry answers with the existing version.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,56 +30,21 @@ from models.bundle import (
     verify_bundle,
     write_manifest,
 )
+from models.families import FAMILIES, Families
+from models.family import Family
 from models.runtime import open_runner
+from nexus_wire.datadir import RunDir
 
-_CHECK_ROWS = 256
-_CHECK_LEN = 16
 #: manifest keys a federated candidate takes over from its base unchanged
 _INHERITED = ("name", "family", "labels", "inputs", "outputs", "featurizer", "thresholds", "architecture")
 
 
-def _exporter(family: str) -> Callable[[dict[str, np.ndarray], Path], None]:
-    if family == "funnel":
-        from models.funnel.pipeline import export
-    elif family == "emotion":
-        from models.emotion.pipeline import export
-    else:
-        raise BundleError(f"no exporter for model family {family!r}")
-    return export
-
-
-def _evaluator(family: str) -> Callable[..., dict[str, Any]]:
-    if family == "funnel":
-        from models.funnel.pipeline import evaluate
-    else:
-        from models.emotion.pipeline import evaluate
-    return evaluate
-
-
-def _random_inputs(
-    manifest: dict[str, Any], weights: dict[str, np.ndarray], rng: np.random.Generator
-) -> dict[str, np.ndarray]:
-    """Inputs of the declared names, dtypes and shapes (-1 dims: a batch / sequence length)."""
-    out: dict[str, np.ndarray] = {}
-    for spec in manifest["inputs"]:
-        shape = [_CHECK_ROWS if i == 0 else (_CHECK_LEN if d == -1 else d) for i, d in enumerate(spec["shape"])]
-        if spec["dtype"] == "int64":
-            out[spec["name"]] = rng.integers(0, weights["embedding"].shape[0], size=shape, dtype=np.int64)
-        else:
-            values = (
-                rng.random(shape, dtype=np.float32)
-                if "embedding" in weights
-                else rng.standard_normal(shape, dtype=np.float32)
-            )
-            # emotion bag weights are normalised per text; funnel features are standardised
-            out[spec["name"]] = values / values.sum(axis=1, keepdims=True) if "embedding" in weights else values
-    return out
-
-
-def backend_agreement(folder: Path, tolerance: dict[str, float], weights: dict[str, np.ndarray]) -> dict[str, float]:
-    """Max |backend - onnx| over random inputs; refuses a bundle beyond its stated tolerance."""
+def backend_agreement(
+    folder: Path, tolerance: dict[str, float], weights: dict[str, np.ndarray], family: Family
+) -> dict[str, float]:
+    """Max |backend - onnx| over the family's random inputs; refuses a bundle beyond its stated tolerance."""
     bundle = verify_bundle(folder)
-    inputs = _random_inputs(bundle.manifest, weights, np.random.default_rng(0))
+    inputs = family.probe_inputs(bundle.manifest, weights, np.random.default_rng(0))
     reference = next(iter(open_runner(bundle, "onnx").run(inputs).values()))
     measured = {}
     for backend in BACKENDS:
@@ -112,17 +76,23 @@ def federated_metrics(summary: dict[str, Any], score_name: str) -> dict[str, Any
 
 
 def build_candidate(
-    run: RunRecord, run_dir: Path, summary: dict[str, Any], version: str, eval_file: Path | None
+    run: RunRecord,
+    run_dir: Path,
+    summary: dict[str, Any],
+    version: str,
+    eval_file: Path | None,
+    families: Families = FAMILIES,
 ) -> Path:
     """Write ``run_dir/candidate``: artifacts + manifest (unsigned; the registry signs it)."""
-    base = read_manifest(run_dir / "base")
-    npz = run_dir / "final.npz"
+    base = read_manifest(RunDir(run_dir).base)
+    family = families.get(base["family"])
+    npz = RunDir(run_dir).arrays
     with np.load(npz) as arrays:
         weights = {k: arrays[k] for k in arrays.files}
-    folder = run_dir / "candidate"
+    folder = RunDir(run_dir).candidate
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    _exporter(base["family"])(weights, folder)
+    family.pipeline().export(weights, folder)
     config = run.config
     manifest: dict[str, Any] = {
         **{k: base[k] for k in _INHERITED if k in base},
@@ -158,11 +128,11 @@ def build_candidate(
     manifest["tolerance"] = {
         "reference": "onnx",
         "max_abs_diff": stated,
-        "measured_on_random_inputs": backend_agreement(folder, stated, weights),
+        "measured_on_random_inputs": backend_agreement(folder, stated, weights, family),
     }
     metrics: dict[str, Any] = {"federated_held_out": federated_metrics(summary, run.score_name or "score")}
     if eval_file is not None:
-        evaluate = _evaluator(base["family"])
+        evaluate = family.pipeline().evaluate
         # only the numbers: the report also names the version, which a re-export renumbers
         reports = {b: evaluate(folder, Path(eval_file), b, show_progress=False) for b in BACKENDS}
         metrics["hub_eval"] = {
@@ -175,10 +145,15 @@ def build_candidate(
 
 
 def register_candidate(
-    registry: Registry, run: RunRecord, run_dir: Path, summary: dict[str, Any], eval_file: Path | None
+    registry: Registry,
+    run: RunRecord,
+    run_dir: Path,
+    summary: dict[str, Any],
+    eval_file: Path | None,
+    families: Families = FAMILIES,
 ) -> VersionRecord:
     """Export, check, sign and store the run's model as the next version (a candidate: not promoted)."""
     taken = [int(r.version) for r in registry.store.list_versions(run.model) if r.version.isdigit()]
-    folder = build_candidate(run, run_dir, summary, str(max(taken, default=0) + 1), eval_file)
+    folder = build_candidate(run, run_dir, summary, str(max(taken, default=0) + 1), eval_file, families)
     record, _created = registry.push(pack(folder))
     return record

@@ -21,51 +21,30 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from hub.archive import unpack
-from hub.keys import KEY_FILE
 from hub.registry import Conflict, NotFound, Registry
 from hub.settings import HubSettings
 from hub.store.base import ACTIVE_RUN_STATUSES, RunRecord, Store
 from hub.superlink import CONNECTION, SuperLink, SuperLinkConfig
 from hub.superlink_keeper import SuperLinkKeeper
 from models.errors import NexusError
+from models.families import FAMILIES, Families
+from nexus_wire.datadir import HubDataDir, RunDir
+from nexus_wire.runconfig import RunConfig
 
 log = logging.getLogger("nexus.hub.rounds")
-MODELS = ("funnel", "emotion")
-SCORE_NAMES = {"funnel": "roc_auc", "emotion": "macro_f1"}
 #: seconds between asking Flower about a run (each ask is a ``flwr`` process)
 STATUS_EVERY_S = 10.0
 
 
-@dataclass(frozen=True)
-class RunConfig:
-    rounds: int = 3
-    strategy: str = "fedavg"
-    min_nodes: int = 2
-    fraction: float = 1.0
-    select: str = ""
-    local_epochs: int = 1
-    compression: str = "int8"
-    timeout_s: float = 120.0
-    deadline_s: float = 1800.0
-
-    def flower(self, model: str, base: Path, output: Path, seed: int) -> dict[str, Any]:
-        """The run config keys of ``federated/flower_app/pyproject.toml``."""
-        return {
-            "model": model, "num-rounds": self.rounds, "local-epochs": self.local_epochs, "strategy": self.strategy,
-            "min-nodes": self.min_nodes, "fraction": float(self.fraction), "select": self.select,
-            "timeout": float(self.timeout_s), "compression": self.compression, "seed": seed,
-            "base": str(base), "output-path": str(output),
-        }  # fmt: skip
-
-
 def connect(settings: HubSettings) -> SuperLink | None:
     """The SuperLink rounds run on: the hub's own child (not yet started) or an external one."""
-    state_dir = settings.data_dir / "flower"
+    data_dir = HubDataDir(settings.data_dir)
+    state_dir = data_dir.flower
     state_dir.mkdir(parents=True, exist_ok=True)
     if settings.superlink:
         host, _, port = settings.superlink.rpartition(":")
@@ -77,7 +56,7 @@ def connect(settings: HubSettings) -> SuperLink | None:
     if settings.superlink_port is not None:
         return SuperLink(
             SuperLinkConfig(
-                state_dir, host=settings.host, port=settings.superlink_port, receipt_key=settings.data_dir / KEY_FILE
+                state_dir, host=settings.host, port=settings.superlink_port, receipt_key=data_dir.signing_key
             )
         )
     return None
@@ -108,12 +87,19 @@ def run_view(run: RunRecord) -> dict[str, Any]:
 
 class Rounds:
     def __init__(
-        self, settings: HubSettings, store: Store, registry: Registry, clock: Callable[[], float] = time.time
+        self,
+        settings: HubSettings,
+        store: Store,
+        registry: Registry,
+        clock: Callable[[], float] = time.time,
+        families: Families = FAMILIES,
     ) -> None:
         self.settings = settings
         self.store = store
         self.registry = registry
         self.clock = clock
+        #: the model families runs may train
+        self.families = families
         self.link = connect(settings)
         self.keeper = SuperLinkKeeper(self.link) if self.link is not None and not settings.superlink else None
         # the watcher and API handlers run in worker threads: one read-modify-write at a time
@@ -138,7 +124,7 @@ class Rounds:
         for run in self.store.list_runs():
             if (
                 run.status in ACTIVE_RUN_STATUSES
-                and read_summary(self.run_dir(run.run_id) / "final.json").get("status") != "finished"
+                and read_summary(RunDir(self.run_dir(run.run_id)).summary).get("status") != "finished"
             ):
                 self._finish(
                     run,
@@ -155,12 +141,13 @@ class Rounds:
         return self.settings.rounds_path() / run_id
 
     # -- operator actions ---------------------------------------------------------------------
-    def start(self, model: str, config: RunConfig) -> RunRecord:
+    def start(self, config: RunConfig) -> RunRecord:
         link = self._require_link()
-        run = self.prepare(model, config)
-        folder = self.run_dir(run.run_id)
+        run = self.prepare(config)
+        folder = RunDir(self.run_dir(run.run_id))
+        paths = {"base": str(folder.base), "output_path": str(folder.arrays)}
         try:
-            flower_run_id = link.submit(config.flower(model, folder / "base", folder / "final.npz", seed=0))
+            flower_run_id = link.submit(config.model_copy(update=paths))
         except NexusError as exc:
             self._finish(run, "failed", f"Flower refused the run: {exc}")
             raise
@@ -168,7 +155,7 @@ class Rounds:
             "federated run %s (flower %s): %s x%d from version %s",
             run.run_id,
             flower_run_id,
-            model,
+            config.model,
             config.rounds,
             run.base_version,
         )
@@ -186,29 +173,30 @@ class Rounds:
             self._stop_flower(run)
         return run
 
-    def prepare(self, model: str, config: RunConfig) -> RunRecord:
+    def prepare(self, config: RunConfig) -> RunRecord:
         """Record a new run and unpack its base version into ``<rounds dir>/<run>/base``."""
-        if model not in MODELS:
-            raise NexusError(f"unknown model {model!r} (expected {' or '.join(MODELS)})")
+        model = config.model
+        if model not in self.families:
+            raise NexusError(f"unknown model {model!r} (expected {' or '.join(self.families.names())})")
         base_version = self._base_version(model)
         run_id = "r-" + uuid.uuid4().hex[:12]
-        folder = self.run_dir(run_id)
-        (folder / "base").mkdir(parents=True)
+        folder = RunDir(self.run_dir(run_id))
+        folder.base.mkdir(parents=True)
         archive = self.store.read_archive(model, base_version)
         if archive is None:
             raise NotFound(f"no archive for {model} {base_version}")
-        unpack(archive, folder / "base")
+        unpack(archive, folder.base)
         now = self.clock()
         run = RunRecord(
             run_id,
             model,
             "starting",
-            asdict(config),
+            config.api_view(),
             base_version,
             now,
             now,
             now + config.deadline_s,
-            score_name=SCORE_NAMES[model],
+            score_name=self.families.get(model).score_name,
         )
         self.store.put_run(run)
         return run
@@ -285,17 +273,18 @@ class Rounds:
                 self._finish(run, "failed", f"the hub could not follow the run: {exc}")
 
     def watch(self, run: RunRecord) -> RunRecord:
-        summary_path = self.run_dir(run.run_id) / "final.json"
-        summary = read_summary(summary_path)
+        folder = RunDir(self.run_dir(run.run_id))
+        summary = read_summary(folder.summary)
         run = self._copy_rounds(run, summary)
-        if summary.get("status") == "finished" and (self.run_dir(run.run_id) / "final.npz").exists():
+        if summary.get("status") == "finished" and folder.arrays.exists():
             return self._export(run, summary)
         now = self.clock()
         if now > run.deadline_at:
             return self._end(
                 run,
                 "failed",
-                f"deadline of {run.config['deadline_s']:.0f}s passed after {run.rounds_done}/{run.config['rounds']} rounds{self._waiting_for()}",
+                f"deadline of {run.config['deadline_s']:.0f}s passed after "
+                f"{run.rounds_done}/{run.config['rounds']} rounds{self._waiting_for()}",
             )
         if run.flower_run_id is None:
             if run.status == "starting" and now - run.created_at > 300:
@@ -305,13 +294,14 @@ class Rounds:
             self._status_at[run.run_id] = now
             status = self.link.run_status(run.flower_run_id)
             if status.startswith("finished"):
-                summary = read_summary(summary_path)  # the last round may have landed meanwhile
+                summary = read_summary(folder.summary)  # the last round may have landed meanwhile
                 run = self._copy_rounds(run, summary)
                 if summary.get("status") != "finished":
                     return self._finish(
                         run,
                         "failed",
-                        f"Flower ended the run ({status}) after {run.rounds_done}/{run.config['rounds']} rounds; see `flwr log {run.flower_run_id}`",
+                        f"Flower ended the run ({status}) after {run.rounds_done}/{run.config['rounds']} rounds; "
+                        f"see `flwr log {run.flower_run_id}`",
                     )
         return run
 
@@ -342,9 +332,8 @@ class Rounds:
         return run
 
     def _export(self, run: RunRecord, summary: dict[str, Any]) -> RunRecord:
-        from hub.round_export import (
-            register_candidate,  # numpy, onnx, the exporters: only when needed
-        )
+        # the exporters import onnx (about a second): only a run that finished pays for it
+        from hub.round_export import register_candidate
 
         with self._lock:
             current = self._get(run.run_id)
@@ -354,10 +343,12 @@ class Rounds:
             self.store.put_run(run)
         folder = self.run_dir(run.run_id)
         try:
-            record = register_candidate(self.registry, run, folder, summary, self.settings.eval_data.get(run.model))
+            record = register_candidate(
+                self.registry, run, folder, summary, self.settings.eval_data.get(run.model), self.families
+            )
         except NexusError as exc:
             return self._finish(run, "failed", f"export of the aggregated model failed: {exc}")
-        shutil.rmtree(folder / "candidate", ignore_errors=True)
+        shutil.rmtree(RunDir(folder).candidate, ignore_errors=True)
         return self._finish(
             run,
             "finished",

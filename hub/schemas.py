@@ -6,12 +6,15 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from models.receipts import HEAD_KEY_ID, HEAD_ROOT, HEAD_SIGNATURE, HEAD_TIME
+from models.families import FAMILIES
+from nexus_wire.heads import HEAD_KEY_ID, HEAD_ROOT, HEAD_SIGNATURE, HEAD_TIME
+from nexus_wire.names import MODEL_NAME, TAG_KEY, TAG_VALUE, VERSION, anchored
+from nexus_wire.runconfig import api_model
 
-TagKey = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.-]{0,31}$")]
-TagValue = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
-ModelName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
-Version = Annotated[str, StringConstraints(pattern=r"^[0-9]{1,9}$")]
+TagKey = Annotated[str, StringConstraints(pattern=anchored(TAG_KEY))]
+TagValue = Annotated[str, StringConstraints(pattern=anchored(TAG_VALUE))]
+ModelName = Annotated[str, StringConstraints(pattern=anchored(MODEL_NAME))]
+Version = Annotated[str, StringConstraints(pattern=anchored(VERSION))]
 Tags = Annotated[dict[TagKey, TagValue], Field(max_length=16)]
 
 
@@ -29,14 +32,14 @@ class Enroll(_Body):
 
 
 class AuditHead(_Body):
-    """A node's newest signed audit tree head (edge_worker/audit.py ``TreeHead``), in the
+    """A node's newest signed audit tree head (edge_worker/audit/log.py ``TreeHead``), in the
     exact formats the edge writes (edge_worker/payloads.py checks the same)."""
 
     size: int = Field(strict=True, ge=1, le=2**53)
-    root: Annotated[str, StringConstraints(pattern=f"^{HEAD_ROOT}$")]
-    time: Annotated[str, StringConstraints(pattern=f"^{HEAD_TIME}$")]
-    key_id: Annotated[str, StringConstraints(pattern=f"^{HEAD_KEY_ID}$")]
-    signature: Annotated[str, StringConstraints(pattern=f"^{HEAD_SIGNATURE}$")]
+    root: Annotated[str, StringConstraints(pattern=anchored(HEAD_ROOT))]
+    time: Annotated[str, StringConstraints(pattern=anchored(HEAD_TIME))]
+    key_id: Annotated[str, StringConstraints(pattern=anchored(HEAD_KEY_ID))]
+    signature: Annotated[str, StringConstraints(pattern=anchored(HEAD_SIGNATURE))]
 
 
 class Heartbeat(_Body):
@@ -70,17 +73,6 @@ class Assign(_Body):
     percent: int = Field(100, ge=1, le=100)
 
 
-class StartRun(_Body):
-    """``POST /v1/rounds`` (docs/federated.md): one federated run on the hub's SuperLink."""
-
-    model: Literal["funnel", "emotion"]
-    rounds: int = Field(3, ge=1, le=1000)
-    strategy: Literal["fedavg", "fedprox", "fedadam", "fedtrimmedavg", "krum"] = "fedavg"
-    min_nodes: int = Field(2, ge=1, le=100_000)
-    fraction: float = Field(1.0, gt=0, le=1)
-    #: "region=1,2;tier=gold" (federated.settings.parse_select)
-    select: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.,;=-]{0,256}$")] = ""
-    local_epochs: int = Field(1, ge=1, le=1000)
-    compression: Literal["int8", "fp16", "none"] = "int8"
-    timeout_s: float = Field(120.0, gt=0, le=24 * 3600.0)
-    deadline_s: float = Field(1800.0, gt=0, le=7 * 24 * 3600.0)
+#: ``POST /v1/rounds`` (docs/federated.md): one federated run on the hub's SuperLink; the
+#: API keys of the run configuration record, the model required and one of the registry's families
+StartRun = api_model("StartRun", FAMILIES.names())

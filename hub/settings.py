@@ -6,6 +6,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from nexus_wire.datadir import HubDataDir
+
 DEFAULT_PORT = 8700
 
 
@@ -22,7 +24,7 @@ class HubSettings(BaseModel):
     max_upload_bytes: int = Field(64 << 20, gt=0)
     enroll_token_ttl_s: float = Field(24 * 3600.0, gt=0)
 
-    # -- funnels (hub/funnels_api.py) -----------------------------------------------------
+    # -- funnels (hub/api/funnels.py) -----------------------------------------------------
     #: seconds between Thompson weight updates of running ``thompson`` experiments
     thompson_interval_s: float = Field(60.0, gt=0)
     #: results withhold counts (and their complements) below this many visitors
@@ -47,7 +49,7 @@ class HubSettings(BaseModel):
     rounds_watch_interval_s: float = Field(2.0, gt=0)
 
     def rounds_path(self) -> Path:
-        return self.rounds_dir or self.data_dir / "rounds"
+        return self.rounds_dir or HubDataDir(self.data_dir).rounds
 
     def federation(self) -> bool:
         return self.superlink_port is not None or self.superlink is not None
@@ -59,4 +61,4 @@ class HubSettings(BaseModel):
         return f"{self.host}:{self.superlink_port}" if self.superlink_port is not None else None
 
     def store_url(self) -> str:
-        return self.store or f"sqlite:///{self.data_dir / 'hub.sqlite3'}"
+        return self.store or f"sqlite:///{HubDataDir(self.data_dir).store}"

@@ -15,18 +15,17 @@ import importlib.util
 import json
 import subprocess
 import sys
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from models.errors import NexusError
-from models.flower_process import FlowerProcess, flower_env
-from models.receipts import KEY_ENV
+from nexus_service.processes import FlowerProcess, flower_env
+from nexus_wire.datadir import SuperLinkDir
+from nexus_wire.heads import KEY_ENV
+from nexus_wire.runconfig import RunConfig
 
-STATE_DB = "superlink.db"
 CONNECTION = "hub"
-LOG_FILE = "superlink.log"
 
 
 @dataclass(frozen=True)
@@ -43,7 +42,7 @@ class SuperLinkConfig:
 
     @property
     def flwr_home(self) -> Path:
-        return Path(self.state_dir) / "flwr-home"
+        return SuperLinkDir(Path(self.state_dir)).flwr_home
 
     @property
     def address(self) -> str:
@@ -58,29 +57,19 @@ def flower_app_dir() -> Path:
     return Path(next(iter(spec.submodule_search_locations))) / "flower_app"
 
 
-def run_config_arg(config: Mapping[str, Any]) -> str:
-    """``{"num-rounds": 2, "model": "funnel"}`` -> ``num-rounds=2 model="funnel"`` (TOML values)."""
-
-    def value(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        return repr(v) if isinstance(v, (int, float)) else json.dumps(str(v))
-
-    return " ".join(f"{k}={value(v)}" for k, v in config.items())
-
-
 class SuperLink(FlowerProcess):
     binary = "flower-superlink"
 
     def __init__(self, config: SuperLinkConfig) -> None:
-        super().__init__(Path(config.state_dir), LOG_FILE, config.flwr_home, config.host, config.port)
+        state = SuperLinkDir(Path(config.state_dir))
+        super().__init__(state.root, state.log, config.flwr_home, config.host, config.port)
         self.config = config
 
     def command(self) -> list[str]:
         c = self.config
         cmd = [
             str(Path(sys.executable).parent / "flower-superlink"),
-            "--database", str(Path(c.state_dir) / STATE_DB),
+            "--database", str(SuperLinkDir(Path(c.state_dir)).database),
             "--host", c.host, "--port", str(c.port),
             "--disable-runtime-dependency-installation",
         ]  # fmt: skip
@@ -117,11 +106,9 @@ class SuperLink(FlowerProcess):
             raise NexusError(f"flwr {args[0]} failed: {answer.get('error-message', answer)}")
         return answer
 
-    def submit(self, run_config: Mapping[str, Any], app_dir: Path | None = None) -> int:
-        """Start a federated run of the app with ``run_config`` (see federated/settings.py); its run id."""
-        answer = self.flwr(
-            "run", str(app_dir or flower_app_dir()), CONNECTION, "--run-config", run_config_arg(run_config)
-        )
+    def submit(self, config: RunConfig, app_dir: Path | None = None) -> int:
+        """Start a federated run of the app with ``config`` as its run config; its run id."""
+        answer = self.flwr("run", str(app_dir or flower_app_dir()), CONNECTION, "--run-config", config.to_toml())
         return int(answer["run-id"])
 
     def run_status(self, run_id: int) -> str:

@@ -13,16 +13,16 @@ import logging
 from pathlib import Path
 
 from hub.superlink import SuperLink
-from models.flower_process import end_process_tree, port_open
+from nexus_service.processes import end_process_tree, port_open
+from nexus_wire.datadir import SuperLinkDir
 
 log = logging.getLogger("nexus.hub.superlink")
-PID_FILE = "superlink.pid"
 
 
 def _superlink_pid(state_dir: Path) -> int | None:
     """The recorded pid when that process is alive and still a flower-superlink (pids get reused)."""
     try:
-        pid = int((Path(state_dir) / PID_FILE).read_text())
+        pid = int(SuperLinkDir(Path(state_dir)).pid.read_text())
         return pid if b"flower-superlink" in Path(f"/proc/{pid}/cmdline").read_bytes() else None
     except (OSError, ValueError):
         return None
@@ -36,7 +36,7 @@ class SuperLinkKeeper:
 
     def _record(self) -> None:
         assert self.link.process is not None
-        (Path(self.link.config.state_dir) / PID_FILE).write_text(str(self.link.process.pid))
+        SuperLinkDir(Path(self.link.config.state_dir)).pid.write_text(str(self.link.process.pid))
 
     def open(self) -> None:
         pid = _superlink_pid(self.link.config.state_dir)

@@ -21,6 +21,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from models.errors import NexusError
+from nexus_wire.heads import key_id
 
 FORMAT = "nexus-bundle/1"
 MANIFEST = "manifest.json"
@@ -28,6 +29,8 @@ SIGNATURE = "signature.json"
 #: backend name -> artifact file name inside a bundle
 ARTIFACTS = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx", "tflite": "model.tflite"}
 BACKENDS = tuple(ARTIFACTS)
+#: the committed default bundles: models/bundles/<family>/<version>/
+DEFAULT_REPOSITORY = Path(__file__).resolve().parent / "bundles"
 _CHUNK = 1 << 20
 
 
@@ -118,11 +121,6 @@ def write_manifest(bundle_dir: Path, manifest: dict[str, Any]) -> dict[str, Any]
     manifest = {"format": FORMAT, **manifest, "files": files}
     (bundle_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return manifest
-
-
-def key_id(public_key: Ed25519PublicKey) -> str:
-    raw = public_key.public_bytes_raw()
-    return hashlib.sha256(raw).hexdigest()[:16]
 
 
 def sign_bundle(bundle_dir: Path, private_key: Ed25519PrivateKey) -> dict[str, str]:

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 from pathlib import Path
 
-from models.bundle import BACKENDS, list_versions, verify_bundle
+from models.bundle import BACKENDS, DEFAULT_REPOSITORY, list_versions, verify_bundle
 from models.errors import NexusError
-
-FAMILIES = ("emotion", "funnel")
-#: the committed default bundles: models/bundles/<family>/<version>/
-DEFAULT_REPOSITORY = Path(__file__).resolve().parent / "bundles"
+from models.families import FAMILIES
+from models.family import Pipeline
 
 
-def _pipeline(family: str):
-    return importlib.import_module(f"models.{family}.pipeline")
+def _pipeline(family: str) -> Pipeline:
+    return FAMILIES.get(family).pipeline()
 
 
 def resolve_bundle(family: str, bundle: str | None, repository: Path = DEFAULT_REPOSITORY) -> Path:
@@ -66,7 +63,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     msub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
 
     train = msub.add_parser("train", help="train a model family and write a bundle")
-    train.add_argument("family", choices=FAMILIES)
+    train.add_argument("family", choices=FAMILIES.names())
     train.add_argument("--data", required=True, help="data set folder or file (see README)")
     train.add_argument(
         "--out", help=f"model repository to write <family>/<version>/ into (default: {DEFAULT_REPOSITORY})"
@@ -77,7 +74,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.set_defaults(func=_train)
 
     ev = msub.add_parser("eval", help="evaluate a bundle's exported artifact on a data file")
-    ev.add_argument("family", choices=FAMILIES)
+    ev.add_argument("family", choices=FAMILIES.names())
     ev.add_argument("--data", required=True)
     ev.add_argument("--backend", choices=BACKENDS, default="onnx")
     ev.add_argument("--bundle", help="bundle folder (default: the newest shipped version)")
@@ -85,34 +82,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev.set_defaults(func=_eval)
 
     show = msub.add_parser("show", help="verify a bundle and print its manifest")
-    show.add_argument("family", choices=FAMILIES)
+    show.add_argument("family", choices=FAMILIES.names())
     show.add_argument("--bundle")
     show.set_defaults(func=_show)
-
-
-def _bench(args: argparse.Namespace) -> int:
-    from models.bench import run
-
-    result = run(Path(args.models), args.repeats)
-    if args.json:
-        print(json.dumps(result))
-        return 0
-    for family in FAMILIES:
-        print(f"{family} {result[family]['version']}: sizes {result[family]['sizes_bytes']}")
-        for backend, figures in result[family]["backends"].items():
-            print(
-                f"  {backend:>10}: single p50 {figures['single_p50_us']} us, batch of 32 {figures['batch32_per_item_p50_us']} us/item"
-            )
-    return 0
-
-
-def register_bench(bench_sub: argparse._SubParsersAction) -> None:
-    bench = bench_sub.add_parser(
-        "models", help="in-process latency (featurize + run) of each backend, and artifact sizes"
-    )
-    bench.add_argument(
-        "--models", default=str(DEFAULT_REPOSITORY), help="model repository (default: the shipped bundles)"
-    )
-    bench.add_argument("--repeats", type=int, default=2000)
-    bench.add_argument("--json", action="store_true")
-    bench.set_defaults(func=_bench)

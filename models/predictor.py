@@ -1,16 +1,17 @@
-"""Load a verified bundle as a predictor: featurizer + runner for its model family."""
+"""What every family's predictor is: a verified bundle and the runner of one of its artifacts.
+
+``models.families.load_predictor`` opens a bundle with its family's predictor class.
+"""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 import numpy as np
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from models.bundle import Bundle, BundleError, verify_bundle
-from models.runtime import Runner, open_runner
+from models.bundle import Bundle
+from models.runtime import Runner
 
 
 class BundlePredictor:
@@ -40,26 +41,10 @@ class Predictor(Protocol):
     @property
     def version(self) -> str: ...
 
-    def predict(self, items: Sequence[Any]) -> np.ndarray:
-        """Scores for a batch: emotion -> [B, labels] probabilities, funnel -> [B] P(purchase)."""
+    def __hash__(self) -> int:
+        """By identity: the edge caches what it derives from one loaded version."""
         ...
 
-
-def load_predictor(
-    bundle_dir: str | os.PathLike[str],
-    backend: str = "onnx",
-    threads: int = 1,
-    public_key: Ed25519PublicKey | None = None,
-) -> Predictor:
-    bundle = verify_bundle(bundle_dir, public_key)
-    family = bundle.manifest.get("family")
-    runner = open_runner(bundle, backend, threads)
-    if family == "emotion":
-        from models.emotion.model import EmotionPredictor
-
-        return EmotionPredictor(bundle, runner)
-    if family == "funnel":
-        from models.funnel.model import FunnelPredictor
-
-        return FunnelPredictor(bundle, runner)
-    raise BundleError(f"{bundle.path}: unknown model family {family!r}")
+    def predict(self, items: Sequence[Any]) -> np.ndarray:
+        """Model outputs for a batch of items (emotion: [B, labels] scores, funnel: [B] P(purchase))."""
+        ...

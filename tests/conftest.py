@@ -1,52 +1,32 @@
-"""Shared test helpers.
+"""Fixtures for tests of more than one package: a running hub.
 
-A test that needs something a user's machine may lack (the shared data sets, Redis,
-Flower's binaries, Chromium, wrk) calls :func:`need`: it skips with the reason on a
-user's machine and fails under ``CI=true``, where everything is always installed.
+Helpers that tests call directly live in tests/support/.
 """
 
 from __future__ import annotations
 
-import os
-import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = ROOT.parent / "shared" / "data"
-IN_CI = os.environ.get("CI", "").lower() == "true"
-
-
-def need(condition: bool, reason: str) -> None:
-    if condition:
-        return
-    if IN_CI:
-        pytest.fail(f"CI must provide this: {reason}")
-    pytest.skip(reason)
-
-
-def shared_data(*parts: str) -> Path:
-    path = SHARED_DATA.joinpath(*parts)
-    need(path.exists(), f"{path} is missing (the shared data sets sit beside the project)")
-    return path
-
-
-def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from hub.store.base import Store
+from tests.support.hub import RunningHub, cleanup, store_for
 
 
 @pytest.fixture
-def redis_url() -> str:
-    need(port_open("127.0.0.1", 6379), "no Redis server on 127.0.0.1:6379")
-    return "redis://127.0.0.1:6379/15"
+def hub_store(tmp_path: Path) -> Iterator[Store]:
+    """The store under ``hub``: SQLite here; tests/hub/ runs its hubs on every store."""
+    store = store_for("sqlite", tmp_path, None)
+    yield store
+    cleanup(store)
+
+
+@pytest.fixture
+def hub(hub_store: Store, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[RunningHub]:
+    """A hub on 127.0.0.1 with its data dir in ``tmp_path / "hub"``; a test or module marked
+    ``hub_settings(**settings)`` gets those HubSettings."""
+    marker = request.node.get_closest_marker("hub_settings")
+    running = RunningHub(tmp_path / "hub", hub_store, **(marker.kwargs if marker else {}))
+    yield running
+    running.stop()

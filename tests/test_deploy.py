@@ -5,6 +5,7 @@ deploy/flower/gen-certs.sh accepted by a real SuperLink and SuperNodes on loopba
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -21,10 +22,11 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from conftest import ROOT, free_port, need
 
-from hub.keys import KEY_FILE
-from models.receipts import KEY_ENV
+from nexus_tools.processes import free_port
+from nexus_wire.datadir import HubDataDir
+from nexus_wire.heads import KEY_ENV
+from tests.support.env import ROOT, need
 
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
@@ -37,8 +39,9 @@ DOCKERFILES = ("Dockerfile.edge", "Dockerfile.hub")
 UPSTREAM_IMAGES = {"redis:7.4-alpine"}
 # compose.yaml runs one edge (and SuperNode) per region
 EDGE_REGIONS = {"1", "2", "3"}
-# the hub's data dir in the images and deployment files; KEY_FILE is the hub's signing key in it
+# the hub's data dir in the images and deployment files, and its layout there
 HUB_DATA = "/var/lib/nexus"
+HUB_LAYOUT = HubDataDir(Path(HUB_DATA))
 
 
 def _tool(name: str) -> str | None:
@@ -237,9 +240,9 @@ def test_superlink_shares_the_hub_data_dir_and_signing_key_in_k8s() -> None:
     data = {m["name"] for m in hub["volumeMounts"] if m["mountPath"] == HUB_DATA}
     assert data and data == {m["name"] for m in superlink["volumeMounts"] if m["mountPath"] == HUB_DATA}
     env = {e["name"]: e["value"] for e in superlink["env"]}
-    assert env[KEY_ENV] == f"{HUB_DATA}/{KEY_FILE}"
+    assert env[KEY_ENV] == str(HUB_LAYOUT.signing_key)
     # where the hub's own SuperLink child keeps its state (hub/rounds.py connect())
-    assert _flags(superlink["args"])["--database"] == f"{HUB_DATA}/flower/superlink.db"
+    assert _flags(superlink["args"])["--database"] == str(HUB_LAYOUT.superlink.database)
     # the Service edges join selects this pod's Flower port
     service = next(
         doc for _, doc in _all_resources() if doc["kind"] == "Service" and doc["metadata"]["name"] == "nexus-superlink"
@@ -402,8 +405,8 @@ def test_superlink_shares_the_hub_data_dir_and_signing_key_in_compose(compose: d
     assert _flags(hub["command"])["--data-dir"] == HUB_DATA
     (hub_volume,) = [s for s, t in map(_volume_source, hub["volumes"]) if t == HUB_DATA]
     assert (hub_volume, HUB_DATA) in map(_volume_source, superlink["volumes"])
-    assert superlink["environment"][KEY_ENV] == f"{HUB_DATA}/{KEY_FILE}"
-    assert _flags(superlink["command"])["--database"] == f"{HUB_DATA}/flower/superlink.db"
+    assert superlink["environment"][KEY_ENV] == str(HUB_LAYOUT.signing_key)
+    assert _flags(superlink["command"])["--database"] == str(HUB_LAYOUT.superlink.database)
     # it starts once the hub has made its key and the database's folder; no cycle back
     assert superlink["depends_on"]["hub"]["condition"] == "service_healthy"
     assert "superlink" not in hub.get("depends_on", {})
@@ -472,14 +475,10 @@ def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
             os.killpg(proc.pid, signal.SIGTERM)
     deadline = time.monotonic() + 10
     for proc in procs:
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pass
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         proc.wait()
 
 
@@ -575,7 +574,8 @@ def test_generated_tls_and_keys_admit_only_registered_supernodes(tmp_path: Path)
         cli_home = tmp_path / "home-cli"
         cli_home.mkdir()
         (cli_home / "config.toml").write_text(
-            f'[superlink]\ndefault = "nexus"\n\n[superlink.nexus]\naddress = "localhost:{port}"\nroot-certificates = "{keys / "ca.crt"}"\n'
+            f'[superlink]\ndefault = "nexus"\n\n[superlink.nexus]\naddress = "localhost:{port}"\n'
+            f'root-certificates = "{keys / "ca.crt"}"\n'
         )
         listing = subprocess.run(
             [_tool("flwr"), "supernode", "ls", "nexus", "--format", "json"],

@@ -15,9 +15,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from hub.counters import CounterKey, CounterState
+from hub.counters import CounterState
 from hub.funnel_config import Experiment, Funnel, Variant
 from models.errors import NexusError
+from nexus_wire.counters import CounterKey
 
 ActionKind = Literal["stable", "assign"]
 
@@ -248,16 +249,3 @@ class Store(ABC):
     @abstractmethod
     def list_rounds(self, run_id: str) -> list[dict[str, Any]]:
         """In round order."""
-
-
-def open_store(url: str) -> Store:
-    """``sqlite:///PATH`` or ``redis://HOST:PORT/DB[?prefix=P]``."""
-    if url.startswith("sqlite:///"):
-        from hub.store.sqlite import SqliteStore
-
-        return SqliteStore(url.removeprefix("sqlite:///"))
-    if url.startswith(("redis://", "rediss://")):
-        from hub.store.redis import RedisStore
-
-        return RedisStore.from_url(url)
-    raise NexusError(f"unknown store URL {url!r}; expected sqlite:///PATH or redis://HOST:PORT/DB")

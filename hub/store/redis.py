@@ -20,14 +20,15 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from functools import wraps
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
+from redis.typing import EncodableT, FieldT
 
-from hub.counters import CounterKey, CounterState
+from hub.counters import CounterState
 from hub.funnel_config import Experiment, Funnel
 from hub.store.base import (
     ActionKind,
@@ -43,6 +44,7 @@ from hub.store.base import (
     experiment_to_json,
 )
 from models.bundle import version_key
+from nexus_wire.counters import CounterKey
 
 T = TypeVar("T")
 _HEARTBEAT_LUA = """
@@ -74,6 +76,8 @@ redis.call('HSET', KEYS[3], ARGV[6], ARGV[3])
 return 'ok'
 """
 DEFAULT_PREFIX = "nexus:hub:"
+# The client runs without decode_responses, so every reply is bytes; redis-py types replies
+# as ``bytes | str`` (either setting), hence the casts to bytes below.
 
 
 def _unavailable(fn: Callable[..., T]) -> Callable[..., T]:
@@ -126,7 +130,7 @@ class RedisStore(Store):
     @_unavailable
     def claim_meta(self, key: str, value: str) -> str:
         self.r.hsetnx(self._k("meta"), key, value)
-        return self.r.hget(self._k("meta"), key).decode()
+        return cast(bytes, self.r.hget(self._k("meta"), key)).decode()
 
     @_unavailable
     def add_enroll_token(self, token_hash: str, tags: dict[str, str], expires_at: float) -> None:
@@ -145,7 +149,11 @@ class RedisStore(Store):
 
     @_unavailable
     def add_node(self, node: NodeRecord) -> None:
-        fields = {"secret_hash": node.secret_hash, "tags": json.dumps(node.tags), "enrolled_at": repr(node.enrolled_at)}
+        fields: dict[FieldT, EncodableT] = {
+            "secret_hash": node.secret_hash,
+            "tags": json.dumps(node.tags),
+            "enrolled_at": repr(node.enrolled_at),
+        }
         pipe = self.r.pipeline()
         pipe.hset(self._k("node", node.node_id), mapping=fields)
         pipe.sadd(self._k("nodes"), node.node_id)
@@ -166,12 +174,12 @@ class RedisStore(Store):
 
     @_unavailable
     def get_node(self, node_id: str) -> NodeRecord | None:
-        h = self.r.hgetall(self._k("node", node_id))
+        h = cast(dict[bytes, bytes], self.r.hgetall(self._k("node", node_id)))
         return self._node(node_id, h) if h else None
 
     @_unavailable
     def list_nodes(self) -> list[NodeRecord]:
-        ids = sorted(i.decode() for i in self.r.smembers(self._k("nodes")))
+        ids = sorted(i.decode() for i in cast(set[bytes], self.r.smembers(self._k("nodes"))))
         pipe = self.r.pipeline()
         for node_id in ids:
             pipe.hgetall(self._k("node", node_id))
@@ -206,11 +214,11 @@ class RedisStore(Store):
 
     @_unavailable
     def list_models(self) -> list[str]:
-        return sorted(m.decode() for m in self.r.smembers(self._k("models")))
+        return sorted(m.decode() for m in cast(set[bytes], self.r.smembers(self._k("models"))))
 
     @_unavailable
     def read_archive(self, model: str, version: str) -> bytes | None:
-        return self.r.get(self._k("archive", model, version))
+        return cast(bytes | None, self.r.get(self._k("archive", model, version)))
 
     @_unavailable
     def add_action(
@@ -285,7 +293,10 @@ class RedisStore(Store):
     @_unavailable
     def list_funnels(self) -> list[Funnel]:
         return sorted(
-            (Funnel(k.decode(), tuple(json.loads(v))) for k, v in self.r.hgetall(self._k("funnels")).items()),
+            (
+                Funnel(k.decode(), tuple(json.loads(v)))
+                for k, v in cast(dict[bytes, bytes], self.r.hgetall(self._k("funnels"))).items()
+            ),
             key=lambda f: f.id,
         )
 
@@ -294,7 +305,7 @@ class RedisStore(Store):
         return json.dumps({"experiment": experiment_to_json(experiment), "at": at})
 
     @staticmethod
-    def _record(raw: bytes) -> ExperimentRecord:
+    def _record(raw: bytes | str) -> ExperimentRecord:
         body = json.loads(raw)
         return ExperimentRecord(experiment_from_json(body["experiment"]), body["at"])
 
@@ -341,7 +352,8 @@ class RedisStore(Store):
     @_unavailable
     def counter_state(self, experiment_id: str) -> CounterState:
         state: CounterState = {}
-        for field_name, count in self.r.hgetall(self._k("counters", experiment_id)).items():
+        counters = cast(dict[bytes, bytes], self.r.hgetall(self._k("counters", experiment_id)))
+        for field_name, count in counters.items():
             variant, step, node = field_name.decode().split(":")
             state.setdefault((experiment_id, variant, step), {})[node] = int(count)
         return state

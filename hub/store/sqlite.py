@@ -16,7 +16,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
 
-from hub.counters import CounterKey, CounterState
+from hub.counters import CounterState
 from hub.funnel_config import Experiment, Funnel, Status
 from hub.store.base import (
     ActionKind,
@@ -32,6 +32,7 @@ from hub.store.base import (
     experiment_to_json,
 )
 from models.bundle import version_key
+from nexus_wire.counters import CounterKey
 
 T = TypeVar("T")
 _SCHEMA = """
@@ -153,7 +154,13 @@ class SqliteStore(Store):
     def add_action(
         self, model: str, kind: ActionKind, version: str, selector: dict[str, str], percent: int, at: float
     ) -> RolloutAction:
-        body = {"kind": kind, "version": version, "selector": selector, "percent": percent, "created_at": at}
+        body: dict[str, Any] = {
+            "kind": kind,
+            "version": version,
+            "selector": selector,
+            "percent": percent,
+            "created_at": at,
+        }
         rows = self._run(
             "INSERT INTO actions (model, record) VALUES (?, ?) RETURNING action_id", (model, json.dumps(body))
         )
@@ -261,7 +268,9 @@ class SqliteStore(Store):
 
     def list_experiments(self) -> list[ExperimentRecord]:
         rows = self._run(
-            "SELECT record, at FROM experiments e WHERE version = (SELECT max(version) FROM experiments WHERE experiment_id = e.experiment_id) ORDER BY experiment_id"
+            "SELECT record, at FROM experiments e"
+            " WHERE version = (SELECT max(version) FROM experiments WHERE experiment_id = e.experiment_id)"
+            " ORDER BY experiment_id"
         )
         return [self._record(r) for r in rows]
 

@@ -173,8 +173,8 @@ class Featurizer:
         # variant measured slower).
         word_cache, gram_cache = self._word_cache, self._gram_cache
         for i, tok in enumerate(toks):
-            ids = word_cache.get(tok)
-            raw.extend(ids if ids is not None else self._word_ids(tok))
+            cached = word_cache.get(tok)
+            raw.extend(cached if cached is not None else self._word_ids(tok))
             for n in self._longer:
                 if i + 1 >= n:
                     gram = " ".join(toks[i + 1 - n : i + 1])

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
-from models.bundle import Bundle, BundleError
+from models.bundle import Bundle, BundleError, verify_bundle
 from models.emotion.featurizer import Featurizer
 from models.errors import NexusError
 from models.predictor import BundlePredictor
-from models.runtime import Runner
+from models.runtime import Runner, open_runner
 
 
 class EmotionPredictor(BundlePredictor):
@@ -45,3 +46,9 @@ class EmotionPredictor(BundlePredictor):
             return np.zeros((0, len(self._labels)), np.float32)
         ids, weights = self.featurizer.batch(texts)
         return self.runner.run({"ids": ids, "weights": weights})["scores"]
+
+
+def load(bundle_dir: Path, backend: str = "onnx") -> EmotionPredictor:
+    """A verified emotion bundle served by one of its artifacts (the pipeline's own measurements)."""
+    bundle = verify_bundle(bundle_dir)
+    return EmotionPredictor(bundle, open_runner(bundle, backend))

@@ -14,17 +14,26 @@ from typing import Any
 import numpy as np
 
 from models.build import git_revision, manifest_header, staged_bundle, target_version
-from models.bundle import ARTIFACTS, BACKENDS, Bundle, BundleError, sha256_file, verify_bundle, write_manifest
-from models.cli import DEFAULT_REPOSITORY
+from models.bundle import (
+    ARTIFACTS,
+    BACKENDS,
+    DEFAULT_REPOSITORY,
+    Bundle,
+    BundleError,
+    sha256_file,
+    verify_bundle,
+    write_manifest,
+)
+from models.emotion import NAME
 from models.emotion import train as trainer
 from models.emotion.data import read_labels, read_tsv
 from models.emotion.featurizer import DEFAULT_SPEC, Featurizer
-from models.export import onnx_graphs, tflite_graphs
+from models.emotion.graphs import emotion_onnx, emotion_tflite
+from models.emotion.model import EmotionPredictor, load
+from models.export.onnx_graphs import save
 from models.metrics import f1_per_class
-from models.predictor import Predictor, load_predictor
 from models.progress import Progress
 
-NAME = "emotion"
 #: thresholds are tuned on this backend's dev scores and shared by all backends
 REFERENCE_BACKEND = "onnx"
 #: stated max |score_backend - score_onnx| on any text; the pipeline refuses a bundle beyond it
@@ -35,12 +44,12 @@ _EVAL_BATCH = 256
 def export(weights: dict[str, np.ndarray], folder: Path) -> None:
     """Write the three artifacts of a bundle (fp32 ONNX, int8 ONNX, int8-table TFLite)."""
     e, w, b = weights["embedding"], weights["dense_w"], weights["dense_b"]
-    onnx_graphs.save(onnx_graphs.emotion_onnx(e, w, b, int8=False), folder / ARTIFACTS["onnx"])
-    onnx_graphs.save(onnx_graphs.emotion_onnx(e, w, b, int8=True), folder / ARTIFACTS["onnx-int8"])
-    (folder / ARTIFACTS["tflite"]).write_bytes(tflite_graphs.emotion_tflite(e, w, b))
+    save(emotion_onnx(e, w, b, int8=False), folder / ARTIFACTS["onnx"])
+    save(emotion_onnx(e, w, b, int8=True), folder / ARTIFACTS["onnx-int8"])
+    (folder / ARTIFACTS["tflite"]).write_bytes(emotion_tflite(e, w, b))
 
 
-def predict_all(predictor: Predictor, texts: Sequence[str], progress: Progress | None = None) -> np.ndarray:
+def predict_all(predictor: EmotionPredictor, texts: Sequence[str], progress: Progress | None = None) -> np.ndarray:
     """Scores of many texts, batched by similar length so little of each batch is padding."""
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     scores = np.zeros((len(texts), len(predictor.labels)), np.float32)
@@ -60,7 +69,7 @@ def _measure(
     folder: Path, texts: list[str], truth: np.ndarray, labels: list[str], seed: int
 ) -> tuple[np.ndarray, dict[str, Any], dict[str, float]]:
     """Thresholds tuned on dev, dev metrics of every artifact, and each one's max deviation from ONNX fp32."""
-    scores = {backend: predict_all(load_predictor(folder, backend), texts) for backend in BACKENDS}
+    scores = {backend: predict_all(load(folder, backend), texts) for backend in BACKENDS}
     thresholds = trainer.tune_thresholds(scores[REFERENCE_BACKEND], truth)
     metrics: dict[str, Any] = {
         "data": "dev.tsv",
@@ -165,7 +174,7 @@ def train(data: Path, out: Path, seed: int = 0, show_progress: bool = True) -> B
 
 def evaluate(bundle_dir: Path, data: Path, backend: str = "onnx", show_progress: bool = True) -> dict[str, Any]:
     """Macro-F1 of a bundle's exported artifact on a GoEmotions-layout TSV, with its own thresholds."""
-    predictor = load_predictor(bundle_dir, backend)
+    predictor = load(bundle_dir, backend)
     dataset = read_tsv(Path(data), len(predictor.labels))
     progress = Progress(f"emotion eval ({backend})", len(dataset.texts), enabled=show_progress)
     scores = predict_all(predictor, dataset.texts, progress)

@@ -1,1 +1,1 @@
-"""ONNX and TFLite graph writers (see docs/DEVELOPING.md, "Graphs")."""
+"""Generic ONNX and TFLite graph-building helpers; each family writes its graphs in models/<family>/graphs.py."""

@@ -1,8 +1,8 @@
-"""TFLite graphs for the two model families, written without TensorFlow.
+"""Generic TFLite graph builder and op helpers, written without TensorFlow; each family
+builds its own graphs with them (models/<family>/graphs.py).
 
-Same inputs, outputs and arithmetic as the ONNX graphs (the emotion graph matches the
-int8 ONNX one). The flatbuffer is built with the object API (``ModelT`` ...) that
-ai-edge-litert ships in ``schema_py_generated``.
+The flatbuffer is built with the object API (``ModelT`` ...) that ai-edge-litert ships in
+``schema_py_generated``.
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ import numpy as np
 # Internal module of ai-edge-litert (not a public API): we build against and pin
 # ai-edge-litert==2.3.0. This file is the only place that imports it.
 from ai_edge_litert import schema_py_generated as fb
-
-from models.export.quantize import quantize_rows
 
 _FILE_IDENTIFIER = b"TFL3"
 _SCHEMA_VERSION = 3
@@ -49,7 +47,7 @@ class _AlignedBufferT(fb.BufferT):
 
 
 @dataclass
-class _Graph:
+class Graph:
     """One subgraph under construction; tensors and ops are appended in execution order."""
 
     tensors: list[fb.TensorT] = field(default_factory=list)
@@ -74,6 +72,7 @@ class _Graph:
         return len(self.tensors) - 1
 
     def const(self, name: str, value: np.ndarray, scale: float | None = None) -> int:
+        """A constant tensor whose data is ``value``, in its own aligned buffer."""
         value = np.ascontiguousarray(value)
         index = self.tensor(name, value.dtype.type, list(value.shape), scale)
         buffer = _AlignedBufferT()
@@ -91,6 +90,7 @@ class _Graph:
         options: object = None,
         version: int = 1,
     ) -> None:
+        """Append a builtin op over tensor indices; each (code, version) gets one opcode."""
         key = (code, version)
         if key not in self.opcodes:
             self.opcodes[key] = len(self.opcodes)
@@ -103,6 +103,7 @@ class _Graph:
         self.operators.append(operator)
 
     def serialize(self, name: str, inputs: list[int], outputs: list[int]) -> bytes:
+        """The finished ``.tflite`` file: one subgraph called ``name``."""
         subgraph = fb.SubGraphT()
         subgraph.name = name
         subgraph.tensors = self.tensors
@@ -127,9 +128,10 @@ class _Graph:
         return bytes(builder.Output())
 
 
-def _fully_connected(
-    g: _Graph, x: int, weights: tuple[str, np.ndarray], bias: tuple[str, np.ndarray], out: int, relu: bool
+def fully_connected(
+    g: Graph, x: int, weights: tuple[str, np.ndarray], bias: tuple[str, np.ndarray], out: int, relu: bool
 ) -> None:
+    """``out = x @ w + b`` (ReLU fused when ``relu``) with named fp32 ``w`` [in, out] and ``b``."""
     options = fb.FullyConnectedOptionsT()
     options.fusedActivationFunction = fb.ActivationFunctionType.RELU if relu else fb.ActivationFunctionType.NONE
     # TFLite stores FC weights as [out, in], the transpose of our [in, out].
@@ -138,66 +140,34 @@ def _fully_connected(
     g.op(fb.BuiltinOperator.FULLY_CONNECTED, [x, w_t, b_t], [out], fb.BuiltinOptions.FullyConnectedOptions, options)
 
 
-def emotion_tflite(embedding: np.ndarray, dense_w: np.ndarray, dense_b: np.ndarray) -> bytes:
-    """The int8 emotion graph: GATHER the int8 rows, DEQUANTIZE them with scale 1 and fold
-    the gathered per-row scales into the bag weights (as the int8 ONNX graph does)."""
-    q, row_scale = quantize_rows(embedding)
-    dim = q.shape[1]
-    classes = np.asarray(dense_w).shape[1]
-    g = _Graph()
-    ids = g.tensor("ids", np.int64, [-1, -1])
-    weights = g.tensor("weights", np.float32, [-1, -1])
-    table = g.const("embedding_q", q, scale=1.0)
-    scales = g.const("embedding_scale", row_scale)
-
-    gather = fb.GatherOptionsT()
-    rows_q = g.tensor("rows_q", np.int8, [-1, -1, dim], scale=1.0)
-    # GATHER version 2 is the one that accepts int8 data.
-    g.op(fb.BuiltinOperator.GATHER, [table, ids], [rows_q], fb.BuiltinOptions.GatherOptions, gather, version=2)
-    rows = g.tensor("rows", np.float32, [-1, -1, dim])
-    g.op(fb.BuiltinOperator.DEQUANTIZE, [rows_q], [rows], version=2)
-    gathered_scale = g.tensor("row_scale", np.float32, [-1, -1])
-    g.op(fb.BuiltinOperator.GATHER, [scales, ids], [gathered_scale], fb.BuiltinOptions.GatherOptions, gather)
-
-    bag_weights = g.tensor("bag_weights", np.float32, [-1, -1])
-    mul = fb.MulOptionsT()
-    g.op(fb.BuiltinOperator.MUL, [weights, gathered_scale], [bag_weights], fb.BuiltinOptions.MulOptions, mul)
-    last_axis = g.const("last_axis", np.array(2, dtype=np.int32))
-    bag_weights_3d = g.tensor("bag_weights_3d", np.float32, [-1, -1, 1])
-    g.op(
-        fb.BuiltinOperator.EXPAND_DIMS,
-        [bag_weights, last_axis],
-        [bag_weights_3d],
-        fb.BuiltinOptions.ExpandDimsOptions,
-        fb.ExpandDimsOptionsT(),
-    )
-    weighted = g.tensor("weighted_rows", np.float32, [-1, -1, dim])
-    g.op(fb.BuiltinOperator.MUL, [rows, bag_weights_3d], [weighted], fb.BuiltinOptions.MulOptions, mul)
-    length_axis = g.const("length_axis", np.array([1], dtype=np.int32))
-    reducer = fb.ReducerOptionsT()
-    reducer.keepDims = False
-    bag = g.tensor("bag", np.float32, [-1, dim])
-    g.op(fb.BuiltinOperator.SUM, [weighted, length_axis], [bag], fb.BuiltinOptions.ReducerOptions, reducer)
-
-    logits = g.tensor("logits", np.float32, [-1, classes])
-    _fully_connected(g, bag, ("dense_w", dense_w), ("dense_b", dense_b), logits, relu=False)
-    scores = g.tensor("scores", np.float32, [-1, classes])
-    g.op(fb.BuiltinOperator.LOGISTIC, [logits], [scores])
-    return g.serialize("emotion", [ids, weights], [scores])
+def gather(g: Graph, params: int, indices: int, out: int, version: int = 1) -> None:
+    """``out = params[indices]`` along axis 0."""
+    options = fb.GatherOptionsT()
+    g.op(fb.BuiltinOperator.GATHER, [params, indices], [out], fb.BuiltinOptions.GatherOptions, options, version)
 
 
-def funnel_tflite(layers: list[tuple[np.ndarray, np.ndarray]]) -> bytes:
-    """fp32 FULLY_CONNECTED chain (ReLU fused between layers), LOGISTIC at the end."""
-    if not layers:
-        raise ValueError("funnel_tflite needs at least one layer")
-    g = _Graph()
-    features = g.tensor("features", np.float32, [-1, np.asarray(layers[0][0]).shape[0]])
-    x = features
-    for i, (w, b) in enumerate(layers):
-        last = i == len(layers) - 1
-        out = g.tensor("logits" if last else f"h{i}", np.float32, [-1, np.asarray(w).shape[1]])
-        _fully_connected(g, x, (f"w{i}", w), (f"b{i}", b), out, relu=not last)
-        x = out
-    probability = g.tensor("probability", np.float32, [-1, np.asarray(layers[-1][0]).shape[1]])
-    g.op(fb.BuiltinOperator.LOGISTIC, [x], [probability])
-    return g.serialize("funnel", [features], [probability])
+def dequantize(g: Graph, x: int, out: int, version: int = 1) -> None:
+    """``out = (x - zero_point) * scale``, from ``x``'s quantization parameters."""
+    g.op(fb.BuiltinOperator.DEQUANTIZE, [x], [out], version=version)
+
+
+def mul(g: Graph, a: int, b: int, out: int) -> None:
+    """``out = a * b`` (broadcasting)."""
+    g.op(fb.BuiltinOperator.MUL, [a, b], [out], fb.BuiltinOptions.MulOptions, fb.MulOptionsT())
+
+
+def expand_dims(g: Graph, x: int, axis: int, out: int) -> None:
+    """``out = x`` with a dim of 1 inserted at the int32 scalar tensor ``axis``."""
+    g.op(fb.BuiltinOperator.EXPAND_DIMS, [x, axis], [out], fb.BuiltinOptions.ExpandDimsOptions, fb.ExpandDimsOptionsT())
+
+
+def reduce_sum(g: Graph, x: int, axes: int, out: int, keep_dims: bool = False) -> None:
+    """``out = x`` summed over the int32 tensor ``axes``."""
+    options = fb.ReducerOptionsT()
+    options.keepDims = keep_dims
+    g.op(fb.BuiltinOperator.SUM, [x, axes], [out], fb.BuiltinOptions.ReducerOptions, options)
+
+
+def logistic(g: Graph, x: int, out: int) -> None:
+    """``out = sigmoid(x)``."""
+    g.op(fb.BuiltinOperator.LOGISTIC, [x], [out])

@@ -56,8 +56,9 @@ _KINDS = {
 def read_sessions(path: Path) -> SessionData:
     """Every row of an Online Shoppers CSV (extra columns are ignored)."""
     path = resolve(path)
+    # opened outside the `with` so that only open()'s own errors read as "no such file" / "cannot read"
     try:
-        fh = open(path, newline="", encoding="utf-8")
+        fh = open(path, newline="", encoding="utf-8")  # noqa: SIM115  (closed by `with fh:` below)
     except FileNotFoundError:
         raise DataError(f"{path}: no such file") from None
     except OSError as exc:
@@ -121,7 +122,10 @@ def split_indices(
 
 def split_description(seed: int = SPLIT_SEED, test_fraction: float = TEST_FRACTION) -> dict[str, Any]:
     return {
-        "method": "stratified by Revenue: numpy default_rng(seed).permutation of each class's row indices, first test_fraction held out",
+        "method": (
+            "stratified by Revenue: numpy default_rng(seed).permutation of each class's row indices, "
+            "first test_fraction held out"
+        ),
         "function": "models.funnel.data.split_indices",
         "seed": seed,
         "test_fraction": test_fraction,

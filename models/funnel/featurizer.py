@@ -198,7 +198,10 @@ class Featurizer:
             ],
             "boolean": [{"name": name} for name in self.boolean],
             "excluded": dict(self.excluded),
-            "layout": "numeric ((transform(x) - mean) / std), then one-hot per categorical (vocabulary order, unknown last), then booleans as 0/1",
+            "layout": (
+                "numeric ((transform(x) - mean) / std), "
+                "then one-hot per categorical (vocabulary order, unknown last), then booleans as 0/1"
+            ),
         }
 
     @classmethod

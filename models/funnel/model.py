@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from models.bundle import Bundle, BundleError
+from models.bundle import Bundle, BundleError, verify_bundle
 from models.errors import NexusError
 from models.funnel.featurizer import Featurizer
 from models.predictor import BundlePredictor
-from models.runtime import Runner
+from models.runtime import Runner, open_runner
 
 INPUT = "features"
 OUTPUT = "probability"
@@ -35,3 +36,9 @@ class FunnelPredictor(BundlePredictor):
         if features.shape[0] == 0:
             return np.zeros(0, dtype=np.float32)
         return self.runner.run({INPUT: features})[OUTPUT][:, 0]
+
+
+def load(bundle_dir: Path, backend: str = "onnx") -> FunnelPredictor:
+    """A verified funnel bundle served by one of its artifacts (the pipeline's own measurements)."""
+    bundle = verify_bundle(bundle_dir)
+    return FunnelPredictor(bundle, open_runner(bundle, backend))

@@ -10,18 +10,27 @@ from typing import Any
 import numpy as np
 
 from models.build import git_revision, manifest_header, staged_bundle, target_version
-from models.bundle import ARTIFACTS, BACKENDS, Bundle, BundleError, sha256_file, verify_bundle, write_manifest
-from models.cli import DEFAULT_REPOSITORY
-from models.export import onnx_graphs, tflite_graphs
+from models.bundle import (
+    ARTIFACTS,
+    BACKENDS,
+    DEFAULT_REPOSITORY,
+    Bundle,
+    BundleError,
+    sha256_file,
+    verify_bundle,
+    write_manifest,
+)
+from models.export.onnx_graphs import save
+from models.funnel import NAME
 from models.funnel import train as trainer
 from models.funnel.data import read_sessions, split_description, split_indices
 from models.funnel.featurizer import Featurizer, fit_spec
-from models.funnel.model import INPUT, OUTPUT
+from models.funnel.graphs import funnel_onnx, funnel_tflite
+from models.funnel.model import INPUT, OUTPUT, load
 from models.metrics import log_loss, roc_auc
-from models.predictor import Predictor, load_predictor
+from models.predictor import Predictor
 from models.progress import Progress
 
-NAME = "funnel"
 REFERENCE_BACKEND = "onnx"
 #: stated max |P_backend - P_onnx| on any session; the pipeline refuses a bundle beyond it
 TOLERANCE = {"onnx-int8": 2e-2, "tflite": 1e-5}
@@ -31,9 +40,9 @@ _EVAL_BATCH = 1024
 def export(weights: dict[str, np.ndarray], folder: Path) -> None:
     """Write the three artifacts of a bundle (fp32 ONNX, int8 ONNX, TFLite) from MLP weights."""
     layers = [(weights[f"w{i}"], weights[f"b{i}"]) for i in range(len(weights) // 2)]
-    onnx_graphs.save(onnx_graphs.funnel_onnx(layers, int8=False), folder / ARTIFACTS["onnx"])
-    onnx_graphs.save(onnx_graphs.funnel_onnx(layers, int8=True), folder / ARTIFACTS["onnx-int8"])
-    (folder / ARTIFACTS["tflite"]).write_bytes(tflite_graphs.funnel_tflite(layers))
+    save(funnel_onnx(layers, int8=False), folder / ARTIFACTS["onnx"])
+    save(funnel_onnx(layers, int8=True), folder / ARTIFACTS["onnx-int8"])
+    (folder / ARTIFACTS["tflite"]).write_bytes(funnel_tflite(layers))
 
 
 def _predict(predictor: Predictor, sessions: Sequence[dict[str, Any]], progress: Progress | None = None) -> np.ndarray:
@@ -50,7 +59,7 @@ def _measure(
     folder: Path, sessions: list[dict[str, Any]], labels: np.ndarray
 ) -> tuple[dict[str, Any], dict[str, float]]:
     """Held-out metrics of every exported artifact, and each one's max deviation from ONNX fp32."""
-    probs = {backend: _predict(load_predictor(folder, backend), sessions) for backend in BACKENDS}
+    probs = {backend: _predict(load(folder, backend), sessions) for backend in BACKENDS}
     metrics = {
         b: {"roc_auc": roc_auc(labels, p), "log_loss": log_loss(labels, p), "n": int(len(labels))}
         for b, p in probs.items()
@@ -135,7 +144,7 @@ def train(data: Path, out: Path, seed: int = 0, show_progress: bool = True) -> B
 def evaluate(bundle_dir: Path, data: Path, backend: str = "onnx", show_progress: bool = True) -> dict[str, Any]:
     """Score every row of ``data`` with the bundle's exported ``backend`` artifact."""
     dataset = read_sessions(data)
-    predictor = load_predictor(bundle_dir, backend)
+    predictor = load(bundle_dir, backend)
     progress = Progress(f"funnel eval ({backend})", len(dataset.sessions), enabled=show_progress)
     probs = _predict(predictor, dataset.sessions, progress)
     progress.close()

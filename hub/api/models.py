@@ -1,0 +1,108 @@
+"""Models: pushes of signed bundles, the registry's views, bundle downloads (nodes and the
+operator), and rollout actions (promote, assign, rollback).
+
+Pushes and bundle downloads (megabytes hashed, signed, tarred) always run in a thread.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from hub import schemas
+from hub.auth import Principal
+from hub.state import JSON_BODY_LIMIT, Hub, endpoint, store_call
+from nexus_service.http import offload, parse_body, read_body
+
+log = logging.getLogger("nexus.hub")
+
+
+@endpoint("admin")
+async def push_model(request: Request, hub: Hub, principal: Principal) -> Response:
+    data = await read_body(request, hub.settings.max_upload_bytes)
+    record, created = await offload(hub.registry.push, data)
+    log.info("push %s %s (created=%s)", record.model, record.version, created)
+    return JSONResponse(
+        {
+            "model": record.model,
+            "version": record.version,
+            "created": created,
+            "archive_sha256": record.archive_sha256,
+        },
+        status_code=201 if created else 200,
+    )
+
+
+@endpoint("admin")
+async def list_models(request: Request, hub: Hub, principal: Principal) -> Response:
+    return JSONResponse({"models": await store_call(hub.store, hub.registry.summary)})
+
+
+@endpoint("admin")
+async def show_model(request: Request, hub: Hub, principal: Principal) -> Response:
+    return JSONResponse(await store_call(hub.store, hub.registry.show, request.path_params["model"]))
+
+
+@endpoint("node", "admin")
+async def bundle_file(request: Request, hub: Hub, principal: Principal) -> Response:
+    p = request.path_params
+    data = await offload(hub.registry.bundle_file, p["model"], p["version"], p["name"])
+    return Response(data, media_type="application/octet-stream")
+
+
+@endpoint("admin")
+async def promote(request: Request, hub: Hub, principal: Principal) -> Response:
+    body = await parse_body(request, schemas.Promote, JSON_BODY_LIMIT)
+    action = await store_call(
+        hub.store, hub.registry.promote, request.path_params["model"], body.version, body.stage, body.percent
+    )
+    return JSONResponse(
+        {"action": action.action_id, "kind": action.kind, "version": action.version, "percent": action.percent}
+    )
+
+
+@endpoint("admin")
+async def assign(request: Request, hub: Hub, principal: Principal) -> Response:
+    body = await parse_body(request, schemas.Assign, JSON_BODY_LIMIT)
+    action = await store_call(
+        hub.store, hub.registry.assign, request.path_params["model"], body.version, body.select, body.percent
+    )
+    return JSONResponse(
+        {
+            "action": action.action_id,
+            "kind": action.kind,
+            "version": action.version,
+            "select": action.selector,
+            "percent": action.percent,
+        }
+    )
+
+
+@endpoint("admin")
+async def rollback(request: Request, hub: Hub, principal: Principal) -> Response:
+    action = await store_call(hub.store, hub.registry.rollback, request.path_params["model"])
+    return JSONResponse(
+        {
+            "rolled_back": {
+                "action": action.action_id,
+                "kind": action.kind,
+                "version": action.version,
+                "selector": action.selector,
+            }
+        }
+    )
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/v1/models", list_models),
+        Route("/v1/models", push_model, methods=["POST"]),
+        Route("/v1/models/{model}", show_model),
+        Route("/v1/models/{model}/versions/{version}/files/{name}", bundle_file),
+        Route("/v1/models/{model}/promote", promote, methods=["POST"]),
+        Route("/v1/models/{model}/assign", assign, methods=["POST"]),
+        Route("/v1/models/{model}/rollback", rollback, methods=["POST"]),
+    ]

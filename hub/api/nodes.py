@@ -1,0 +1,106 @@
+"""Nodes: enrollment (public, with a one-time token), heartbeats and assignments (the
+node's own credential), and the operator's node list."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from hub import audit_heads, schemas
+from hub.auth import AuthError, Principal, hash_secret, new_secret
+from hub.state import JSON_BODY_LIMIT, Hub, endpoint, public, store_call
+from hub.store.base import NodeRecord
+from nexus_service.http import parse_body
+
+log = logging.getLogger("nexus.hub")
+
+
+def node_view(node: NodeRecord, now: float, offline_after_s: float) -> dict[str, Any]:
+    online = node.last_seen is not None and now - node.last_seen <= offline_after_s
+    return {
+        "node_id": node.node_id,
+        "tags": node.tags,
+        "enrolled_at": node.enrolled_at,
+        "last_seen": node.last_seen,
+        "status": "online" if online else "offline",
+        "heartbeat": node.heartbeat,
+    }
+
+
+@public
+async def enroll(request: Request, hub: Hub) -> Response:
+    body = await parse_body(request, schemas.Enroll, JSON_BODY_LIMIT)
+    tags = await store_call(hub.store, hub.store.take_enroll_token, hash_secret(body.token), hub.clock())
+    if tags is None:
+        raise AuthError(401, "enrollment token is unknown, used or expired")
+    node_id = "n-" + uuid.uuid4().hex[:16]
+    secret = new_secret()
+    await store_call(hub.store, hub.store.add_node, NodeRecord(node_id, hash_secret(secret), tags, hub.clock()))
+    log.info("enrolled node %s tags=%s", node_id, tags)
+    return JSONResponse(
+        {
+            "node_id": node_id,
+            "node_secret": secret,
+            "tags": tags,
+            "public_key": hub.public_key,
+            "poll_interval_s": hub.settings.poll_interval_s,
+        },
+        status_code=201,
+    )
+
+
+@endpoint("node")
+async def heartbeat(request: Request, hub: Hub, principal: Principal) -> Response:
+    body = await parse_body(request, schemas.Heartbeat, JSON_BODY_LIMIT)
+    assert principal.node is not None
+    now = hub.clock()
+    # principal.node was read from the store for this request: it holds the last heartbeat
+    beat, regression = audit_heads.track(principal.node.heartbeat, body.model_dump(), now)
+    if regression is not None:
+        log.warning("node %s: %s", principal.node.node_id, audit_heads.describe(regression))
+    await store_call(hub.store, hub.store.record_heartbeat, principal.node.node_id, now, beat)
+    # "superlink": where this node's SuperNode joins (edges started with --superlink auto)
+    return JSONResponse(
+        {"poll_interval_s": hub.settings.poll_interval_s, "superlink": hub.settings.superlink_address()}
+    )
+
+
+@endpoint("node")
+async def my_assignments(request: Request, hub: Hub, principal: Principal) -> Response:
+    assert principal.node is not None
+    assignments = await store_call(hub.store, hub.registry.assignments_for, principal.node)
+    body = {
+        "node_id": principal.node.node_id,
+        "models": {
+            m: {"version": a.version, "archive_sha256": a.archive_sha256, "archive_bytes": a.archive_bytes}
+            for m, a in assignments.items()
+        },
+    }
+    raw = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    etag = '"' + hashlib.sha256(raw).hexdigest()[:32] + '"'
+    if request.headers.get("if-none-match") == etag:
+        return Response(status_code=304, headers={"ETag": etag})
+    return Response(raw, media_type="application/json", headers={"ETag": etag})
+
+
+@endpoint("admin")
+async def list_nodes(request: Request, hub: Hub, principal: Principal) -> Response:
+    nodes = await store_call(hub.store, hub.store.list_nodes)
+    now = hub.clock()
+    return JSONResponse({"nodes": [node_view(n, now, hub.settings.offline_after_s) for n in nodes]})
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/v1/enroll", enroll, methods=["POST"]),
+        Route("/v1/nodes/me/heartbeat", heartbeat, methods=["POST"]),
+        Route("/v1/nodes/me/assignments", my_assignments),
+        Route("/v1/nodes", list_nodes),
+    ]

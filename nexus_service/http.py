@@ -1,0 +1,189 @@
+"""HTTP plumbing the edge and the hub share, so the same input gets the same error on both.
+
+Every error leaves a service as ``{"error": "..."}`` (the Open Inference Protocol's shape):
+user mistakes get a 4xx naming the field or limit; anything unexpected is logged and
+answered with a bare 500, never a traceback. Authentication stays with each service
+(operator token on the edge, roles on the hub).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import anyio.to_thread
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pydantic import BaseModel, ValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, ExceptionHandler, Message, Receive, Scope, Send
+
+from models.errors import NexusError
+from nexus_wire.heads import HEADER, encode_header, sign_receipt, utc_now
+
+T = TypeVar("T")
+M = TypeVar("M", bound=BaseModel)
+_MAX_LISTED = 5
+#: bodies beyond this are not drained after the app answered: the receipt then covers what was read
+DRAIN_LIMIT = 1 << 20
+#: an HTTP status, or a status and the headers to answer with (``Retry-After`` on a 503)
+ErrorStatus = int | tuple[int, Mapping[str, str]]
+
+
+class ApiError(NexusError):
+    """A refusal with its HTTP status; the message is what the caller reads."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def describe(exc: ValidationError) -> str:
+    """``field.path: problem; ...`` for the first few problems pydantic found."""
+    parts = []
+    for err in exc.errors(include_url=False)[:_MAX_LISTED]:
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        parts.append(f"{where}: {err['msg']}")
+    more = exc.error_count() - _MAX_LISTED
+    return "; ".join(parts) + (f"; and {more} more" if more > 0 else "")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The request body, refused with 413 as soon as it passes ``limit`` bytes (before parsing)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise ApiError(400, "Content-Length header is not a number")
+        if int(declared) > limit:
+            raise ApiError(413, f"body of {declared} bytes exceeds the limit of {limit} bytes")
+    # Reads ASGI messages directly: Request.stream() is an async generator, and asyncio's
+    # bookkeeping of one generator per request cost more CPU than the rest of the parsing.
+    chunks = []
+    size = 0
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, f"body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def parse_body(request: Request, model: type[M], limit: int, *, optional: bool = False) -> M:
+    """The body as ``model``. An empty body is refused unless the endpoint declares it
+    ``optional`` (every field of ``model`` has a default): it then reads as ``{}``."""
+    body = await read_body(request, limit)
+    if not body:
+        if not optional:
+            raise ApiError(400, "empty body; expected a JSON object")
+        body = b"{}"
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        if any(err["type"] == "json_invalid" for err in exc.errors()):
+            raise ApiError(400, f"body is not valid JSON ({exc.errors()[0]['msg']})") from None
+        raise ApiError(422, describe(exc)) from None
+
+
+async def offload(fn: Callable[..., T], *args: Any) -> T:
+    """Always a worker thread: blocking or CPU-heavy work (hashing, signing, tar, processes)."""
+    return await anyio.to_thread.run_sync(functools.partial(fn, *args))
+
+
+def exception_handlers(
+    log: logging.Logger, statuses: Mapping[type[Exception], ErrorStatus], service: str
+) -> dict[Any, ExceptionHandler]:
+    """The handlers both apps install. ``statuses`` maps the service's own exceptions (found
+    by their class hierarchy, most specific first) to a status; ``service`` names whose log
+    an unexpected error went to."""
+
+    async def api_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ApiError)
+        return error_response(exc.status, exc.message)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if exc.status_code == 404:
+            message = f"no route {request.url.path}"
+        elif exc.status_code == 405:
+            message = f"method {request.method} not allowed on {request.url.path}"
+        else:
+            message = str(exc.detail)
+        return error_response(exc.status_code, message, headers=exc.headers)
+
+    def mapped(status: int, headers: Mapping[str, str] | None) -> ExceptionHandler:
+        async def handler(request: Request, exc: Exception) -> Response:
+            if status >= 500:
+                log.warning("%s %s: %s", request.method, request.url.path, exc)
+            return error_response(status, str(exc), headers=headers)
+
+        return handler
+
+    async def internal(request: Request, exc: Exception) -> Response:
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        return error_response(500, f"internal error; see the {service}'s log")
+
+    handlers: dict[Any, ExceptionHandler] = {}
+    for kind, status in statuses.items():
+        code, headers = status if isinstance(status, tuple) else (status, None)
+        handlers[kind] = mapped(code, headers)
+    # Starlette picks the handler of the nearest class in the exception's MRO, so these win
+    # over a service mapping of NexusError as a whole
+    handlers.update({ApiError: api_error, HTTPException: http_error, Exception: internal})
+    return handlers
+
+
+class ReceiptMiddleware:
+    """Pure ASGI: hashes the request body as the app reads it and adds a signed receipt
+    (:mod:`nexus_wire.heads`) to the response of every request ``wants(scope)`` selects. A
+    body the app did not read (a 401 before parsing) is drained first, so the receipt still
+    covers all of it."""
+
+    def __init__(self, app: ASGIApp, key: Ed25519PrivateKey, wants: Callable[[Scope], bool]) -> None:
+        self.app = app
+        self.key = key
+        self.wants = wants
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not self.wants(scope):
+            await self.app(scope, receive, send)
+            return
+        digest, size, done = hashlib.sha256(), 0, False
+
+        async def counting_receive() -> Message:
+            nonlocal size, done
+            message = await receive()
+            if message["type"] == "http.request":
+                body = message.get("body", b"")
+                digest.update(body)
+                size += len(body)
+                done = not message.get("more_body", False)
+            elif message["type"] == "http.disconnect":
+                done = True
+            return message
+
+        async def signing_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                while not done and size <= DRAIN_LIMIT:
+                    await counting_receive()
+                receipt = sign_receipt(self.key, digest.hexdigest(), size, utc_now())
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (HEADER.lower().encode(), encode_header(receipt).encode()),
+                ]
+            await send(message)
+
+        await self.app(scope, counting_receive, signing_send)

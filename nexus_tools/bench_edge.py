@@ -1,0 +1,296 @@
+"""``nexus bench edge``: the edge against a bare Starlette echo under the same load.
+
+Both run under uvicorn with the same options and worker count, one at a time, driven
+by wrk (Debian's) when installed, else by a built-in httpx load generator; the report
+names the generator. Figures are relative to the echo measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+import numpy as np
+
+from models.errors import NexusError
+from models.progress import Progress
+from nexus_tools.processes import ServerProcess, edge_argv, free_port
+
+EMOTION_BODY = json.dumps({"text": "I was so happy when the package arrived early, thank you!"})
+FUNNEL_BODY = json.dumps(
+    {
+        "session": {
+            "Administrative": 2,
+            "Administrative_Duration": 35.5,
+            "Informational": 0,
+            "Informational_Duration": 0.0,
+            "ProductRelated": 18,
+            "ProductRelated_Duration": 640.2,
+            "BounceRates": 0.004,
+            "ExitRates": 0.021,
+            "PageValues": 12.7,
+            "SpecialDay": 0.0,
+            "Month": "Nov",
+            "OperatingSystems": 2,
+            "Browser": 2,
+            "Region": 1,
+            "TrafficType": 2,
+            "VisitorType": "Returning_Visitor",
+            "Weekend": False,
+        }
+    }
+)
+TARGETS = {"ratio": 0.4, "batching_gain": 1.3}
+
+
+@dataclass(frozen=True)
+class Load:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    requests: int
+    errors: int
+
+
+# --- load generators ---------------------------------------------------------------------
+
+_UNITS_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+
+
+def _ms(text: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()  # type: ignore[union-attr]
+    return float(number) * _UNITS_MS[unit]
+
+
+def parse_wrk(output: str) -> Load:
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
+    requests = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
+    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", output, re.M).group(1))  # type: ignore[union-attr]
+    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", output, re.M).group(1))  # type: ignore[union-attr]
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    errors = int(non2xx.group(1)) if non2xx else 0
+    if socket_errors:
+        errors += sum(int(g) for g in socket_errors.groups())
+    return Load(rps, p50, p99, requests, errors)
+
+
+def wrk_output(
+    url: str, script: str, duration: float, connections: int, threads: int, script_args: Sequence[str] = ()
+) -> str:
+    """wrk's stdout for ``duration`` seconds (whole, at least 1) of load shaped by the Lua ``script``."""
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as file:
+        file.write(script)
+    argv = [
+        "wrk",
+        f"-t{min(threads, connections)}",
+        f"-c{connections}",
+        f"-d{max(1, round(duration))}s",
+        "--latency",
+        "-s",
+        file.name,
+        url,
+    ]
+    try:
+        return subprocess.run(
+            [*argv, "--", *script_args], capture_output=True, text=True, check=True, timeout=duration + 60
+        ).stdout
+    finally:
+        os.unlink(file.name)
+
+
+def run_wrk(url: str, body: str, duration: float, connections: int, threads: int) -> Load:
+    script = f'wrk.method = "POST"\nwrk.body = {json.dumps(body)}\nwrk.headers["Content-Type"] = "application/json"\n'
+    return parse_wrk(wrk_output(url, script, duration, connections, threads))
+
+
+async def _httpx_load(url: str, body: str, duration: float, connections: int) -> Load:
+    latencies: list[float] = []
+    errors = 0
+    content = body.encode()
+    headers = {"content-type": "application/json"}
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    async with httpx.AsyncClient(limits=limits, timeout=30.0) as client:
+        deadline = time.perf_counter() + duration
+
+        async def worker() -> None:
+            nonlocal errors
+            while (start := time.perf_counter()) < deadline:
+                try:
+                    response = await client.post(url, content=content, headers=headers)
+                    ok = response.status_code < 400
+                except httpx.HTTPError:
+                    ok = False
+                latencies.append(time.perf_counter() - start)
+                errors += not ok
+
+        begin = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(connections)))
+        elapsed = time.perf_counter() - begin
+    ms = np.array(latencies) * 1e3
+    return Load(
+        len(latencies) / elapsed, float(np.percentile(ms, 50)), float(np.percentile(ms, 99)), len(latencies), errors
+    )
+
+
+def run_httpx(url: str, body: str, duration: float, connections: int, threads: int) -> Load:
+    return asyncio.run(_httpx_load(url, body, duration, connections))
+
+
+# --- the benchmark -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    server: str
+    path: str
+    body: str
+
+
+TARGETS_DRIVEN = (
+    Target("echo", "echo", "/echo", EMOTION_BODY),
+    Target("emotion", "edge", "/v1/emotion", EMOTION_BODY),
+    Target("emotion_nobatch", "edge-nobatch", "/v1/emotion", EMOTION_BODY),
+    Target("funnel", "edge", "/v1/funnel/score", FUNNEL_BODY),
+)
+
+
+def _median(values: list[float]) -> float:
+    return float(np.median(values))
+
+
+def paired_ratio(tops: Sequence[Load], bottoms: Sequence[Load]) -> float:
+    """Median over rounds of top/bottom throughput measured in the same round."""
+    return round(_median([a.rps / b.rps for a, b in zip(tops, bottoms) if b.rps]), 3)
+
+
+def echo_server(workers: int) -> ServerProcess:
+    """The bare Starlette echo (not started), under the uvicorn options every node uses."""
+    port = free_port()
+    return ServerProcess(
+        "echo", [sys.executable, "-m", "nexus_tools.echo", "--port", str(port), "--workers", str(workers)], port
+    )
+
+
+L = TypeVar("L", bound=Load)
+
+
+def interleave(
+    drivers: Mapping[str, Callable[[float], L]], rounds: int, slice_s: float, progress: Progress
+) -> dict[str, list[L]]:
+    """A 1 s warm-up of every target (caches, allocators, connection set-up), then ``rounds``
+    rounds in which each target gets ``slice_s`` seconds in turn: a burst of load from
+    elsewhere on the machine hits every target of a round alike."""
+    for drive in drivers.values():
+        drive(1.0)
+    loads: dict[str, list[L]] = {name: [] for name in drivers}
+    for _ in range(rounds):
+        for name, drive in drivers.items():
+            load = drive(slice_s)
+            loads[name].append(load)
+            progress.update(1, **{name: f"{load.rps:.0f}"})
+    return loads
+
+
+def bench_edge(
+    duration: float = 10.0,
+    connections: int = 64,
+    workers: int = 2,
+    generator: str = "auto",
+    models_dir: Path | None = None,
+    rounds: int = 5,
+    show_progress: bool = True,
+) -> dict[str, object]:
+    """Every target gets ``duration`` seconds of load, split into ``rounds`` interleaved
+    slices; figures are medians over rounds and ratios are paired within a round, so a
+    burst of load from elsewhere on the machine hits both sides of a ratio alike."""
+    if generator == "auto":
+        generator = "wrk" if shutil.which("wrk") else "httpx"
+    if generator == "wrk" and not shutil.which("wrk"):
+        raise NexusError("wrk is not installed (apt-get install wrk), or use --generator httpx")
+    drive = run_wrk if generator == "wrk" else run_httpx
+    threads = min(2, os.cpu_count() or 1)
+    rounds = max(1, min(rounds, int(duration)))
+    slice_s = duration / rounds
+    progress = Progress("bench edge", rounds * len(TARGETS_DRIVEN), enabled=show_progress)
+
+    with tempfile.TemporaryDirectory(prefix="nexus-bench-") as tmp, contextlib.ExitStack() as stack:
+        servers: dict[str, ServerProcess] = {"echo": stack.enter_context(echo_server(workers))}
+        for name, batching in (("edge", "true"), ("edge-nobatch", "false")):
+            port = free_port()
+            argv = edge_argv(port, models_dir=models_dir, data_dir=Path(tmp) / name, workers=workers)
+            servers[name] = stack.enter_context(ServerProcess(name, argv, port, env={"NEXUS_BATCHING": batching}))
+
+        def driver(target: Target) -> Callable[[float], Load]:
+            return lambda seconds: drive(
+                servers[target.server].url + target.path, target.body, seconds, connections, threads
+            )
+
+        loads = interleave({t.name: driver(t) for t in TARGETS_DRIVEN}, rounds, slice_s, progress)
+    progress.close()
+
+    def paired(top: str, bottom: str) -> float:
+        return paired_ratio(loads[top], loads[bottom])
+
+    report: dict[str, object] = {
+        "generator": generator,
+        "duration_s": duration,
+        "rounds": rounds,
+        "connections": connections,
+        "workers": workers,
+        "cpus": os.cpu_count(),
+        "ratio": paired("emotion", "echo"),
+        "batching_gain": paired("emotion", "emotion_nobatch"),
+        "targets": TARGETS,
+    }
+    for name, runs in loads.items():
+        report[f"{name}_rps"] = round(_median([r.rps for r in runs]), 1)
+        report[f"{name}_p50_ms"] = round(_median([r.p50_ms for r in runs]), 3)
+        report[f"{name}_p99_ms"] = round(_median([r.p99_ms for r in runs]), 3)
+        report[f"{name}_errors"] = sum(r.errors for r in runs)
+    return report
+
+
+def _run(args: argparse.Namespace) -> int:
+    report = bench_edge(
+        args.duration,
+        args.connections,
+        args.workers,
+        args.generator,
+        args.models,
+        args.rounds,
+        show_progress=not args.json,
+    )
+    if args.json:
+        print(json.dumps(report))
+    else:
+        for key, value in report.items():
+            print(f"{key:>24}: {value}")
+    return 0
+
+
+def register(bench_sub: argparse._SubParsersAction) -> None:
+    bench = bench_sub.add_parser("edge", help="edge node vs a bare Starlette echo (wrk or httpx load)")
+    bench.add_argument("--duration", type=float, default=10.0, help="seconds per measurement (default 10)")
+    bench.add_argument("--connections", type=int, default=64)
+    bench.add_argument("--workers", type=int, default=2, help="uvicorn workers for both servers (default 2)")
+    bench.add_argument("--generator", choices=("auto", "wrk", "httpx"), default="auto")
+    bench.add_argument("--rounds", type=int, default=5, help="interleaved slices per measurement (default 5)")
+    bench.add_argument("--models", type=Path, help="model repository (default: the shipped bundles)")
+    bench.add_argument("--json", action="store_true")
+    bench.set_defaults(func=_run)
