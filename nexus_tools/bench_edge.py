@@ -71,16 +71,26 @@ class Load:
 _UNITS_MS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
 
 
+def _field(pattern: str, output: str, what: str) -> str:
+    """The first group of ``pattern`` in wrk's report; a report without it is not a measurement."""
+    found = re.search(pattern, output, re.M)
+    if found is None:
+        raise NexusError(f"wrk's output has no {what}: {output[-400:]!r}")
+    return found.group(1)
+
+
 def _ms(text: str) -> float:
-    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()  # type: ignore[union-attr]
-    return float(number) * _UNITS_MS[unit]
+    found = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if found is None:
+        raise NexusError(f"wrk reported a latency of {text!r}, which is not a duration")
+    return float(found.group(1)) * _UNITS_MS[found.group(2)]
 
 
 def parse_wrk(output: str) -> Load:
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
-    requests = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
-    p50 = _ms(re.search(r"^\s+50%\s+(\S+)", output, re.M).group(1))  # type: ignore[union-attr]
-    p99 = _ms(re.search(r"^\s+99%\s+(\S+)", output, re.M).group(1))  # type: ignore[union-attr]
+    rps = float(_field(r"Requests/sec:\s+([\d.]+)", output, "request rate"))
+    requests = int(_field(r"(\d+) requests in", output, "request count"))
+    p50 = _ms(_field(r"^\s+50%\s+(\S+)", output, "median latency"))
+    p99 = _ms(_field(r"^\s+99%\s+(\S+)", output, "99th percentile latency"))
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
     socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
     errors = int(non2xx.group(1)) if non2xx else 0

@@ -140,7 +140,7 @@ def test_ctrl_c_during_the_federated_rounds_stops_every_process() -> None:
     mark = uuid.uuid4().hex
     proc = _demo(mark)
     lines: queue.Queue[str] = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()  # type: ignore[union-attr]
+    threading.Thread(target=lambda: [lines.put(line) for line in proc.stderr], daemon=True).start()
     seen = []
     deadline = time.monotonic() + DEMO_BUDGET_S
     while not any("federated run" in line for line in seen):

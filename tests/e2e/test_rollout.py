@@ -71,7 +71,7 @@ def cluster(tmp_path: Path) -> Iterator[tuple[HubProcess, OperatorClient, list[E
 
 
 @pytest.mark.slow
-def test_assign_to_one_region_then_rollback_then_restart(cluster) -> None:  # type: ignore[no-untyped-def]
+def test_assign_to_one_region_then_rollback_then_restart(cluster) -> None:
     hub, admin, edges, (old_dir, new_dir) = cluster
     old = read_manifest(old_dir)["version"]
     wait_for(lambda: all(e.served() == old for e in edges), timeout=60, what="edges serving the stable version")

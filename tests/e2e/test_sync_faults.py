@@ -167,7 +167,7 @@ def own_redis(tmp_path: Path) -> Iterator[tuple[int, Callable[[], None], Callabl
 
 
 @pytest.mark.slow
-def test_redis_restarted_under_a_running_hub(own_redis, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_redis_restarted_under_a_running_hub(own_redis, tmp_path: Path) -> None:
     port, start_redis, kill_redis = own_redis
     hub = RunningHub(tmp_path / "hub", open_store(f"redis://127.0.0.1:{port}/0"))
     try:

@@ -48,9 +48,9 @@ def _edges(root: Path) -> dict[int, dict[str, str]]:
     return configs
 
 
-def _federate(rounds: Rounds, run_id: str, configs: dict[int, dict[str, str]], on_round=None) -> None:  # type: ignore[no-untyped-def]
+def _federate(rounds: Rounds, run_id: str, configs: dict[int, dict[str, str]], on_round=None) -> None:
     folder = rounds.run_dir(run_id)
-    config = rounds.store.get_run(run_id).config  # type: ignore[union-attr]
+    config = rounds.store.get_run(run_id).config
     settings = RunConfig(
         model="funnel",
         rounds=config["rounds"],
@@ -68,7 +68,7 @@ def test_watch_copies_rounds_survives_a_restart_and_registers_a_candidate(hub_ro
     assert run.status == "starting" and run.base_version == "1" and run.score_name == "roc_auc"
     seen_mid_run = []
 
-    def after_round(record) -> None:  # type: ignore[no-untyped-def]
+    def after_round(record) -> None:
         if record.round == 1:  # the summary on disk now holds round 1 of 2
             seen_mid_run.append(rounds.watch(rounds.store.get_run(run.run_id)))
 

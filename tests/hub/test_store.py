@@ -50,7 +50,7 @@ def test_nodes_and_heartbeats(any_store: Store) -> None:
     assert node is not None and node.last_seen == 5.0 and node.heartbeat == {"health": "ok", "models": {"funnel": "2"}}
     assert node.tags == {"region": "1"} and node.secret_hash == "s1"
     assert any_store.get_node("ghost") is None
-    assert any_store.get_node("n-2").last_seen is None  # type: ignore[union-attr]
+    assert any_store.get_node("n-2").last_seen is None
 
 
 def test_versions_insert_once_and_sort_numerically(any_store: Store) -> None:

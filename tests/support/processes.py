@@ -25,7 +25,7 @@ NEXUS = [sys.executable, "-m", "nexus_cli"]
 BIN = Path(sys.executable).parent
 
 
-def wait_for(predicate, timeout: float = 15.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
+def wait_for(predicate, timeout: float = 15.0, what: str = "condition") -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
