@@ -28,32 +28,11 @@ import numpy as np
 
 from models.errors import NexusError
 from models.progress import Progress
+from nexus_tools.examples import SESSION
 from nexus_tools.processes import ServerProcess, edge_argv, free_port
 
 EMOTION_BODY = json.dumps({"text": "I was so happy when the package arrived early, thank you!"})
-FUNNEL_BODY = json.dumps(
-    {
-        "session": {
-            "Administrative": 2,
-            "Administrative_Duration": 35.5,
-            "Informational": 0,
-            "Informational_Duration": 0.0,
-            "ProductRelated": 18,
-            "ProductRelated_Duration": 640.2,
-            "BounceRates": 0.004,
-            "ExitRates": 0.021,
-            "PageValues": 12.7,
-            "SpecialDay": 0.0,
-            "Month": "Nov",
-            "OperatingSystems": 2,
-            "Browser": 2,
-            "Region": 1,
-            "TrafficType": 2,
-            "VisitorType": "Returning_Visitor",
-            "Weekend": False,
-        }
-    }
-)
+FUNNEL_BODY = json.dumps({"session": SESSION})
 TARGETS = {"ratio": 0.4, "batching_gain": 1.3}
 
 

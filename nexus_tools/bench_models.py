@@ -20,6 +20,7 @@ import numpy as np
 from models.bundle import ARTIFACTS, BACKENDS, DEFAULT_REPOSITORY, verify_bundle
 from models.cli import resolve_bundle
 from models.families import FAMILIES, load_predictor
+from nexus_tools.examples import SESSION
 
 _TEXTS = [
     "I love this, thank you so much!",
@@ -31,12 +32,6 @@ _TEXTS = [
     "So sad the sale ended before I could order",
     "ok",
 ]
-_SESSION = {
-    "Administrative": 2, "Administrative_Duration": 40.0, "Informational": 0, "Informational_Duration": 0.0,
-    "ProductRelated": 25, "ProductRelated_Duration": 900.0, "BounceRates": 0.01, "ExitRates": 0.03,
-    "PageValues": 12.5, "SpecialDay": 0.0, "Month": "Nov", "OperatingSystems": 2, "Browser": 2, "Region": 1,
-    "TrafficType": 2, "VisitorType": "Returning_Visitor", "Weekend": False,
-}  # fmt: skip
 
 
 def _median_us(call: Callable[[], Any], repeats: int) -> float:
@@ -73,7 +68,7 @@ def run(repository: Path, repeats: int) -> dict[str, Any]:
         "threads": 1,
         "load_average_1m": round(os.getloadavg()[0], 2),
         "emotion": bench_bundle(_newest(repository, "emotion"), _TEXTS, repeats),
-        "funnel": bench_bundle(_newest(repository, "funnel"), [_SESSION], repeats),
+        "funnel": bench_bundle(_newest(repository, "funnel"), [SESSION], repeats),
     }
 
 

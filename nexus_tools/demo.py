@@ -41,6 +41,7 @@ from hub.superlink import SuperLink, SuperLinkConfig
 from models.bundle import DEFAULT_REPOSITORY, list_versions, read_manifest
 from models.errors import NexusError
 from nexus_service.processes import descendants, reap
+from nexus_tools.examples import SESSION
 from nexus_tools.processes import ServerProcess, edge_argv, free_port
 from nexus_tools.traffic import (
     Example,
@@ -633,25 +634,6 @@ TEXTS = [
     "This is the third time my order is late. I am furious.",
     "I'm a bit worried the size won't fit.",
 ]
-SESSION = {
-    "Administrative": 3,
-    "Administrative_Duration": 80.0,
-    "Informational": 1,
-    "Informational_Duration": 12.0,
-    "ProductRelated": 24,
-    "ProductRelated_Duration": 910.5,
-    "BounceRates": 0.003,
-    "ExitRates": 0.015,
-    "PageValues": 28.4,
-    "SpecialDay": 0.0,
-    "Month": "Nov",
-    "OperatingSystems": 2,
-    "Browser": 2,
-    "Region": 1,
-    "TrafficType": 2,
-    "VisitorType": "Returning_Visitor",
-    "Weekend": False,
-}
 
 
 class Console:

@@ -123,26 +123,8 @@ class RecordingProxy:
 class CanaryEdge(EdgeProcess):
     """An edge serving both models (feedback needs emotion), syncing funnels every second."""
 
-    def start(self, token: str | None) -> None:
-        args = [
-            *NEXUS,
-            "edge",
-            "serve",
-            "--models",
-            str(self.root / "models"),
-            "--data-dir",
-            str(self.root / "data"),
-            "--port",
-            str(self.port),
-            "--hub",
-            self.hub_url,
-            "--log-level",
-            "warning",
-        ]
-        args += [f"--enroll-token={token}"] if token else []  # a token may start with "-"
-        env = {**os.environ, "NEXUS_MODELS": "funnel,emotion", "NEXUS_FUNNEL_SYNC_S": "1"}
-        with open(self.root / "edge.log", "ab") as log:
-            self.proc = subprocess.Popen(args, stdout=log, stderr=log, env=env)
+    # served() still watches the funnel model
+    extra_env = {"NEXUS_MODELS": "funnel,emotion", "NEXUS_FUNNEL_SYNC_S": "1"}
 
 
 # ---------------------------------------------------------------- parsing what was captured

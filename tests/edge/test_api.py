@@ -16,7 +16,8 @@ from edge_worker.store import LocalStore
 from models.bundle import read_manifest
 from models.errors import NexusError
 from models.families import load_predictor
-from tests.support.edge import BUNDLES, SESSION, TEXTS, edge_settings, newest, operator
+from nexus_tools.examples import SESSION
+from tests.support.edge import BUNDLES, TEXTS, edge_settings, newest, operator
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,9 @@ import httpx
 import pytest
 
 from edge_worker.app import create_app
+from nexus_tools.examples import SESSION
 from nexus_tools.processes import ServerThread
-from tests.support.edge import SESSION, edge_settings
+from tests.support.edge import edge_settings
 from tests.support.env import need
 
 LIMITS = {"max_text_chars": 200, "max_texts": 4, "max_sessions": 3, "max_body_bytes": 4096}

@@ -11,8 +11,9 @@ import httpx
 import yaml
 
 from nexus_cli import build_parser
+from nexus_tools.examples import SESSION
 from nexus_tools.processes import ServerProcess, edge_argv, free_port
-from tests.support.edge import BUNDLES, SESSION
+from tests.support.edge import BUNDLES
 from tests.support.env import ROOT
 
 

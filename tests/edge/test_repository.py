@@ -13,8 +13,9 @@ from starlette.testclient import TestClient
 
 from edge_worker.app import create_app
 from models.errors import NexusError
+from nexus_tools.examples import SESSION
 from nexus_tools.processes import ServerThread
-from tests.support.edge import SESSION, add_version, copy_repository, edge_settings, newest
+from tests.support.edge import add_version, copy_repository, edge_settings, newest
 
 
 @pytest.fixture

@@ -10,8 +10,9 @@ from starlette.testclient import TestClient
 
 from edge_worker.app import create_app
 from edge_worker.store import LocalStore
+from nexus_tools.examples import SESSION
 from nexus_wire.datadir import EdgeDataDir
-from tests.support.edge import SESSION, edge_settings
+from tests.support.edge import edge_settings
 
 DAY = 86400.0
 LABELS = ["anger", "joy", "neutral"]

@@ -14,25 +14,6 @@ from models.bundle import DEFAULT_REPOSITORY, SIGNATURE, list_versions, read_man
 
 BUNDLES = DEFAULT_REPOSITORY
 
-SESSION: dict[str, Any] = {
-    "Administrative": 2,
-    "Administrative_Duration": 35.5,
-    "Informational": 0,
-    "Informational_Duration": 0.0,
-    "ProductRelated": 18,
-    "ProductRelated_Duration": 640.2,
-    "BounceRates": 0.004,
-    "ExitRates": 0.021,
-    "PageValues": 12.7,
-    "SpecialDay": 0.0,
-    "Month": "Nov",
-    "OperatingSystems": 2,
-    "Browser": 2,
-    "Region": 1,
-    "TrafficType": 2,
-    "VisitorType": "Returning_Visitor",
-    "Weekend": False,
-}
 TEXTS = ["Thank you, this is wonderful news!", "I am so angry about the late delivery.", "ok"]
 
 

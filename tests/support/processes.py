@@ -83,6 +83,7 @@ class EdgeProcess:
 
     models = "funnel"  # what NEXUS_MODELS lets this node serve
     extra_args: tuple[str, ...] = ()
+    extra_env: dict[str, str] = {}  # read only: a subclass replaces it whole
 
     def __init__(self, root: Path, hub_url: str, token: str | None) -> None:
         self.root = root
@@ -111,7 +112,7 @@ class EdgeProcess:
         if token:  # the spelling; deploy/ uses --enroll-token-file
             args += [f"--enroll-token={token}"]  # "=": a token may start with "-"
         args += self.extra_args
-        env = {**os.environ, "NEXUS_MODELS": self.models}
+        env = {**os.environ, "NEXUS_MODELS": self.models, **self.extra_env}
         with open(self.root / "edge.log", "ab") as log:
             self.proc = subprocess.Popen(args, stdout=log, stderr=log, env=env)
 

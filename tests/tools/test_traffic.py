@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from nexus_tools.examples import SESSION
 from nexus_tools.traffic import grammar_texts, replay_sessions, replay_texts, synthetic_sessions
-from tests.support.edge import SESSION
 from tests.support.env import shared_data
 
 
