@@ -55,7 +55,11 @@ def _sent_bytes(messages: Iterable[Message]) -> int:
 
 
 class RoundGuard:
-    """Mixin placed before a Flower strategy class in the MRO (see :func:`build_strategy`)."""
+    """Mixin placed before a Flower strategy class in the MRO (see :func:`build_strategy`).
+
+    Its ``super()`` calls reach that strategy, which mypy cannot see in a mixin: hence the
+    ``type: ignore[misc]`` on each of them.
+    """
 
     score_name: str = "score"
     max_update_norm: float = validation.MAX_UPDATE_NORM
