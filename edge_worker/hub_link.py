@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import os
 import re
 from pathlib import Path
 from typing import IO
@@ -24,6 +23,7 @@ from edge_worker.audit import AuditLog
 from edge_worker.egress import HubGateway
 from edge_worker.identity import NodeIdentity, load_identity, save_identity
 from edge_worker.metrics import Registry
+from nexus_service.keyfiles import write_private
 from nexus_wire.datadir import EdgeDataDir
 
 #: ``host:port`` as the hub names its SuperLink: a DNS name, IPv4 or bracketed IPv6
@@ -72,12 +72,6 @@ def _read_superlink(path: Path) -> str | None:
     except FileNotFoundError:
         return None
     return address if SUPERLINK_ADDRESS.fullmatch(address) else None
-
-
-def _write_superlink(path: Path, address: str) -> None:
-    tmp = path.with_name(f"{path.name}.tmp")
-    tmp.write_text(address, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 class HubLink:
@@ -146,7 +140,7 @@ class HubLink:
         if not isinstance(address, str) or not SUPERLINK_ADDRESS.fullmatch(address) or address == self.superlink:
             return False
         self.superlink = address
-        await asyncio.to_thread(_write_superlink, self.data_dir.superlink, address)
+        await asyncio.to_thread(write_private, self.data_dir.superlink, address.encode())
         self._notify()
         return True
 

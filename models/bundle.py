@@ -180,3 +180,11 @@ def list_versions(repository: Path, name: str) -> list[str]:
         return []
     versions = [p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")]
     return sorted(versions, key=version_key)
+
+
+def newest_bundle(repository: Path, name: str) -> Path:
+    """The folder of the newest version of ``name`` in a model repository."""
+    versions = list_versions(repository, name)
+    if not versions:
+        raise NexusError(f"no {name} bundle in {repository}; run 'nexus models train {name}'")
+    return Path(repository) / name / versions[-1]

@@ -6,8 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from models.bundle import BACKENDS, DEFAULT_REPOSITORY, list_versions, verify_bundle
-from models.errors import NexusError
+from models.bundle import BACKENDS, DEFAULT_REPOSITORY, newest_bundle, verify_bundle
 from models.families import FAMILIES
 from models.family import Pipeline
 
@@ -18,12 +17,7 @@ def _pipeline(family: str) -> Pipeline:
 
 def resolve_bundle(family: str, bundle: str | None, repository: Path = DEFAULT_REPOSITORY) -> Path:
     """An explicit bundle dir, or the newest version of ``family`` in ``repository``."""
-    if bundle:
-        return Path(bundle)
-    versions = list_versions(repository, family)
-    if not versions:
-        raise NexusError(f"no {family} bundle in {repository}; run 'nexus models train {family}'")
-    return repository / family / versions[-1]
+    return Path(bundle) if bundle else newest_bundle(repository, family)
 
 
 def _train(args: argparse.Namespace) -> int:

@@ -60,15 +60,20 @@ def read_or_create(path: Path, make: Callable[[], bytes]) -> bytes:
     return path.read_bytes()
 
 
-def write_private_json(path: Path, obj: Any) -> None:
-    """Replace ``path`` with ``obj`` as JSON (keys sorted) in one step."""
+def write_private(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` (0600) in one step: a reader sees the old file or the new one."""
     path = Path(path)
-    tmp = _private_temp(path, json.dumps(obj, sort_keys=True).encode())
+    tmp = _private_temp(path, data)
     try:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_private_json(path: Path, obj: Any) -> None:
+    """Replace ``path`` with ``obj`` as JSON (keys sorted) in one step."""
+    write_private(path, json.dumps(obj, sort_keys=True).encode())
 
 
 def new_token() -> str:

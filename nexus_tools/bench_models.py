@@ -17,8 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from models.bundle import ARTIFACTS, BACKENDS, DEFAULT_REPOSITORY, verify_bundle
-from models.cli import resolve_bundle
+from models.bundle import ARTIFACTS, BACKENDS, DEFAULT_REPOSITORY, newest_bundle, verify_bundle
 from models.families import FAMILIES, load_predictor
 from nexus_tools.examples import SESSION
 
@@ -67,13 +66,9 @@ def run(repository: Path, repeats: int) -> dict[str, Any]:
     return {
         "threads": 1,
         "load_average_1m": round(os.getloadavg()[0], 2),
-        "emotion": bench_bundle(_newest(repository, "emotion"), _TEXTS, repeats),
-        "funnel": bench_bundle(_newest(repository, "funnel"), [SESSION], repeats),
+        "emotion": bench_bundle(newest_bundle(repository, "emotion"), _TEXTS, repeats),
+        "funnel": bench_bundle(newest_bundle(repository, "funnel"), [SESSION], repeats),
     }
-
-
-def _newest(repository: Path, name: str) -> Path:
-    return resolve_bundle(name, None, repository)
 
 
 def _bench(args: argparse.Namespace) -> int:

@@ -38,7 +38,7 @@ import numpy as np
 from edge_worker.audit import SEND, AuditReader, verify
 from hub.client import FunnelClient
 from hub.superlink import SuperLink, SuperLinkConfig
-from models.bundle import DEFAULT_REPOSITORY, list_versions, read_manifest
+from models.bundle import DEFAULT_REPOSITORY, list_versions, newest_bundle, read_manifest
 from models.errors import NexusError
 from nexus_service.processes import descendants, reap
 from nexus_tools.examples import SESSION
@@ -376,7 +376,7 @@ def _run(options: Options, stages: Stages, cluster: Cluster, stack: contextlib.E
     wait_until(lambda: all(_ready(e) for e in cluster.edges), 120, "the edges to load the hub's models")
     stages("all edges serve the hub's models")
 
-    labels = read_manifest(options.models / "emotion" / list_versions(options.models, "emotion")[-1])["labels"]
+    labels = read_manifest(newest_bundle(options.models, "emotion"))["labels"]
     work = _workload(options, labels)
     stages(
         f"traffic ({work.source}): {options.sessions} sessions and {options.texts} texts per edge,"
