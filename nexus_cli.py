@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import Any
 
 from models.errors import NexusError
 from nexus_tools import cli as tools_cli
@@ -17,8 +18,28 @@ from nexus_tools import cli as tools_cli
 _COMMAND_MODULES = ("models.cli", "edge_worker.cli", "edge_worker.audit.cli", "hub.cli", "federated.cli")
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Every option's help ends with its default, unless the help already says it (or there is
+    none to say: flags, required options, positionals). Descriptions and epilogs keep their lines."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        quiet = action.default in (None, argparse.SUPPRESS) or action.required or not action.option_strings
+        if quiet or action.nargs == 0 or "default" in text or "%(default)" in text:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+class Parser(argparse.ArgumentParser):
+    """The parser of ``nexus`` and, through ``add_subparsers``, of every sub-command."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="nexus", description="Nexus Edge: edge ML runtime for sales funnels")
+    parser = Parser(prog="nexus", description="Nexus Edge: edge ML runtime for sales funnels")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     tools_cli.register_bench(sub)
     for name in _COMMAND_MODULES:

@@ -1,7 +1,8 @@
 """The edge node's ASGI app: ``create_app(settings)`` wires state, routes and lifespan.
 
 Background work started in the lifespan: retention of the local store, optional
-polling of the model repository, and, when ``settings.hub_url`` is set, the node's one
+polling of the model repository, the OIP v2 gRPC server when ``settings.grpc_port`` is
+set (``oip_grpc.start``), and, when ``settings.hub_url`` is set, the node's one
 :class:`~edge_worker.hub_link.HubLink` and the jobs that share it: model sync
 (``sync.run``), funnel sync (``funnels.run_sync``) and, with a SuperLink, the SuperNode
 (``federation.run``). Each is a coroutine run as a task and cancelled at shutdown (see
@@ -13,20 +14,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from edge_worker import federation, funnels, routes, sync
+from edge_worker import federation, funnels, oip_grpc, routes, sync
 from edge_worker.audit import AuditLog, PrivacyBudget
 from edge_worker.batcher import MicroBatcher
 from edge_worker.hub_link import HubLink
-from edge_worker.metrics import Registry, edge_registry, publish_forever
+from edge_worker.metrics import PREFIX, Registry, edge_registry, publish_forever
 from edge_worker.openapi import build_openapi
 from edge_worker.repository import ModelNotReady, ModelRepository
 from edge_worker.settings import EdgeSettings
@@ -35,51 +34,21 @@ from edge_worker.store import LocalStore
 from models.errors import DataError
 from models.families import FAMILIES, Families
 from nexus_service.http import exception_handlers
-from nexus_service.keyfiles import load_or_create_token
+from nexus_service.keyfiles import load_or_create_token, private_dir
+from nexus_service.request_metrics import RequestMetrics, route_templates
 from nexus_wire.datadir import EdgeDataDir
 
 log = logging.getLogger("nexus.edge")
+#: seconds the gRPC server gives calls in flight at shutdown
+GRPC_GRACE_S = 5.0
 DESCRIPTION = "Nexus Edge inference node: emotion and funnel models, Open Inference Protocol v2, local labelled store."
-
-
-class MetricsMiddleware:
-    """Counts and times every HTTP request by route template (pure ASGI: no per-request task)."""
-
-    def __init__(self, app: ASGIApp, metrics: Registry, templates: dict[Any, str]) -> None:
-        self.app = app
-        self.metrics = metrics
-        self.templates = templates
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = 500
-
-        async def send_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_status)
-        finally:
-            # The router writes the matched endpoint into the shared scope.
-            route = self.templates.get(scope.get("endpoint"), "unmatched")
-            self.metrics.inc(
-                "nexus_edge_requests_total", (("route", route), ("method", scope["method"]), ("status", str(status)))
-            )
-            self.metrics.observe(
-                "nexus_edge_request_duration_seconds", (("route", route),), time.perf_counter() - start
-            )
 
 
 def create_app(settings: EdgeSettings, families: Families = FAMILIES) -> Starlette:
     """The node's app, serving ``settings.models`` of the families in ``families``."""
     served = {m: families.get(m) for m in settings.models}  # an unknown name: a NexusError naming the known
-    metrics = edge_registry()
+    private_dir(settings.data_dir)  # raw inputs, keys and the audit log: the owner's alone
+    metrics = edge_registry(settings.max_batch)
     repository = ModelRepository(
         settings.models_dir,
         settings.models,
@@ -105,7 +74,7 @@ def create_app(settings: EdgeSettings, families: Families = FAMILIES) -> Starlet
         for m in settings.models
     }
     metrics.on_collect(lambda: _sample_queue_depth(metrics, batchers))
-    if settings.workers > 1:  # one /metrics view over the workers (edge_worker.metrics)
+    if settings.workers > 1:  # one /metrics view over the workers (nexus_service.metrics)
         metrics.share(EdgeDataDir(settings.data_dir).metrics)
     limits = {m: settings.limits(family.serving.limits) for m, family in served.items()}
     state = EdgeState(settings, metrics, repository, families, limits, batchers, pool)
@@ -117,6 +86,9 @@ def create_app(settings: EdgeSettings, families: Families = FAMILIES) -> Starlet
         state.store = await state.in_store(LocalStore, settings.data_dir)
         await state.reload()
         await _enforce_retention(state)  # expired rows go before the node takes requests
+        grpc_server = None
+        if settings.grpc_port is not None:  # same loop, so the same batchers as HTTP
+            grpc_server, state.grpc_port = await oip_grpc.start(state, settings.host, settings.grpc_port)
         state.tasks.append(asyncio.create_task(_retention_loop(state), name="nexus-retention"))
         if metrics.shared:
             state.tasks.append(asyncio.create_task(publish_forever(metrics), name="nexus-metrics-publish"))
@@ -136,6 +108,8 @@ def create_app(settings: EdgeSettings, families: Families = FAMILIES) -> Starlet
         try:
             yield
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop(GRPC_GRACE_S)  # calls in flight finish while the batchers still run
             for task in state.tasks:
                 task.cancel()
             await asyncio.gather(*state.tasks, return_exceptions=True)
@@ -151,7 +125,7 @@ def create_app(settings: EdgeSettings, families: Families = FAMILIES) -> Starlet
 
     errors = exception_handlers(log, {DataError: 422, ModelNotReady: (503, {"Retry-After": "1"})}, "node")
     app = Starlette(routes=routes.routes(table), exception_handlers=errors, lifespan=lifespan)
-    app.add_middleware(MetricsMiddleware, metrics=metrics, templates={handler: op.path for op, handler in table})
+    app.add_middleware(RequestMetrics, metrics=metrics, prefix=PREFIX, templates=route_templates(app.routes))
     app.state.edge = state
     # the bearer token of GET /v1/privacy/audit, created on first start, never logged
     app.state.operator_token = load_or_create_token(EdgeDataDir(settings.data_dir).operator_token)

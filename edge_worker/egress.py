@@ -4,8 +4,9 @@ Every request names a payload kind declared in :mod:`edge_worker.payloads` and m
 its :func:`~edge_worker.payloads.check_payload` (numbers, enums, ids; no free text), or it
 is refused, logged as a ``refusal`` in the node's audit log, and never sent. All bytes go
 out through :meth:`HubGateway._send` (JSON bodies) or :meth:`HubGateway.download_file`
-(bundle files), which write the exact body to the audit log *before* it leaves and keep
-the hub's signed receipt (``Nexus-Receipt`` header) beside that entry. A new kind is named
+(bundle files), which write the exact body, the request target and the node id to the audit
+log *before* it leaves, and keep the hub's signed receipt (``Nexus-Receipt`` header) beside
+that entry if it binds exactly those (the log refuses any other). A new kind is named
 in nexus_wire/payloads.py, declares its schema in edge_worker/payloads.py and calls
 ``_send``: it inherits the check, the log and the receipt. Counter keys come from the
 funnel config: whoever fetches it sets ``gateway.declared``. Per-kind message and byte
@@ -29,12 +30,25 @@ import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge_worker.audit import AuditLog, Entry
+from edge_worker.hub_answers import (
+    MAX_ANSWER_BYTES,
+    MAX_FUNNEL_CONFIG_BYTES,
+    EnrollmentAnswer,
+    HeartbeatAnswer,
+    HubAnswerRefused,
+    assignment_document,
+    decode,
+    etag,
+    validated,
+)
 from edge_worker.identity import NodeIdentity
 from edge_worker.payloads import Declarations, PayloadRefused, check_payload
 from models.errors import NexusError
+from nexus_wire.apps import SignedApps
 from nexus_wire.heads import HEADER as RECEIPT_HEADER
 from nexus_wire.heads import canonical_json, decode_header
 from nexus_wire.payloads import ASSIGNMENT_POLL, BUNDLE_DOWNLOAD, COUNTERS, ENROLLMENT, HEARTBEAT, gateway_channel
+from nexus_wire.signed_assignments import MAX_DOCUMENT_BYTES, AssignmentDocument
 
 log = logging.getLogger("nexus.edge.egress")
 _CHUNK = 1 << 16
@@ -58,6 +72,8 @@ class HeartbeatPayload:
     audit_verified_at: float | None = None
     #: the newest signed tree head {size, root, time, key_id, signature} (None: empty log, not sent)
     audit_head: dict[str, Any] | None = None
+    #: {first_size, proof}: audit_head extends the head of first_size the hub holds (None: not sent)
+    audit_consistency: dict[str, Any] | None = None
 
 
 class HubUnreachable(NexusError):
@@ -91,16 +107,26 @@ class HubGateway:
         #: answers without a receipt, or with one that does not verify (kept in the log regardless)
         self.receipt_problems = 0
         self._pinned: str | None = None
-        self._http = httpx.AsyncClient(base_url=self.hub_url, timeout=timeout, transport=transport)
+        # identity: an answer is capped by the bytes that arrive, so none may expand after the cap
+        self._http = httpx.AsyncClient(
+            base_url=self.hub_url, timeout=timeout, transport=transport, headers={"Accept-Encoding": "identity"}
+        )
 
     async def aclose(self) -> None:
         await self._http.aclose()
 
     async def _admit(
-        self, kind: str, method: str, path: str, payload: Mapping[str, Any] | None, in_path: bool = False
+        self,
+        kind: str,
+        method: str,
+        path: str,
+        payload: Mapping[str, Any] | None,
+        in_path: bool = False,
+        node: str | None = None,
     ) -> tuple[bytes, Entry]:
         """Check ``payload`` and log it: the refusal (then raise), or the send of its exact
-        body (none when the payload travels ``in_path``)."""
+        body (none when the payload travels ``in_path``), with the request target and the
+        ``node`` it goes out as: what the hub's receipt must bind."""
         channel = gateway_channel(kind)
         if self.identity is not None:
             await self._pin(self.identity.hub_public_key)  # a node enrolled before the audit log existed
@@ -114,21 +140,27 @@ class HubGateway:
         except (TypeError, ValueError) as exc:  # passed the schema but is not plain JSON
             await asyncio.to_thread(self.audit.record_refusal, channel, self.hub_url, kind, f"not JSON: {exc}")
             raise PayloadRefused(kind, f"not JSON: {exc}") from None
-        entry = await asyncio.to_thread(
-            self.audit.record_send, channel, self.hub_url, kind, body, {**summary, "request": f"{method} {path}"}
-        )
+        sent = {**summary, "request": f"{method} {self._target(path)}", **({"node": node} if node else {})}
+        entry = await asyncio.to_thread(self.audit.record_send, channel, self.hub_url, kind, body, sent)
         return body, entry
 
-    async def _receipt(self, entry: Entry, response: httpx.Response) -> None:
+    def _target(self, path: str) -> str:
+        """The request target as it goes on the wire (httpx puts the hub URL's own path first)."""
+        return httpx.URL(self.hub_url + path).raw_path.decode("ascii")
+
+    async def _receipt(self, entry: Entry, response: httpx.Response, node: str | None = None) -> None:
+        """Keep the hub's receipt if it binds this node, this request and these bytes; the audit
+        log refuses any other (``node``: the id an enrollment reply assigned)."""
         receipt = decode_header(response.headers.get(RECEIPT_HEADER, ""))
         if receipt is None:
-            self.receipt_problems += 1
-            log.warning("the hub sent no receipt for audit entry %d (%s)", entry.id, entry.kind)
+            if response.status_code not in (401, 403):  # the hub signs nothing for a caller it refused
+                self.receipt_problems += 1
+                log.warning("the hub sent no receipt for audit entry %d (%s)", entry.id, entry.kind)
             return
-        problem = await asyncio.to_thread(self.audit.attach_receipt, entry.id, receipt)
+        problem = await asyncio.to_thread(self.audit.attach_receipt, entry.id, receipt, node)
         if problem:
             self.receipt_problems += 1
-            log.warning("the hub's receipt for audit entry %d does not verify: %s", entry.id, problem)
+            log.warning("refused the hub's receipt for audit entry %d (%s): %s", entry.id, entry.kind, problem)
 
     async def _pin(self, hub_public_key: str) -> None:
         """Pin the key receipts are checked against: once, not on every request."""
@@ -158,22 +190,38 @@ class HubGateway:
         payload: Mapping[str, Any] | None,
         authenticated: bool = True,
         headers: dict[str, str] | None = None,
+        max_answer_bytes: int = MAX_ANSWER_BYTES,
     ) -> httpx.Response:
-        """The one place a request body leaves the node: check, log, send, keep the receipt."""
+        """The one place a request body leaves the node: check, log, send, keep the receipt.
+        The answer is read up to ``max_answer_bytes`` (a longer one is refused unread)."""
         request_headers = self._headers(authenticated, headers)
-        body, entry = await self._admit(kind, method, path, payload)
+        node = self.identity.node_id if authenticated and self.identity is not None else None
+        body, entry = await self._admit(kind, method, path, payload, node=node)
         if body:
             request_headers["Content-Type"] = "application/json"
         request = self._http.build_request(method, path, content=body or None, headers=request_headers)
         try:
-            response = await self._http.send(request)
+            streamed = await self._http.send(request, stream=True)
+            try:
+                content = await _read_capped(streamed, max_answer_bytes)
+            finally:
+                await streamed.aclose()
         except httpx.HTTPError as exc:
             raise HubUnreachable(f"{self.hub_url}: {type(exc).__name__}: {exc}") from None
-        self._count(kind, len(body), len(response.content))
+        self._count(kind, len(body), len(content or b""))
+        if content is None:
+            await self._receipt(entry, streamed)
+            raise HubAnswerRefused(
+                f"answer to {method} {path}", f"larger than {max_answer_bytes} bytes or content-encoded (not read)"
+            )
+        response = httpx.Response(streamed.status_code, headers=streamed.headers, content=content, request=request)
         if kind == ENROLLMENT and response.status_code < 400:
-            # the enrollment reply carries the key its own receipt is signed with
-            await self._pin(str(response.json().get("public_key", "")))
-        await self._receipt(entry, response)
+            # the enrollment reply carries the key its own receipt is signed with, and the
+            # node id that receipt binds
+            enrolled = validated("enrollment answer", EnrollmentAnswer, decode("enrollment answer", content))
+            await self._pin(enrolled.public_key)
+            node = enrolled.node_id
+        await self._receipt(entry, response, node)
         _raise_for_status(response)
         return response
 
@@ -183,45 +231,78 @@ class HubGateway:
         self.bytes_in[kind] += received
 
     # -- the declared calls ----------------------------------------------------------------
-    async def enroll(self, token: str) -> dict[str, Any]:
+    async def enroll(self, token: str) -> EnrollmentAnswer:
         response = await self._send(ENROLLMENT, "POST", "/v1/enroll", {"token": token}, authenticated=False)
-        return response.json()
+        return validated("enrollment answer", EnrollmentAnswer, decode("enrollment answer", response.content))
 
-    async def heartbeat(self, payload: HeartbeatPayload) -> dict[str, Any]:
+    async def heartbeat(self, payload: HeartbeatPayload) -> HeartbeatAnswer:
         body = {name: value for name, value in asdict(payload).items() if value is not None}
-        return (await self._send(HEARTBEAT, "POST", "/v1/nodes/me/heartbeat", body)).json()
+        response = await self._send(HEARTBEAT, "POST", "/v1/nodes/me/heartbeat", body)
+        return validated("heartbeat answer", HeartbeatAnswer, decode("heartbeat answer", response.content))
 
-    async def poll_assignments(self, etag: str | None) -> tuple[str, dict[str, Any]] | None:
-        """``(etag, body)`` when assignments changed since ``etag``, ``None`` on 304."""
-        headers = {"If-None-Match": etag} if etag else {}
-        response = await self._send(ASSIGNMENT_POLL, "GET", "/v1/nodes/me/assignments", None, headers=headers)
+    async def poll_assignments(self, known: str | None) -> tuple[str, AssignmentDocument] | None:
+        """``(etag, document)`` when assignments changed since ETag ``known``, ``None`` on 304;
+        the document is validated and its signature verified against the pinned hub key."""
+        if self.identity is None:
+            raise NexusError("this node is not enrolled with the hub")
+        headers = {"If-None-Match": known} if known else {}
+        response = await self._send(
+            ASSIGNMENT_POLL,
+            "GET",
+            "/v1/nodes/me/assignments",
+            None,
+            headers=headers,
+            max_answer_bytes=MAX_DOCUMENT_BYTES,
+        )
         if response.status_code == 304:
             return None
-        return response.headers.get("ETag", ""), response.json()
+        identity = self.identity
+        document = assignment_document(response.content, identity.public_key(), identity.node_id)
+        return etag("assignments", response.headers.get("ETag")), document
 
-    async def poll_funnel_config(self, etag: str | None) -> tuple[str, dict[str, Any]] | None:
-        """``(etag, config)`` when the funnel config changed since ``etag``, ``None`` on 304.
+    async def poll_funnel_config(self, known: str | None) -> tuple[str, dict[str, Any]] | None:
+        """``(etag, config)`` when the funnel config changed since ETag ``known``, ``None`` on 304:
+        one JSON object read within its cap, which ``FunnelConfig`` validates before using any of it.
         A body-less poll like the assignments one, so it shares that payload kind."""
-        headers = {"If-None-Match": etag} if etag else {}
-        response = await self._send(ASSIGNMENT_POLL, "GET", "/v1/nodes/me/funnel-config", None, headers=headers)
+        headers = {"If-None-Match": known} if known else {}
+        response = await self._send(
+            ASSIGNMENT_POLL,
+            "GET",
+            "/v1/nodes/me/funnel-config",
+            None,
+            headers=headers,
+            max_answer_bytes=MAX_FUNNEL_CONFIG_BYTES,
+        )
         if response.status_code == 304:
             return None
-        return response.headers.get("ETag", ""), response.json()
+        return etag("funnel config", response.headers.get("ETag")), decode("funnel config", response.content)
 
-    async def report_counters(self, node_id: str, counts: Mapping[tuple[str, str, str], int]) -> dict[str, Any]:
-        """Absolute per-node counts (hub.funnel_schemas.NodeReportIn): a retry can never double-count."""
+    async def fetch_signed_apps(self) -> SignedApps:
+        """The hub's signed statements of the Flower apps it submits (nexus_wire/apps.py),
+        validated; whether each signature holds is for the caller to check with the pinned key.
+        A body-less poll like the assignments one, so it shares that payload kind."""
+        response = await self._send(ASSIGNMENT_POLL, "GET", "/v1/federation/apps", None)
+        return validated("signed apps", SignedApps, decode("signed apps", response.content))
+
+    async def report_counters(self, node_id: str, counts: Mapping[tuple[str, str, str], int]) -> None:
+        """Absolute per-node counts (hub.funnel_schemas.NodeReportIn): a retry can never double-count.
+        Only the answer's status matters: its body is not used."""
         rows = [{"experiment": e, "variant": v, "step": s, "count": c} for (e, v, s), c in sorted(counts.items())]
-        return (
-            await self._send(COUNTERS, "POST", "/v1/nodes/me/counters", {"node_id": node_id, "counts": rows})
-        ).json()
+        await self._send(COUNTERS, "POST", "/v1/nodes/me/counters", {"node_id": node_id, "counts": rows})
 
     async def download_file(self, model: str, version: str, name: str, dest: Path, max_bytes: int) -> str:
         """Stream one bundle file to ``dest`` (via ``dest.part``); return its sha256. The
         request carries no body: its path is checked and logged like one."""
         path = f"/v1/models/{model}/versions/{version}/files/{name}"
         headers = self._headers(True)
+        assert self.identity is not None  # _headers refused an unenrolled node
         _, entry = await self._admit(
-            BUNDLE_DOWNLOAD, "GET", path, {"model": model, "version": version, "name": name}, in_path=True
+            BUNDLE_DOWNLOAD,
+            "GET",
+            path,
+            {"model": model, "version": version, "name": name},
+            in_path=True,
+            node=self.identity.node_id,
         )
         part = dest.with_name(dest.name + ".part")
         digest, size = hashlib.sha256(), 0
@@ -229,10 +310,12 @@ class HubGateway:
             async with self._http.stream("GET", path, headers=headers) as response:
                 await self._receipt(entry, response)
                 if response.status_code >= 400:
-                    await response.aread()
-                    _raise_for_status(response)
+                    error = await _read_capped(response, MAX_ANSWER_BYTES)
+                    _raise_for_status(httpx.Response(response.status_code, content=error or b""))
+                if _encoded(response):
+                    raise HubAnswerRefused(f"{name} download", "content-encoded (this node reads only identity)")
                 with open(part, "wb") as fh:
-                    async for chunk in response.aiter_bytes(_CHUNK):
+                    async for chunk in response.aiter_raw(_CHUNK):
                         size += len(chunk)
                         if size > max_bytes:
                             raise HubRejected(413, f"{name} is larger than the {max_bytes} bytes the manifest allows")
@@ -248,12 +331,30 @@ class HubGateway:
         return digest.hexdigest()
 
 
+def _encoded(response: httpx.Response) -> bool:
+    return response.headers.get("Content-Encoding", "identity").strip().lower() not in ("identity", "")
+
+
+async def _read_capped(response: httpx.Response, limit: int) -> bytes | None:
+    """The raw body, or None once it passes ``limit`` bytes (the rest is never read) or when it
+    is content-encoded (it could grow past the cap after it)."""
+    if _encoded(response):
+        return None
+    chunks, size = [], 0
+    async for chunk in response.aiter_raw(_CHUNK):
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def _raise_for_status(response: httpx.Response) -> None:
     if response.status_code < 400:
         return
     try:
-        message = str(response.json()["error"])
-    except (ValueError, KeyError, TypeError):
+        message = str(response.json()["error"])[:200]
+    except (ValueError, KeyError, TypeError, RecursionError):
         message = response.text[:200]
     if response.status_code >= 500:
         raise HubUnreachable(f"hub answered {response.status_code}: {message}")

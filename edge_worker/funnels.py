@@ -26,10 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from edge_worker.hub_answers import FunnelConfigAnswer, HubAnswerRefused, validated
 from edge_worker.hub_link import HubLink
 from edge_worker.openapi import Operation
 from edge_worker.payloads import Declarations
@@ -49,43 +50,7 @@ REPORT_CHUNK = 400
 _ID = anchored(CONFIG_ID)
 
 
-# -- the config as pulled from the hub ---------------------------------------------------------
-
-
-class _In(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)  # a newer hub may add fields
-
-
-class _FunnelIn(_In):
-    id: str = Field(pattern=_ID)
-    steps: list[str] = Field(min_length=1)
-
-
-class _VariantIn(_In):
-    name: str = Field(pattern=_ID)
-    weight: float = Field(gt=0, allow_inf_nan=False)
-
-
-class _ExperimentIn(_In):
-    id: str = Field(pattern=_ID)
-    funnel_id: str
-    status: str
-    version: int
-    salt: str = ""
-    variants: list[_VariantIn] = Field(min_length=2)
-
-
-class _ConfigIn(_In):
-    assignment: str
-    funnels: list[_FunnelIn]
-    experiments: list[_ExperimentIn]
-
-    @field_validator("assignment")
-    @classmethod
-    def _implemented(cls, value: str) -> str:
-        if value != ALGORITHM:
-            raise ValueError(f"assignment algorithm {value!r} is not the one this node implements ({ALGORITHM})")
-        return value
+# -- the config as pulled from the hub (its schema: edge_worker/hub_answers.py) ---------------
 
 
 @dataclass(frozen=True)
@@ -118,11 +83,11 @@ class FunnelConfig:
             self._adopt(cached["etag"], cached["document"])
         except FileNotFoundError:
             pass
-        except (ValueError, KeyError, TypeError, ValidationError) as exc:
+        except (ValueError, KeyError, TypeError, RecursionError, HubAnswerRefused) as exc:
             log.warning("ignoring unreadable %s (%s); waiting for the hub's config", self.path, exc)
 
     def _adopt(self, etag: str | None, document: dict[str, Any]) -> None:
-        parsed = _ConfigIn.model_validate(document)
+        parsed = validated("funnel config", FunnelConfigAnswer, document)
         running = {
             e.funnel_id: RunningExperiment(e.id, e.salt, e.version, tuple((v.name, v.weight) for v in e.variants))
             for e in parsed.experiments
@@ -138,7 +103,8 @@ class FunnelConfig:
         self.document, self.etag = document, etag
 
     def replace(self, etag: str, document: dict[str, Any]) -> None:
-        """Adopt a config from the hub and cache it (an invalid one raises and changes nothing)."""
+        """Adopt a config from the hub and cache it (an invalid one raises :class:`HubAnswerRefused`
+        and changes nothing)."""
         self._adopt(etag, document)
         write_private_json(self.path, {"etag": etag, "document": document})
 
@@ -261,6 +227,8 @@ class FunnelSync:
         self.state = state
         #: the first report of a process sends every count (the hub may have lost some); later ones only changes
         self._sent_all = False
+        #: funnel configs from the hub refused (malformed, too large), each logged
+        self.refusals = 0
 
     async def sync_once(self) -> int:
         """Returns how many counters the hub acknowledged; 0 while the node is not enrolled yet."""
@@ -268,10 +236,15 @@ class FunnelSync:
         if identity is None:
             return 0  # the model sync agent enrolls the node
         gateway = self.link.gateway
-        polled = await gateway.poll_funnel_config(self.config.etag)
-        if polled is not None:
-            self.config.replace(*polled)
-            log.info("funnel config %s: %d funnels", polled[0], len(self.config.funnels))
+        try:
+            polled = await gateway.poll_funnel_config(self.config.etag)
+            if polled is not None:
+                self.config.replace(*polled)
+                log.info("funnel config %s: %d funnels", polled[0], len(self.config.funnels))
+        except HubAnswerRefused as exc:
+            self.refusals += 1
+            log.error("%s; nothing of it used, assigning and counting with the config of %s", exc, self.config.etag)
+            raise
         declared = self.config.counter_keys
         gateway.declared = Declarations(counter_keys=declared)
         store = self.state.local_store

@@ -15,19 +15,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
-import re
 from pathlib import Path
 from typing import IO
 
 from edge_worker.audit import AuditLog
 from edge_worker.egress import HubGateway
+from edge_worker.hub_answers import superlink_address
 from edge_worker.identity import NodeIdentity, load_identity, save_identity
 from edge_worker.metrics import Registry
 from nexus_service.keyfiles import write_private
 from nexus_wire.datadir import EdgeDataDir
-
-#: ``host:port`` as the hub names its SuperLink: a DNS name, IPv4 or bracketed IPv6
-SUPERLINK_ADDRESS = re.compile(r"(?P<host>[A-Za-z0-9.-]{1,253}|\[[0-9a-fA-F:]{2,39}\]):(?P<port>[0-9]{1,5})")
 
 _EGRESS_METRICS = (
     ("nexus_edge_egress_messages_total", "counter", "requests sent to the hub per payload kind"),
@@ -71,7 +68,7 @@ def _read_superlink(path: Path) -> str | None:
         address = path.read_text(encoding="utf-8").strip()
     except FileNotFoundError:
         return None
-    return address if SUPERLINK_ADDRESS.fullmatch(address) else None
+    return superlink_address(address)
 
 
 class HubLink:
@@ -137,7 +134,8 @@ class HubLink:
     # -- the hub's SuperLink ---------------------------------------------------------------
     async def name_superlink(self, address: object) -> bool:
         """Adopt the SuperLink address of a heartbeat reply; True when it is well formed and new."""
-        if not isinstance(address, str) or not SUPERLINK_ADDRESS.fullmatch(address) or address == self.superlink:
+        address = superlink_address(address)
+        if address is None or address == self.superlink:
             return False
         self.superlink = address
         await asyncio.to_thread(write_private, self.data_dir.superlink, address.encode())

@@ -23,6 +23,8 @@ class Operation:
     responses: dict[int, type[BaseModel] | str] = field(default_factory=dict)
     #: path parameter -> JSON schema
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: the query parameters, one field each
+    query: type[BaseModel] | None = None
 
 
 class _Components:
@@ -64,10 +66,18 @@ def build_openapi(operations: list[Operation], title: str, version: str, descrip
             "operationId": f"{op.method}_{op.path}",
             "responses": responses,
         }
-        if op.params:
-            entry["parameters"] = [
-                {"name": name, "in": "path", "required": True, "schema": schema} for name, schema in op.params.items()
+        parameters = [
+            {"name": name, "in": "path", "required": True, "schema": schema} for name, schema in op.params.items()
+        ]
+        if op.query is not None:
+            schema = op.query.model_json_schema()
+            parameters += [
+                {"name": name, "in": "query", "required": name in schema.get("required", ()), "schema": prop}
+                for name, prop in schema["properties"].items()
             ]
+            responses.setdefault("422", _response(components, ErrorResponse, "a query parameter breaks the schema"))
+        if parameters:
+            entry["parameters"] = parameters
         if op.request is not None:
             entry["requestBody"] = {
                 "required": True,

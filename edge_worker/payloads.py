@@ -25,6 +25,7 @@ from models.errors import NexusError
 from models.export.onnx_graphs import read_initializers
 from nexus_wire.counters import CounterKey
 from nexus_wire.heads import HEAD_KEY_ID, HEAD_ROOT, HEAD_SIGNATURE, HEAD_TIME
+from nexus_wire.merkle import MAX_PROOF_HASHES
 from nexus_wire.names import CONFIG_ID, FILE_NAME, MODEL_NAME, TOKEN, VERSION, fullmatch
 from nexus_wire.payloads import (
     ASSIGNMENT_POLL,
@@ -40,8 +41,9 @@ _HEALTH = ("ok", "degraded", "starting", "unhealthy")
 _DP_FIELDS = ("noise_multiplier", "clipping_norm", "sample_rate", "epsilon", "delta")
 _MAX_INT = 2**53  # exact in a JSON double
 #: the node's own audit log in the heartbeat: totals, the verdict of its last verification,
-#: and its newest signed tree head (the hub keeps the largest, so truncation shows there)
-_AUDIT_FIELDS = ("bytes_sent", "audit_entries", "audit_ok", "audit_verified_at", "audit_head")
+#: its newest signed tree head (the hub keeps the largest, so truncation shows there) and the
+#: consistency proof from the head the hub holds to it (so a rewritten log shows there too)
+_AUDIT_FIELDS = ("bytes_sent", "audit_entries", "audit_ok", "audit_verified_at", "audit_head", "audit_consistency")
 # a tree head exactly as edge_worker.audit writes it (the hub checks the same formats)
 _HEAD_FIELDS = ("size", "root", "time", "key_id", "signature")
 
@@ -227,7 +229,27 @@ def _heartbeat(payload: Mapping[str, Any], declared: Declarations) -> dict[str, 
     if "audit_head" in payload:
         head = _audit_head(payload["audit_head"])
         summary["audit_head"] = {"size": head["size"], "root": head["root"]}  # the log itself holds the signature
+    if "audit_consistency" in payload:
+        size = summary.get("audit_head", {}).get("size", 0)
+        summary["audit_consistency"] = _audit_consistency(payload["audit_consistency"], size)
     return summary
+
+
+def _audit_consistency(value: Any, head_size: int) -> dict[str, Any]:
+    """A consistency proof to the heartbeat's head: a smaller size and a bounded list of hex hashes."""
+    if not isinstance(value, Mapping):
+        raise _Refusal("audit_consistency must be an object {first_size, proof}")
+    _fields(value, ("first_size", "proof"))
+    first = _int("audit_consistency.first_size", value["first_size"], minimum=1)
+    if first >= head_size:
+        raise _Refusal("audit_consistency.first_size must be below audit_head.size (a proof needs a larger head)")
+    proof = value["proof"]
+    if not isinstance(proof, list) or len(proof) > MAX_PROOF_HASHES:
+        raise _Refusal(f"audit_consistency.proof must be a list of at most {MAX_PROOF_HASHES} hashes")
+    for i, digest in enumerate(proof):
+        _pattern(f"audit_consistency.proof[{i}]", digest, HEAD_ROOT, "a hex sha256")
+    # the hashes follow from the log itself: the entry keeps what was proven
+    return {"first_size": first, "hashes": len(proof)}
 
 
 def _audit_head(head: Any) -> dict[str, Any]:

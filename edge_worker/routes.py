@@ -9,17 +9,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from edge_worker import oip
-from edge_worker.audit import AuditLog
+from edge_worker import oip, oip_http
+from edge_worker.audit import AuditLog, AuditReader, ConsistencyProof
 from edge_worker.audit.report import build_report
 from edge_worker.openapi import Operation
 from edge_worker.outputs import FastJSONResponse
 from edge_worker.schemas import (
+    ConsistencyQuery,
+    ConsistencyResponse,
     EraseResponse,
     ErrorResponse,
     InferRequest,
@@ -39,24 +41,17 @@ from edge_worker.schemas import (
 from edge_worker.state import EdgeState
 from edge_worker.store import LocalStore
 from models.family import Family
-from nexus_service.http import ApiError, parse_body
+from nexus_service.http import ApiError, describe, parse_body
+from nexus_service.request_metrics import metrics_response
 from nexus_wire.datadir import EdgeDataDir
 from nexus_wire.names import VISITOR_ID, anchored, fullmatch
 
-SERVER_NAME = "nexus-edge"
-SERVER_VERSION = "0.1.0"
+SERVER_VERSION = oip.SERVER_VERSION
 _VISITOR_ID = anchored(VISITOR_ID)
-PROMETHEUS_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def _state(request: Request) -> EdgeState:
     return request.app.state.edge
-
-
-def _model(state: EdgeState, name: str) -> str:
-    if name not in state.repository.models:
-        raise ApiError(404, f"unknown model {name!r}; this node serves {', '.join(state.repository.models)}")
-    return name
 
 
 # --- application API ---------------------------------------------------------------------
@@ -190,6 +185,27 @@ def _erase_and_log(store: LocalStore, data_dir: Path, visitor_id: str) -> int:
     return sum(rows.values())
 
 
+async def audit_consistency(request: Request) -> Response:
+    """RFC 6962 consistency proof between two of the node's signed tree heads (operator token)."""
+    _require_operator(request)
+    try:
+        query = ConsistencyQuery.model_validate(dict(request.query_params))
+    except ValidationError as exc:
+        raise ApiError(422, describe(exc)) from None
+    proof = await asyncio.to_thread(_consistency, _state(request).settings.data_dir, query)
+    return JSONResponse(proof.as_dict())
+
+
+def _consistency(data_dir: Path, query: ConsistencyQuery) -> ConsistencyProof:
+    reader = AuditReader(data_dir)
+    head = reader.tree_head()
+    size = 0 if head is None else head.size
+    wanted = query.second or query.first
+    if wanted > size:
+        raise ApiError(404, f"no signed tree head of size {wanted}: the audit log holds {size} entries")
+    return reader.consistency_proof(query.first, query.second)
+
+
 async def privacy_audit(request: Request) -> Response:
     """The report ``nexus audit report`` prints (it lists the node's tables and egress; no rows)."""
     _require_operator(request)
@@ -202,7 +218,7 @@ async def privacy_audit(request: Request) -> Response:
 
 
 async def server_metadata(request: Request) -> Response:
-    return JSONResponse({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": []})
+    return JSONResponse(oip.server_metadata())
 
 
 async def live(request: Request) -> Response:
@@ -214,36 +230,38 @@ async def ready(request: Request) -> Response:
     return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
 
 
+# The /versions/{version} forms (tritonclient's, given a model_version) take only the loaded version.
+
+
 async def model_metadata(request: Request) -> Response:
     state = _state(request)
-    name = _model(state, request.path_params["name"])
-    return JSONResponse(oip.metadata(state.families.get(name), state.served(name), state.repository.versions(name)))
+    family, served = oip.resolve(state, request.path_params["name"], request.path_params.get("version"))
+    return JSONResponse(oip.metadata(family, served, state.repository.versions(served.name)))
 
 
 async def model_ready(request: Request) -> Response:
-    state = _state(request)
-    name = _model(state, request.path_params["name"])
-    is_ready = state.repository.get(name) is not None
+    name = request.path_params["name"]
+    is_ready = oip.model_ready(_state(request), name, request.path_params.get("version"))
     return JSONResponse({"name": name, "ready": is_ready}, status_code=200 if is_ready else 503)
 
 
 async def infer(request: Request) -> Response:
+    """JSON tensors or the binary tensor data extension (edge_worker/oip_http.py), both ways."""
     state = _state(request)
-    name = _model(state, request.path_params["name"])
-    body = await parse_body(request, InferRequest, state.settings.max_body_bytes)
-    family = state.families.get(name)
-    items = oip.decode_items(family, state.served(name), body, state.limits[name])
-    result = await state.batchers[name].submit(items)
-    return FastJSONResponse(oip.encode(family, result.source, list(result.rows), body.id))
+    family, served = oip.resolve(state, request.path_params["name"], request.path_params.get("version"))
+    body, tensors = await oip_http.read_request(request, state.settings.max_body_bytes)
+    oip.check_outputs(family, served, [output.name for output in body.outputs or []])
+    items = oip.decode_items(family, served, tensors, state.limits[served.name])
+    result = await state.batchers[served.name].submit(items)
+    outputs = oip.outputs(family, result.source, list(result.rows))
+    return oip_http.response(body, served.name, result.source.version, outputs)
 
 
 # --- operations ---------------------------------------------------------------------------
 
 
 async def metrics(request: Request) -> Response:
-    # With --workers > 1 this reads the other workers' files: off the event loop.
-    text = await asyncio.to_thread(_state(request).metrics.render)
-    return PlainTextResponse(text, media_type=PROMETHEUS_TYPE)
+    return await metrics_response(_state(request).metrics)
 
 
 async def openapi(request: Request) -> Response:
@@ -284,6 +302,18 @@ def operations(state: EdgeState) -> list[tuple[Operation, Any]]:
             privacy_audit,
         ),
         (
+            Operation(
+                "get",
+                "/v1/audit/consistency",
+                "RFC 6962 consistency proof between two of the node's signed audit tree heads (operator token)",
+                "privacy",
+                None,
+                {200: ConsistencyResponse, 401: ErrorResponse, 404: ErrorResponse},
+                query=ConsistencyQuery,
+            ),
+            audit_consistency,
+        ),
+        (
             Operation("get", "/v2", "server metadata (Open Inference Protocol v2)", "v2", None, {200: ServerMetadata}),
             server_metadata,
         ),
@@ -299,42 +329,52 @@ def operations(state: EdgeState) -> list[tuple[Operation, Any]]:
             ),
             ready,
         ),
-        (
-            Operation(
-                "get",
-                "/v2/models/{name}",
-                "model metadata",
-                "v2",
-                None,
-                {200: ModelMetadata, 404: ErrorResponse, **unavailable},
-                name,
+    ]
+    version = {**name, "version": {"type": "string", "minLength": 1, "maxLength": 64}}
+    for params, base, which in (
+        (name, "/v2/models/{name}", ""),
+        (version, "/v2/models/{name}/versions/{version}", " version"),
+    ):
+        table += [
+            (
+                Operation(
+                    "get",
+                    base,
+                    f"model{which} metadata",
+                    "v2",
+                    None,
+                    {200: ModelMetadata, 404: ErrorResponse, **unavailable},
+                    params,
+                ),
+                model_metadata,
             ),
-            model_metadata,
-        ),
-        (
-            Operation(
-                "get",
-                "/v2/models/{name}/ready",
-                "model readiness",
-                "v2",
-                None,
-                {200: ModelReady, 404: ErrorResponse, 503: ModelReady},
-                name,
+            (
+                Operation(
+                    "get",
+                    f"{base}/ready",
+                    f"model{which} readiness",
+                    "v2",
+                    None,
+                    {200: ModelReady, 404: ErrorResponse, 503: ModelReady},
+                    params,
+                ),
+                model_ready,
             ),
-            model_ready,
-        ),
-        (
-            Operation(
-                "post",
-                "/v2/models/{name}/infer",
-                "inference with KServe v2 JSON tensors",
-                "v2",
-                InferRequest,
-                {200: InferResponse, 404: ErrorResponse, **unavailable},
-                name,
+            (
+                Operation(
+                    "post",
+                    f"{base}/infer",
+                    f"inference with the model{which}: JSON tensors, or the binary tensor data extension "
+                    "(Inference-Header-Content-Length; see docs/api.md)",
+                    "v2",
+                    InferRequest,
+                    {200: InferResponse, 404: ErrorResponse, **unavailable},
+                    params,
+                ),
+                infer,
             ),
-            infer,
-        ),
+        ]
+    table += [
         (Operation("get", "/metrics", "Prometheus metrics", "operations", None, {200: "text/plain"}), metrics),
         (Operation("get", "/openapi.json", "this document", "operations", None, {200: "application/json"}), openapi),
     ]

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from types import GenericAlias
 from typing import Annotated, Any, ClassVar, Self
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, create_model, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, create_model, model_validator
 
 from models.family import Family
 from nexus_wire.names import VISITOR_ID, anchored
@@ -146,35 +146,63 @@ class ModelMetadata(BaseModel):
 
 
 # --- Open Inference Protocol v2 (KServe) request/response ------------------------------
+# With the binary tensor data extension the body is this JSON header, then raw tensor bytes
+# (edge_worker/oip_http.py); the parameters the extension defines are typed, others pass.
 
 TensorData = list[Any]
+TensorName = Annotated[str, Field(min_length=1, max_length=64)]
+#: as many inputs as a family has fields (the funnel's), with room to spare
+MAX_INPUTS = 64
+
+
+class _Parameters(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class InputParameters(_Parameters):
+    binary_data_size: (
+        Annotated[StrictInt, Field(ge=0, description="bytes of this input after the JSON header")] | None
+    ) = None
+
+
+class OutputParameters(_Parameters):
+    binary_data: StrictBool | None = Field(None, description="answer this output as raw bytes after the JSON header")
+
+
+class RequestParameters(_Parameters):
+    binary_data_output: StrictBool | None = Field(None, description="the default of binary_data for every output")
 
 
 class InferInputTensor(_Body):
-    name: Annotated[str, Field(min_length=1, max_length=64)]
+    name: TensorName
     shape: Annotated[list[Annotated[int, Field(ge=0, le=1_000_000)]], Field(min_length=1, max_length=4)]
     datatype: Annotated[str, Field(min_length=1, max_length=16)]
-    data: TensorData
-    parameters: dict[str, Any] | None = None
+    data: TensorData | None = Field(None, description="row-major elements, unless parameters.binary_data_size is set")
+    parameters: InputParameters | None = None
 
 
 class RequestedOutput(_Body):
-    name: Annotated[str, Field(min_length=1, max_length=64)]
-    parameters: dict[str, Any] | None = None
+    name: TensorName
+    parameters: OutputParameters | None = None
 
 
 class InferRequest(_Body):
     id: Annotated[str, Field(max_length=128)] | None = None
-    parameters: dict[str, Any] | None = None
-    inputs: Annotated[list[InferInputTensor], Field(min_length=1, max_length=4)]
+    parameters: RequestParameters | None = None
+    inputs: Annotated[list[InferInputTensor], Field(min_length=1, max_length=MAX_INPUTS)]
     outputs: Annotated[list[RequestedOutput], Field(max_length=4)] | None = None
+
+
+class OutputTensorParameters(BaseModel):
+    binary_data_size: int
 
 
 class InferOutputTensor(BaseModel):
     name: str
     shape: list[int]
     datatype: str
-    data: list[Any]
+    data: list[Any] | None = Field(None, description="absent when the output is sent as binary data")
+    parameters: OutputTensorParameters | None = None
 
 
 class InferResponse(BaseModel):
@@ -182,3 +210,32 @@ class InferResponse(BaseModel):
     model_version: str
     id: str | None = None
     outputs: list[InferOutputTensor]
+
+
+class ConsistencyQuery(_Body):
+    """``GET /v1/audit/consistency``: two sizes of the node's audit log (query parameters)."""
+
+    first: int = Field(ge=1, le=2**53, description="size of the older tree head")
+    second: int | None = Field(None, ge=1, le=2**53, description="size of the newer tree head (default: the newest)")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.second is not None and self.first > self.second:
+            raise ValueError(f"first ({self.first}) must not exceed second ({self.second})")
+        return self
+
+
+class SignedTreeHead(BaseModel):
+    size: int
+    root: str
+    time: str
+    key_id: str
+    signature: str
+
+
+class ConsistencyResponse(BaseModel):
+    """RFC 6962 PROOF(first.size, D[second.size]) with both signed heads (hex hashes)."""
+
+    first: SignedTreeHead
+    second: SignedTreeHead
+    proof: list[str]

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from models.bundle import DEFAULT_REPOSITORY
 from models.errors import NexusError
@@ -36,26 +36,35 @@ class EdgeSettings(BaseModel):
     #: model names served from ``models_dir`` (a name is also the bundle's family); validated
     #: against the registry in the validation context's "families" (default: the shipped ones)
     models: tuple[str, ...] = FAMILIES.names()
+    #: the artifact each model runs: ONNX fp32, ONNX int8 or TFLite (LiteRT)
     emotion_backend: Backend = "onnx"
+    #: the artifact each model runs: ONNX fp32, ONNX int8 or TFLite (LiteRT)
     funnel_backend: Backend = "onnx"
     #: pin a version instead of serving the newest one
     emotion_version: str | None = None
+    #: pin a version instead of serving the newest one
     funnel_version: str | None = None
     #: intra-op threads per model runner
     model_threads: int = Field(1, ge=1, le=64)
     #: threads running batches per worker process (default: usable cores / workers, at least 1)
     inference_threads: int | None = Field(None, ge=1, le=64)
 
+    #: micro-batch concurrent requests onto one model call (false: one call per request)
     batching: bool = True
+    #: the most items in one model call
     max_batch: int = Field(32, ge=1, le=4096)
+    #: how long a batch waits for more requests before it runs
     max_delay_ms: float = Field(2.0, ge=0, le=1000)
 
+    #: request limits: characters per text, texts and sessions per request, body bytes (4xx above)
     max_text_chars: int = Field(2000, ge=1)
     max_texts: int = Field(64, ge=1)
     max_sessions: int = Field(256, ge=1)
     max_body_bytes: int = Field(1_000_000, ge=256)
 
+    #: labelled examples older than this are deleted from the local store
     retention_days: float = Field(30, gt=0)
+    #: seconds between retention runs
     retention_interval_s: float = Field(3600, gt=0)
     #: seconds between full verifications of the audit log (linear in its size) for the heartbeat
     audit_verify_interval_s: float = Field(3600, gt=0)
@@ -76,6 +85,12 @@ class EdgeSettings(BaseModel):
     superlink: str | None = None
     #: the child SuperNode's own (loopback) port; default: a free one
     supernode_port: int | None = Field(None, ge=1, le=65535)
+    #: CA certificate of the hub SuperLink's TLS (its Fleet gateway): the child SuperNode joins
+    #: over TLS, and ``auto`` then takes a SuperLink the hub names off loopback too (default: plain HTTP)
+    superlink_root_cert: Path | None = None
+    #: the child SuperNode's private key (ECDSA, OpenSSH format) when the SuperLink admits only
+    #: registered SuperNodes (default: none)
+    supernode_auth_key: Path | None = None
 
     #: this node's differential-privacy budget for federated updates (written to the data
     #: dir's privacy-budget.json at start, read by federated/audit_mod.py); unset: keep the file's
@@ -85,6 +100,15 @@ class EdgeSettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
     workers: int = Field(1, ge=1, le=64)
+    #: Open Inference Protocol v2 over gRPC on this port beside HTTP (edge_worker/oip_grpc.py;
+    #: Triton's is 8001); unset: no gRPC. 0: a free port (one worker only)
+    grpc_port: int | None = Field(default=None, ge=0, le=65535)
+
+    @field_validator("models_dir", "data_dir", "enroll_token_file")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        # the SuperNode child runs in the data dir: a relative path would name another folder there
+        return None if value is None else value.absolute()
 
     @field_validator("models", mode="before")
     @classmethod
@@ -102,6 +126,12 @@ class EdgeSettings(BaseModel):
             known = ", ".join(families.names())
             raise ValueError(f"models must be a non-empty subset of {known}; got {', '.join(value) or 'none'}")
         return value
+
+    @model_validator(mode="after")
+    def _one_free_grpc_port(self) -> EdgeSettings:
+        if self.grpc_port == 0 and self.workers > 1:
+            raise ValueError("grpc_port 0 (a free port) needs workers 1: the workers must share one port")
+        return self
 
     def pool_threads(self) -> int:
         # More threads than cores per process only adds GIL hand-offs: the featurizers are Python.

@@ -45,6 +45,8 @@ class EdgeState:
     #: the node's link to the hub, while the app runs with a hub (edge_worker/hub_link.py)
     hub: HubLink | None = None
     tasks: list[asyncio.Task[Any]] = field(default_factory=list)
+    #: the port the OIP v2 gRPC server bound, while it runs (edge_worker/oip_grpc.py)
+    grpc_port: int | None = None
 
     @property
     def local_store(self) -> LocalStore:

@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from edge_worker.assignment import sticky_assign
+from nexus_service.keyfiles import private_dir, private_file
 from nexus_wire.assignment import ASSIGNED
 from nexus_wire.counters import CounterKey
 from nexus_wire.datadir import EdgeDataDir
@@ -74,13 +75,12 @@ class LocalStore:
         """``path`` is the database file, or a folder that gets ``edge.sqlite3``."""
         path = Path(path)
         if path.is_dir() or not path.suffix:
-            path.mkdir(parents=True, exist_ok=True)
-            path = EdgeDataDir(path).store
+            path = EdgeDataDir(private_dir(path)).store
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db = sqlite3.connect(private_file(path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")

@@ -3,8 +3,13 @@
 ``--node-config`` carries the edge's data dir (the ClientApp reads the local store from
 it) and its tags (``region`` ...), which the hub's node selection matches. Values are
 TOML: strings are quoted here, or the SuperNode refuses to start. Each SuperNode on a
-host needs its own ``port`` (its ClientApp runtime API). Flower starts its helper
-(``flower-superexec``) by bare name, so the virtualenv's ``bin`` goes first on PATH.
+host needs its own ``port`` (its ClientApp runtime API, loopback only).
+
+It runs with ``--isolation process``: Flower launches no ClientApp itself. The app guard
+(nexus_service/app_guard.py, federated/app_guard.py) beside it takes its tasks with the
+SuperExec secret they share and launches a ClientApp only when the hub key the node pinned at
+enrollment signed its FAB; a refusal is an entry on the node's audit log. The SuperNode and
+its guard start, restart and stop together.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from models.errors import NexusError
+from nexus_service.app_guard import AppGuard, GuardConfig, superexec_secret
 from nexus_service.processes import FlowerProcess
 from nexus_wire.datadir import NODE_CONFIG_DATA_DIR, EdgeDataDir
 
@@ -29,8 +35,9 @@ class SuperNodeConfig:
     tags: Mapping[str, str] = field(default_factory=dict)  # e.g. {"region": "3"}
     #: CA bundle of the SuperLink's TLS certificate; None connects insecurely (loopback only)
     root_certificates: Path | None = None
-    #: (private, public) key files when the SuperLink authenticates SuperNodes
-    auth_keys: tuple[Path, Path] | None = None
+    #: this SuperNode's private key file (ECDSA, OpenSSH format) when the SuperLink authenticates
+    #: SuperNodes (its public half registered there with ``flwr supernode register``)
+    auth_key: Path | None = None
 
     @property
     def flwr_home(self) -> Path:
@@ -56,6 +63,18 @@ class SuperNode(FlowerProcess):
         data_dir = EdgeDataDir(Path(config.data_dir))
         super().__init__(data_dir.root, data_dir.supernode_log, config.flwr_home, config.host, config.port)
         self.config = config
+        self.layout = data_dir
+        self.guard = AppGuard(
+            GuardConfig(
+                "clientapp",
+                config.port,
+                data_dir.superexec_secret,
+                ("--edge-data-dir", str(data_dir.root)),
+                data_dir.root,
+                data_dir.guard_log,
+                config.flwr_home,
+            )
+        )
 
     def command(self) -> list[str]:
         c = self.config
@@ -64,9 +83,32 @@ class SuperNode(FlowerProcess):
             "--superlink", c.superlink,
             "--host", c.host, "--port", str(c.port),
             "--node-config", node_config_arg(c.data_dir, c.tags),
+            "--isolation", "process", "--superexec-auth-secret-file", str(self.layout.superexec_secret),
         ]  # fmt: skip
         cmd += ["--insecure"] if c.root_certificates is None else ["--root-certificates", str(c.root_certificates)]
-        if c.auth_keys is not None:
-            # flwr 1.41 needs only the private key (the public one is registered with `flwr supernode register`)
-            cmd += ["--auth-supernode-private-key", str(c.auth_keys[0])]
+        if c.auth_key is not None:
+            cmd += ["--auth-supernode-private-key", str(c.auth_key)]
         return cmd
+
+    def start(self, ready_timeout: float = 30.0) -> None:
+        superexec_secret(self.layout.superexec_secret)
+        super().start(ready_timeout)
+        assert self.process is not None
+        self.guard.start_for(self.process.pid, ready_timeout)
+
+    def supervise(self) -> bool:
+        """Restart the SuperNode (and with it its guard) or the guard alone if it died; True when one was."""
+        if super().supervise():
+            self.guard.stop()
+            assert self.process is not None
+            self.guard.start_for(self.process.pid)
+            return True
+        if self.process is None or self.guard.running:
+            return False
+        self.guard.restarts += 1
+        self.guard.start_for(self.process.pid)
+        return True
+
+    def stop(self, timeout: float = 10.0, kill: bool = False) -> None:
+        self.guard.stop(timeout, kill)  # first: no ClientApp starts while the SuperNode signs off
+        super().stop(timeout, kill)

@@ -2,11 +2,16 @@
 assigned bundles file by file, verify them against the pinned hub key, install them
 atomically and ask the repository to serve them.
 
-Nothing from the hub is trusted before it verifies: the manifest's signature is checked
-before any artifact is fetched, every artifact's sha256 as it arrives, and
-``install_bundle`` checks the whole bundle again before the atomic rename. A refused
-bundle is remembered (by its archive digest) so a bad version is not fetched in a loop,
-and the model already served keeps serving.
+Nothing from the hub is trusted before it verifies: every answer is validated
+(edge_worker/hub_answers.py), the assignment document must carry the pinned hub key's
+signature for this node and be no older than the last one adopted, the manifest's signature
+is checked before any artifact is fetched, every artifact's sha256 as it arrives, and
+``install_bundle`` checks the whole bundle again before the atomic rename. Paths are built
+only from validated names, and each is checked to stay inside the models or staging dir
+before anything is written or removed there. A refused answer is logged, kept in the
+state file (``rejected``) and the node serves on. A refused bundle is remembered (by its
+archive digest) so a bad version is not fetched in a loop, and the model already served
+keeps serving.
 
 While the hub is unreachable the agent backs off exponentially with jitter; serving
 never depends on it. Its state (ETag, assignments, what was applied, what was refused)
@@ -23,14 +28,15 @@ import random
 import shutil
 import time
 from collections.abc import Callable, Collection
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edge_worker.audit import verify
+from edge_worker.audit import AuditError, TreeHead, verify
 from edge_worker.egress import HeartbeatPayload, HubUnreachable
+from edge_worker.hub_answers import BundleManifest, HeldHead, HubAnswerRefused, decode, validated
 from edge_worker.hub_link import HubLink
 from edge_worker.identity import NodeIdentity
 from edge_worker.state import EdgeState
@@ -39,7 +45,6 @@ from models.bundle import (
     SIGNATURE,
     BundleError,
     install_bundle,
-    read_manifest,
     sha256_file,
     verify_bundle,
     verify_signature,
@@ -47,9 +52,13 @@ from models.bundle import (
 from models.errors import NexusError
 from nexus_service.keyfiles import write_private_json
 from nexus_wire.datadir import EdgeDataDir
+from nexus_wire.names import MODEL_NAME, VERSION, fullmatch
+from nexus_wire.signed_assignments import DIGEST, AssignmentDocument, ModelAssignment
 
 log = logging.getLogger("nexus.edge.sync")
 _META_MAX_BYTES = 1 << 20
+#: refused hub answers kept in the state file, newest last
+_REJECTED_KEPT = 20
 
 
 @dataclass(frozen=True)
@@ -65,12 +74,16 @@ class NodeStatus:
 @dataclass
 class SyncState:
     etag: str | None = None
-    #: model -> {"version", "archive_sha256"} as last received from the hub
+    #: model -> {"version", "archive_sha256", "archive_bytes"} of the last signed document adopted
     assignments: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: {"node_id", "issued_at"} of that document: an older one is a replay and refused
+    document: dict[str, Any] | None = None
     #: model -> version installed and handed to the repository
     applied: dict[str, str] = field(default_factory=dict)
     #: model -> {"version", "archive_sha256", "reason"} of the last refused bundle
     refused: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: the last refused hub answers, {"answer", "reason", "at"}, newest last
+    rejected: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -107,6 +120,15 @@ class Refused(NexusError):
     """A bundle from the hub failed verification: never installed, old model kept."""
 
 
+def inside(path: Path, root: Path) -> Path:
+    """``path`` when it resolves to somewhere strictly below ``root``; a path the hub could
+    have steered elsewhere (``..``, a link) is refused before anything writes or removes it."""
+    resolved, base = path.resolve(), root.resolve()
+    if resolved == base or not resolved.is_relative_to(base):
+        raise Refused(f"{path} is not inside {root}: refused to write or remove it")
+    return path
+
+
 def _verifies(bundle_dir: Path, key: Ed25519PublicKey) -> bool:
     try:
         verify_bundle(bundle_dir, key)
@@ -132,13 +154,42 @@ def _adopt(target: Path, staging: Path, key: Ed25519PublicKey) -> None:
 def load_state(data_dir: EdgeDataDir) -> SyncState:
     try:
         raw = json.loads(data_dir.sync_state.read_text())
-        return SyncState(**raw)
+        return _checked(SyncState(**raw), data_dir)
     except FileNotFoundError:
         return SyncState()
-    except (ValueError, TypeError) as exc:
+    except (ValueError, TypeError, AttributeError) as exc:
         # Losing the state only costs a re-poll: the repository still holds the bundles.
         log.warning("ignoring corrupt %s (%s)", data_dir.sync_state.name, exc)
         return SyncState()
+
+
+def _checked(state: SyncState, data_dir: EdgeDataDir) -> SyncState:
+    """The state with every name, version and digest well formed: a file written before the
+    hub's answers were validated may hold what they held, and these become paths."""
+    assignments = {m: a for m, a in state.assignments.items() if fullmatch(MODEL_NAME, m) and _assignment_ok(a)}
+    applied = {m: v for m, v in state.applied.items() if fullmatch(MODEL_NAME, m) and fullmatch(VERSION, v)}
+    refused = {m: r for m, r in state.refused.items() if fullmatch(MODEL_NAME, m) and _refusal_ok(r)}
+    if (assignments, applied, refused) == (state.assignments, state.applied, state.refused):
+        return state
+    log.warning("dropped malformed entries from %s", data_dir.sync_state.name)
+    # without its ETag the next poll fetches the whole signed document again
+    return replace(state, etag=None, document=None, assignments=assignments, applied=applied, refused=refused)
+
+
+def _refusal_ok(refusal: Any) -> bool:
+    return (
+        isinstance(refusal, dict)
+        and fullmatch(VERSION, refusal.get("version"))
+        and fullmatch(DIGEST, refusal.get("archive_sha256"))
+    )
+
+
+def _assignment_ok(assignment: object) -> bool:
+    try:
+        ModelAssignment.model_validate(assignment)
+    except ValueError:
+        return False
+    return True
 
 
 class SyncAgent:
@@ -175,6 +226,8 @@ class SyncAgent:
         self.audit_verify_interval_s = audit_verify_interval_s
         #: heartbeats carry the last finished verification, None before the first one
         self.audit_check: AuditCheck | None = None
+        #: the audit tree head the hub said it holds (its last heartbeat answer): the next proof's start
+        self.hub_held: HeldHead | None = None
         self._audit_started_at: float | None = None
         self._audit_task: asyncio.Task[AuditCheck] | None = None
 
@@ -243,7 +296,9 @@ class SyncAgent:
         self.stats.sync_errors += 1
         self.stats.consecutive_failures += 1
         self.stats.last_error = str(exc)
-        if isinstance(exc, HubUnreachable):
+        if isinstance(exc, HubAnswerRefused):
+            pass  # logged and kept in the state file where it was refused
+        elif isinstance(exc, HubUnreachable):
             log.warning(
                 "hub unreachable (%d in a row), serving the last good models: %s", self.stats.consecutive_failures, exc
             )
@@ -265,13 +320,22 @@ class SyncAgent:
                     log.error("cannot serve %s version %s: %s", model, version, exc)
 
     async def sync_once(self) -> dict[str, str]:
-        """One cycle: enroll if needed, heartbeat, poll, apply. Returns model -> version applied now."""
+        """One cycle: enroll if needed, heartbeat, poll, apply. Returns model -> version applied now.
+        An answer of the hub this node refuses ends the cycle (logged and kept in the state file)."""
+        try:
+            return await self._cycle()
+        except HubAnswerRefused as exc:
+            self._reject(exc)
+            raise
+
+    async def _cycle(self) -> dict[str, str]:
         self.stats.cycles += 1
         identity = await self._ensure_enrolled()
         status = self.status()
         entries, bytes_sent = await asyncio.to_thread(self.link.audit.totals)
         # the hub keeps the largest head it saw: a log cut back with its heads shows there
         head = await asyncio.to_thread(self.link.audit.tree_head)
+        consistency = await asyncio.to_thread(self._consistency, head)
         check = self.audit_check
         reply = await self.link.gateway.heartbeat(
             HeartbeatPayload(
@@ -286,16 +350,20 @@ class SyncAgent:
                 audit_ok=None if check is None else check.ok,
                 audit_verified_at=None if check is None else check.verified_at,
                 audit_head=None if head is None else asdict(head),
+                audit_consistency=consistency,
             )
         )
-        if self._poll_override is None and isinstance(reply.get("poll_interval_s"), (int, float)):
-            self.poll_interval_s = float(reply["poll_interval_s"])
-        if await self.link.name_superlink(reply.get("superlink")):
+        self.hub_held = reply.audit_held
+        if self._poll_override is None and reply.poll_interval_s is not None:
+            self.poll_interval_s = reply.poll_interval_s
+        if await self.link.name_superlink(reply.superlink):
             log.info("the hub's Flower SuperLink is %s", self.link.superlink)
         polled = await self.link.gateway.poll_assignments(self.state.etag)
         if polled is not None:
-            etag, body = polled
-            self.state.assignments = {m: dict(a) for m, a in body.get("models", {}).items() if self._wanted(m)}
+            etag, document = polled
+            self._fresh(document)
+            self.state.assignments = {m: a.model_dump() for m, a in document.models.items() if self._wanted(m)}
+            self.state.document = {"node_id": document.node_id, "issued_at": document.issued_at}
             self.state.etag = etag
             self._save()
         applied = await self._apply(identity)
@@ -304,8 +372,46 @@ class SyncAgent:
         self.stats.last_error = None
         return applied
 
+    def _consistency(self, head: TreeHead | None) -> dict[str, Any] | None:
+        """The proof that ``head`` extends the head the hub holds; None when there is nothing
+        to prove (no head yet, the hub holds none, or holds this size or more)."""
+        held = self.hub_held
+        if head is None or held is None or held.size >= head.size:
+            return None
+        try:
+            proof = self.link.audit.consistency_proof(held.size, head.size)
+        except AuditError as exc:
+            log.error("cannot prove the audit log consistent with the head the hub holds: %s", exc)
+            return None
+        if proof.first.root != held.root:
+            # sent all the same: the hub records the inconsistency, which is the point
+            log.error(
+                "the hub holds audit tree head size %d root %s…, this log's head of that size has root %s…: "
+                "the log changed since the hub saw it",
+                held.size,
+                held.root[:12],
+                proof.first.root[:12],
+            )
+        return {"first_size": held.size, "proof": proof.proof}
+
     def _wanted(self, model: str) -> bool:
         return self.models is None or model in self.models
+
+    def _fresh(self, document: AssignmentDocument) -> None:
+        """Refuse a signed document older than the one adopted last: a replay would roll the node back."""
+        last = self.state.document
+        if last is not None and last.get("node_id") == document.node_id and document.issued_at < last["issued_at"]:
+            raise HubAnswerRefused(
+                "assignments",
+                f"issued at {document.issued_at}, before the document adopted last ({last['issued_at']}): a replay",
+            )
+
+    def _reject(self, exc: HubAnswerRefused) -> None:
+        self.stats.refusals += 1
+        rejected = {"answer": exc.answer, "reason": exc.reason, "at": time.time()}
+        self.state.rejected = [*self.state.rejected, rejected][-_REJECTED_KEPT:]
+        self._save()
+        log.error("%s; nothing of it used, serving %s", exc, self.state.applied or "the local models")
 
     async def _ensure_enrolled(self) -> NodeIdentity:
         known = await self.link.reload_identity()  # a leader that died may have enrolled meanwhile
@@ -314,10 +420,7 @@ class SyncAgent:
         if not self.enroll_token:
             raise NexusError("this node is not enrolled: start it once with --enroll-token")
         reply = await self.link.gateway.enroll(self.enroll_token)
-        identity = NodeIdentity(
-            reply["node_id"], reply["node_secret"], reply["public_key"], dict(reply.get("tags", {}))
-        )
-        identity.public_key()
+        identity = NodeIdentity(reply.node_id, reply.node_secret, reply.public_key, dict(reply.tags))
         self.link.enrolled(identity)
         log.info("enrolled with %s as %s tags=%s", self.link.gateway.hub_url, identity.node_id, identity.tags)
         return identity
@@ -334,7 +437,7 @@ class SyncAgent:
                 continue
             try:
                 await self._install(identity, model, version, digest)
-            except (Refused, BundleError) as exc:
+            except (Refused, BundleError, HubAnswerRefused) as exc:
                 self._refuse(model, version, digest, str(exc))
                 continue
             try:
@@ -353,7 +456,7 @@ class SyncAgent:
 
     async def _install(self, identity: NodeIdentity, model: str, version: str, digest: str) -> None:
         key = identity.public_key()
-        target = self.repository_dir / model / version
+        target = inside(self.repository_dir / model / version, self.repository_dir)
         if target.is_dir() and await asyncio.to_thread(_verifies, target, key):
             return  # installed before (a rollback to it), and still intact and signed
         staging = self._staging(model, version, digest)
@@ -363,18 +466,19 @@ class SyncAgent:
                 await self.link.gateway.download_file(model, version, name, staging / name, _META_MAX_BYTES)
         # The signature first: nothing the manifest says is believed before it verifies.
         verify_signature(staging, key)
-        manifest = read_manifest(staging)
-        if manifest["name"] != model or manifest["version"] != version:
-            raise Refused(f"hub sent {manifest['name']} {manifest['version']} for {model} {version}")
+        raw = decode("bundle manifest", (staging / MANIFEST).read_bytes())
+        manifest = validated("bundle manifest", BundleManifest, raw)
+        if manifest.name != model or manifest.version != version:
+            raise Refused(f"hub sent {manifest.name} {manifest.version} for {model} {version}")
         if target.is_dir():
             await asyncio.to_thread(_adopt, target, staging, key)
         else:
-            for name, entry in manifest["files"].items():
-                path = staging / name
-                if path.is_file() and path.stat().st_size == entry["bytes"] and sha256_file(path) == entry["sha256"]:
+            for name, entry in manifest.files.items():
+                path = inside(staging / name, staging)
+                if path.is_file() and path.stat().st_size == entry.bytes and sha256_file(path) == entry.sha256:
                     continue  # finished before an interruption
-                got = await self.link.gateway.download_file(model, version, name, path, int(entry["bytes"]))
-                if got != entry["sha256"]:
+                got = await self.link.gateway.download_file(model, version, name, path, entry.bytes)
+                if got != entry.sha256:
                     raise Refused(f"{model} {version}: {name} sha256 mismatch (corrupt or tampered)")
             await asyncio.to_thread(install_bundle, staging, self.repository_dir, key)
         shutil.rmtree(staging, ignore_errors=True)
@@ -382,7 +486,10 @@ class SyncAgent:
     def _refuse(self, model: str, version: str, digest: str, reason: str) -> None:
         self.stats.refusals += 1
         self.state.refused[model] = {"version": version, "archive_sha256": digest, "reason": reason}
-        shutil.rmtree(self._staging(model, version, digest), ignore_errors=True)
+        try:
+            shutil.rmtree(self._staging(model, version, digest), ignore_errors=True)
+        except Refused as exc:  # never: the names were validated, but a path outside is not removed
+            log.error("%s", exc)
         self._save()
         log.error(
             "refused %s version %s from the hub, keeping %s: %s",
@@ -393,7 +500,10 @@ class SyncAgent:
         )
 
     def _staging(self, model: str, version: str, digest: str) -> Path:
-        return self.data_dir.staging / f"{model}-{version}-{digest[:16]}"
+        """The staging folder of one bundle, named from the validated model, version and digest."""
+        if not (fullmatch(MODEL_NAME, model) and fullmatch(VERSION, version) and fullmatch(DIGEST, digest)):
+            raise Refused(f"no staging folder for a malformed assignment of {model!r:.80}")
+        return inside(self.data_dir.staging / f"{model}-{version}-{digest[:16]}", self.data_dir.staging)
 
     def _save(self) -> None:
         write_private_json(self.data_dir.sync_state, asdict(self.state))

@@ -75,7 +75,8 @@ def audit_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> M
 
 def _keep_receipts(audit: AuditLog, msg: Message) -> None:
     """Attach the hub's receipts for earlier replies (federated/receipts.py) to their entries;
-    one that does not verify is kept all the same, as evidence, and logged."""
+    the log refuses one that does not bind that entry's node, message and bytes (a refusal
+    entry), and it is logged here."""
     for receipt in receipts_in(msg):
         entry_id = audit.entry_for_message(FLOWER_CHANNEL, str(receipt.get("message", "")))
         if entry_id is None:
@@ -87,7 +88,7 @@ def _keep_receipts(audit: AuditLog, msg: Message) -> None:
             log.warning("%s", exc)
             continue
         if problem is not None:
-            log.warning("the receipt for audit entry %d does not verify: %s", entry_id, problem)
+            log.warning("refused the hub's receipt for audit entry %d: %s", entry_id, problem)
 
 
 class _Refused(Exception):
@@ -189,11 +190,12 @@ def _error_reply(msg: Message, reason: str) -> Message:
 
 
 def _record(audit: AuditLog, msg: Message, reply: Message, kind: str, dp: dict[str, Any] | None) -> None:
-    # "message" (the instruction this replies to) is what the hub's receipt names
+    # what the hub's receipt binds: this node's Flower id, the type and the instruction replied to
     summary: dict[str, Any] = {
         "message_type": msg.metadata.message_type,
         "run": msg.metadata.run_id,
         "message": msg.metadata.message_id,
+        "node": msg.metadata.dst_node_id,
     }
     if reply.has_error():
         audit.record_send(

@@ -3,9 +3,11 @@
 A node's HTTP requests get the hub's receipt in a response header (nexus_wire/heads.py);
 a Flower reply has no response, so the ServerApp (run by the hub's SuperLink, with the hub's
 signing key named by ``NEXUS_RECEIPT_KEY``) signs one per reply it received, train and
-evaluate alike and error replies too: the sha256 and length of the reply's bytes
-(:func:`federated.digest.reply_body`), the time, and ``message``, the id of the
-instruction the reply answers, which the node's audit entry records.
+evaluate alike and error replies too, in the ``nexus-flower-receipt/2`` format: the node
+the reply came from (Flower's node id, as the SuperLink authenticated it), the message type,
+``message`` (the id of the instruction the reply answers), the sha256 and length of the
+reply's bytes (:func:`federated.digest.reply_body`) and the time. The node's audit entry
+records each of them, and its log refuses a receipt that differs in any.
 
 Receipts go back with the next message to the same node (a ``nexus-receipts`` config
 record beside the round's arrays); those still held when the rounds end go out in one
@@ -31,7 +33,7 @@ from flwr.supercore import log
 
 from federated.digest import reply_body
 from nexus_service.keyfiles import load_signing_key
-from nexus_wire.heads import KEY_ENV, canonical_json, sign_receipt, utc_now
+from nexus_wire.heads import KEY_ENV, canonical_json, flower_binding, sign_receipt, utc_now
 from nexus_wire.messages import RECEIPTS_FIELD, RECEIPTS_MESSAGE, RECEIPTS_RECORD
 
 #: the final delivery waits at most this long for nodes that went away meanwhile
@@ -53,14 +55,15 @@ class ReceiptBook:
     def take(self, replies: Iterable[Message]) -> None:
         """Sign a receipt for every reply, before anything decodes or rewrites it."""
         for reply in replies:
-            body = reply_body(reply)
-            receipt = sign_receipt(
-                self.key,
+            body, meta = reply_body(reply), reply.metadata
+            binding = flower_binding(
+                meta.src_node_id,
+                meta.message_type,
+                meta.reply_to_message_id,
                 hashlib.sha256(body).hexdigest(),
                 len(body),
-                utc_now(),
-                message=reply.metadata.reply_to_message_id,
             )
+            receipt = sign_receipt(self.key, binding, utc_now())
             self._pending[reply.metadata.src_node_id].append(canonical_json(receipt))
             self.issued += 1
 

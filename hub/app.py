@@ -13,7 +13,7 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
-from hub.api import funnels, info, models, nodes, rounds, tokens
+from hub.api import federation, funnels, info, models, nodes, rounds, tokens
 from hub.auth import NODE_PREFIX
 from hub.dashboard import routes as dashboard_routes
 from hub.registry import Conflict, NotFound
@@ -23,6 +23,8 @@ from hub.store.base import Store, StoreUnavailable
 from models.bundle import BundleError
 from models.errors import NexusError
 from nexus_service.http import ReceiptMiddleware, exception_handlers
+from nexus_service.metrics import Registry
+from nexus_service.request_metrics import RequestMetrics, declare_requests, route_templates
 
 log = logging.getLogger("nexus.hub")
 #: what each hub error answers; any other NexusError is the caller's to fix (400)
@@ -34,10 +36,12 @@ STATUSES: dict[type[Exception], int] = {
     StoreUnavailable: 503,
 }
 _NODE_BEARER = f"Bearer {NODE_PREFIX}".encode()
+METRICS_PREFIX = "nexus_hub"
 
 
 def _from_a_node(scope: Any) -> bool:
-    """Enrollment, or a request with a node credential (whatever endpoint it is for)."""
+    """Enrollment, or a request that claims a node credential: the ones worth hashing. Only
+    those the endpoint then authenticates get a receipt (hub.state.endpoint)."""
     if scope["path"] == "/v1/enroll":
         return True
     return any(name == b"authorization" and value.startswith(_NODE_BEARER) for name, value in scope["headers"])
@@ -52,6 +56,7 @@ def create_app(settings: HubSettings, store: Store | None = None) -> Starlette:
         *models.routes(),
         *funnels.routes(),
         *rounds.routes(),
+        *federation.routes(),
         *dashboard_routes.routes(hub),
     ]
 
@@ -65,7 +70,13 @@ def create_app(settings: HubSettings, store: Store | None = None) -> Starlette:
         hub.store.close()
 
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=exception_handlers(log, STATUSES, "hub"))
-    # every node request is answered with a signed receipt of the body the hub read (docs/privacy.md)
+    # inside the receipt middleware, which copies the scope (the router's endpoint would not
+    # reach a layer outside it); the receipt is still signed within the timed send
+    metrics = app.state.metrics = Registry()  # one process: the hub serves with one worker
+    declare_requests(metrics, METRICS_PREFIX)
+    app.add_middleware(RequestMetrics, metrics=metrics, prefix=METRICS_PREFIX, templates=route_templates(routes))
+    # every authenticated node request is answered with a signed receipt binding the node, the
+    # method, the path and the body the hub read (docs/privacy.md); operator requests get none
     app.add_middleware(ReceiptMiddleware, key=hub.registry.key, wants=_from_a_node)
     app.state.hub = hub
     return app

@@ -140,6 +140,17 @@ class ExperimentResults:
         return asdict(self)
 
 
+def withheld_rule(min_group_size: int) -> str:
+    """The suppression rule of :func:`release_counts` in words, for whoever shows the results.
+    A large count can be withheld too: when its complement is small, showing it would reveal those few."""
+    k = min_group_size
+    return (
+        f"a step's count shows only when the visitors who reached it and the assigned ones who did not are"
+        f" each 0 or at least {k}; an assigned count only when it is 0 or at least {k};"
+        " what is computed from a withheld count is withheld too"
+    )
+
+
 def _shown(count: int, min_group_size: int) -> bool:
     return count == 0 or count >= min_group_size
 

@@ -7,16 +7,17 @@ store directly), so they work the same against one hub or a replica set.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
+import os
 import sys
 from pathlib import Path
-from typing import Any
 
-from hub import audit_heads, funnels_cli, rounds_cli
+from hub import cli_tables, funnels_cli, rounds_cli
 from hub.client import DEFAULT_URL, OperatorClient, resolve_token
 from hub.settings import DEFAULT_PORT, HubSettings
 from models.errors import NexusError
+from models.output import emit
+from nexus_service.keyfiles import PRIVATE_UMASK
 from nexus_wire.datadir import HubDataDir
 
 
@@ -48,6 +49,7 @@ def _serve(args: argparse.Namespace) -> int:
         **rounds_cli.serve_settings(args),
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.umask(PRIVATE_UMASK)  # every file the hub, its SuperLink and ServerApps create
     app = create_app(settings)
     # The token itself is never printed: only where to read it.
     print(
@@ -64,72 +66,53 @@ def _client(args: argparse.Namespace) -> OperatorClient:
     return OperatorClient(args.hub, resolve_token(args.token, args.data_dir))
 
 
-def _print(args: argparse.Namespace, result: Any, table: list[str] | None = None) -> None:
-    if args.json or table is None:
-        print(json.dumps(result, indent=None if args.json else 2))
-    else:
-        print("\n".join(table))
-
-
 def _token_create(args: argparse.Namespace) -> int:
     with _client(args) as client:
         result = client.create_token(parse_tags(args.tags), args.ttl)
+    # The token alone, so `> token.txt` makes the file `edge serve --enroll-token-file` reads.
     # Printed because the operator asked for it; it is one-time and expires.
-    _print(args, result, [result["token"]])
+    emit(result, args.json, result["token"])
     return 0
 
 
 def _nodes_list(args: argparse.Namespace) -> int:
     with _client(args) as client:
         nodes = client.nodes()
-    rows = [f"{'NODE':<20} {'STATUS':<8} {'TAGS':<24} {'MODELS':<24} AUDIT"]
-    for n in nodes:
-        beat = n.get("heartbeat") or {}
-        models = ",".join(f"{m}:{v}" for m, v in (beat.get("models") or {}).items())
-        tags = ",".join(f"{k}={v}" for k, v in n["tags"].items())
-        rows.append(f"{n['node_id']:<20} {n['status']:<8} {tags:<24} {models:<24} {_audit_column(beat)}")
-    _print(args, nodes, rows)
+    emit(nodes, args.json, cli_tables.nodes_table(nodes))
     return 0
-
-
-def _audit_column(beat: dict[str, Any]) -> str:
-    """The node's audit head as the hub holds it; a regression first, it must not be missed."""
-    regression = beat.get(audit_heads.REGRESSION)
-    if regression:
-        return "REGRESSION: " + audit_heads.describe(regression)
-    head = beat.get(audit_heads.HEAD)
-    return audit_heads.short(head) if head else "-"
 
 
 def _models(args: argparse.Namespace) -> int:
     with _client(args) as client:
         action = args.models_command
         if action == "push":
-            _print(args, client.push(Path(args.bundle_dir)))
+            pushed = client.push(Path(args.bundle_dir))
+            emit(pushed, args.json, cli_tables.push_table(pushed))
         elif action == "list":
             models = client.models()
-            rows = [f"{'MODEL':<16} {'STABLE':<8} {'CANARY':<12} VERSIONS"]
-            rows += [
-                f"{m['model']:<16} {m['stable'] or '-':<8} {','.join(m['canary']) or '-':<12} {','.join(m['versions'])}"
-                for m in models
-            ]
-            _print(args, models, rows)
+            emit(models, args.json, cli_tables.models_table(models))
         elif action == "show":
-            _print(args, client.show(args.model))
+            shown = client.show(args.model)
+            emit(shown, args.json, *cli_tables.model_views(shown))
         elif action == "promote":
-            _print(args, client.promote(args.model, args.version, args.stage, args.percent))
+            done = client.promote(args.model, args.version, args.stage, args.percent)
+            emit(done, args.json, cli_tables.action_table(done))
         elif action == "assign":
-            _print(args, client.assign(args.model, args.version, parse_tags(args.select), args.percent))
+            done = client.assign(args.model, args.version, parse_tags(args.select), args.percent)
+            emit(done, args.json, cli_tables.action_table(done))
         elif action == "rollback":
-            _print(args, client.rollback(args.model))
+            done = client.rollback(args.model)
+            emit(done, args.json, "rolled back:", cli_tables.action_table(done["rolled_back"]))
     return 0
 
 
 def _operator_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hub", default=DEFAULT_URL, help=f"hub URL (default {DEFAULT_URL})")
     parser.add_argument("--token", help="admin token (default: $NEXUS_HUB_TOKEN, then DATA_DIR/admin.token)")
-    parser.add_argument("--data-dir", help="the hub's data dir, to read its admin token")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument(
+        "--data-dir", help="the hub's data dir: read the admin token from it (default: none; see --token)"
+    )
+    parser.add_argument("--json", action="store_true", help="print the hub's answer as one line of JSON, not a table")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -139,8 +122,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     serve = hsub.add_parser("serve", help="run the hub")
     serve.add_argument("--data-dir", required=True, help="keys, admin token and the default SQLite store")
     serve.add_argument("--store", help="sqlite:///PATH (default: DATA_DIR/hub.sqlite3) or redis://HOST:PORT/DB")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=DEFAULT_PORT)
+    serve.add_argument("--host", default="127.0.0.1", help="bind address of the HTTP API and the dashboard")
+    serve.add_argument("--port", type=int, default=DEFAULT_PORT, help="port of the HTTP API and the dashboard")
     serve.add_argument(
         "--offline-after", type=float, default=30.0, help="seconds of silence before a node shows offline"
     )
@@ -156,8 +139,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     token = hsub.add_parser("token", help="enrollment tokens")
     tsub = token.add_subparsers(dest="token_command", required=True, metavar="ACTION")
-    create = tsub.add_parser("create", help="make a one-time enrollment token")
-    create.add_argument("--tags", action="append", help="key=value[,key=value] given to the node that enrolls")
+    create = tsub.add_parser("create", help="make a one-time enrollment token (printed alone: `> token.txt`)")
+    create.add_argument(
+        "--tags", action="append", help="key=value[,key=value] given to the node that enrolls (default: no tags)"
+    )
     create.add_argument("--ttl", type=float, help="seconds until the token expires (default one day)")
     _operator_args(create)
     create.set_defaults(func=_token_create)
@@ -171,22 +156,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     models = hsub.add_parser("models", help="model registry and rollout")
     msub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
     push = msub.add_parser("push", help="upload a bundle dir; the hub verifies, versions and signs it")
-    push.add_argument("bundle_dir")
+    push.add_argument("bundle_dir", help="a bundle folder <model>/<version>/ (e.g. models/bundles/funnel/1)")
     mlist = msub.add_parser("list", help="models with stable and canary versions")
-    show = msub.add_parser("show", help="versions, stages and rollout history of a model")
-    show.add_argument("model")
+    show = msub.add_parser("show", help="versions, stages and rollout history of a model (--json: everything)")
+    show.add_argument("model", help="model name")
     promote = msub.add_parser("promote", help="make a version canary (a share of all nodes) or stable (all nodes)")
-    promote.add_argument("model")
-    promote.add_argument("version")
-    promote.add_argument("--stage", required=True, choices=("canary", "stable"))
+    promote.add_argument("model", help="model name")
+    promote.add_argument("version", help="a version the hub holds (see `models show`)")
+    promote.add_argument(
+        "--stage", required=True, choices=("canary", "stable"), help="canary: a share of all nodes; stable: every node"
+    )
     promote.add_argument("--percent", type=int, help="canary share of nodes, 1..100 (default 10)")
     assign = msub.add_parser("assign", help="send a version to the nodes whose tags match")
-    assign.add_argument("model")
-    assign.add_argument("version")
-    assign.add_argument("--select", action="append", help="key=value[,key=value] the node's tags must have")
+    assign.add_argument("model", help="model name")
+    assign.add_argument("version", help="a version the hub holds (see `models show`)")
+    assign.add_argument(
+        "--select", action="append", help="key=value[,key=value] the node's tags must have (default: every node)"
+    )
     assign.add_argument("--percent", type=int, default=100, help="share of the matching nodes, 1..100")
     rollback = msub.add_parser("rollback", help="undo the newest promote or assign of a model")
-    rollback.add_argument("model")
+    rollback.add_argument("model", help="model name")
     for parser in (push, mlist, show, promote, assign, rollback):
         _operator_args(parser)
         parser.set_defaults(func=_models)

@@ -7,11 +7,12 @@ Like the other operator commands they talk HTTP to a running hub with the admin 
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
+from hub.bayes import withheld_rule
 from hub.client import FunnelClient, resolve_token
 from models.errors import NexusError
+from models.output import Table, View, emit
 
 
 def parse_variants(text: str) -> list[dict[str, Any]]:
@@ -26,55 +27,83 @@ def parse_variants(text: str) -> list[dict[str, Any]]:
     return variants
 
 
-def _fmt(value: float | None, pattern: str = "{:.3f}") -> str:
-    return "-" if value is None else pattern.format(value)
+def _experiments_table(experiments: list[dict[str, Any]]) -> Table:
+    return Table(
+        ["EXPERIMENT", "FUNNEL", "STATUS", "ALLOC", "VER", "DECISION STEP", "SHARES"],
+        [
+            [
+                e["id"],
+                e["funnel_id"],
+                e["status"],
+                e["allocation"],
+                e["version"],
+                e["decision_step"],
+                ",".join(f"{v['name']}={v['share']:.2f}" for v in e["variants"]),
+            ]
+            for e in experiments
+        ],
+    )
 
 
-def _experiment_row(e: dict[str, Any]) -> str:
-    weights = ",".join(f"{v['name']}={v['share']:.2f}" for v in e["variants"])
-    return f"{e['id']:<20} {e['funnel_id']:<12} {e['status']:<8} {e['allocation']:<9} {e['version']:>4}  {weights}"
+def _funnels_table(funnels: list[dict[str, Any]]) -> Table:
+    return Table(["FUNNEL", "STEPS"], [[f["id"], " > ".join(f["steps"])] for f in funnels])
 
 
-def results_table(r: dict[str, Any]) -> list[str]:
-    rows = [
+def _rounded(value: float | None, digits: int = 3) -> str | None:
+    return None if value is None else f"{value:.{digits}f}"
+
+
+def withheld_note(min_group_size: int, noise_scale: float) -> str:
+    """What a ``-`` in the results means."""
+    note = "- = withheld: " + withheld_rule(min_group_size)
+    return note + (f"; counts carry Laplace noise of scale {noise_scale}" if noise_scale else "")
+
+
+def results_views(r: dict[str, Any]) -> list[View]:
+    header = (
         f"experiment {r['experiment_id']} ({r['status']}, {r['allocation']})"
         f" control {r['control']}, decision step {r['decision_step']}"
-    ]
-    rows.append(
-        f"{'VARIANT':<10} {'STEP':<12} {'REACHED':>8} {'ASSIGNED':>8} {'RATE':>7}"
-        f" {'95% CI':>15} {'P(BEAT)':>8} {'LOSS':>8}"
     )
+    rows = []
     for v in r["variants"]:
         for s in v["steps"]:
-            ci = "-" if s["ci_low"] is None else f"{s['ci_low']:.3f}-{s['ci_high']:.3f}"
-            assigned = "-" if v["assigned"] is None else str(v["assigned"])
-            reached = "-" if s["reached"] is None else str(s["reached"])
+            ci = None if s["ci_low"] is None else f"{s['ci_low']:.3f}-{s['ci_high']:.3f}"
             rows.append(
-                f"{v['name']:<10} {s['step']:<12} {reached:>8} {assigned:>8} {_fmt(s['rate']):>7} {ci:>15} "
-                f"{_fmt(s['prob_beat_control']):>8} {_fmt(s['expected_loss'], '{:.4f}'):>8}"
+                [
+                    v["name"],
+                    s["step"],
+                    s["reached"],
+                    v["assigned"],
+                    _rounded(s["rate"]),
+                    ci,
+                    _rounded(s["prob_beat_control"]),
+                    _rounded(s["expected_loss"], 4),
+                ]
             )
+    table = Table(["VARIANT", "STEP", "REACHED", "ASSIGNED", "RATE", "95% CI", "P(BEAT)", "LOSS"], rows)
     srm = r["srm"]
-    rows.append("SRM: n/a" if srm is None else f"SRM: p={srm['p_value']:.3g}{' MISMATCH' if srm['mismatch'] else ''}")
-    rows.append(f"counts below {r['min_group_size']} withheld (-), noise scale {r['noise_scale']}")
-    return rows
+    srm_line = "SRM: n/a" if srm is None else f"SRM: p={srm['p_value']:.3g}{' MISMATCH' if srm['mismatch'] else ''}"
+    return [header, table, srm_line, withheld_note(r["min_group_size"], r["noise_scale"])]
 
 
 def _run(args: argparse.Namespace) -> int:
     with FunnelClient(args.hub, resolve_token(args.token, args.data_dir)) as client:
-        result, table = _dispatch(client, args)
-    print(json.dumps(result, indent=None if args.json else 2) if args.json or table is None else "\n".join(table))
+        result, views = _dispatch(client, args)
+    emit(result, args.json, *views)
     return 0
 
 
-def _dispatch(client: FunnelClient, args: argparse.Namespace) -> tuple[Any, list[str] | None]:
+def _dispatch(client: FunnelClient, args: argparse.Namespace) -> tuple[Any, list[View]]:
     action = f"{args.hub_command}.{args.action}"
     if action == "funnels.create":
-        return client.create_funnel(args.id, [s.strip() for s in args.steps.split(",") if s.strip()]), None
+        funnel = client.create_funnel(args.id, [s.strip() for s in args.steps.split(",") if s.strip()])
+        return funnel, [_funnels_table([funnel])]
     if action == "funnels.list":
         funnels = client.funnels()
-        return funnels, [f"{'FUNNEL':<20} STEPS"] + [f"{f['id']:<20} {' > '.join(f['steps'])}" for f in funnels]
+        return funnels, [_funnels_table(funnels)]
     if action == "funnels.show":
-        return client.funnel(args.id), None
+        funnel = client.funnel(args.id)
+        return funnel, [_funnels_table([funnel]), "", _experiments_table(funnel.get("experiments", []))]
     if action == "experiments.create":
         body = {
             "id": args.id,
@@ -85,17 +114,16 @@ def _dispatch(client: FunnelClient, args: argparse.Namespace) -> tuple[Any, list
         }
         if args.salt:
             body["salt"] = args.salt
-        return client.create_experiment(body), None
+        experiment = client.create_experiment(body)
+        return experiment, [_experiments_table([experiment])]
     if action == "experiments.list":
         experiments = client.experiments()
-        header = f"{'EXPERIMENT':<20} {'FUNNEL':<12} {'STATUS':<8} {'ALLOC':<9} {'VER':>4}  SHARES"
-        return experiments, [header] + [_experiment_row(e) for e in experiments]
-    if action == "experiments.start":
-        return client.start(args.id), None
-    if action == "experiments.stop":
-        return client.stop(args.id), None
+        return experiments, [_experiments_table(experiments)]
+    if action in ("experiments.start", "experiments.stop"):
+        experiment = client.start(args.id) if args.action == "start" else client.stop(args.id)
+        return experiment, [_experiments_table([experiment])]
     results = client.results(args.id)
-    return results, results_table(results)
+    return results, results_views(results)
 
 
 def register(hsub: argparse._SubParsersAction, operator_args: Any) -> None:
@@ -103,21 +131,26 @@ def register(hsub: argparse._SubParsersAction, operator_args: Any) -> None:
     funnels = hsub.add_parser("funnels", help="funnels: ordered steps that experiments count")
     fsub = funnels.add_subparsers(dest="action", required=True, metavar="ACTION")
     create = fsub.add_parser("create", help="define a funnel (immutable once created)")
-    create.add_argument("id")
+    create.add_argument("id", help="funnel id, e.g. shop")
     create.add_argument("--steps", required=True, help="ordered step names, comma separated, e.g. view,cart,buy")
     show = fsub.add_parser("show", help="a funnel and its experiments")
-    show.add_argument("id")
+    show.add_argument("id", help="funnel id")
     parsers = [create, fsub.add_parser("list", help="all funnels"), show]
 
     experiments = hsub.add_parser("experiments", help="A/B and bandit experiments on a funnel")
     esub = experiments.add_subparsers(dest="action", required=True, metavar="ACTION")
     ecreate = esub.add_parser("create", help="define an experiment (draft); the first variant is the control")
-    ecreate.add_argument("id")
-    ecreate.add_argument("--funnel", required=True)
+    ecreate.add_argument("id", help="experiment id, e.g. checkout")
+    ecreate.add_argument("--funnel", required=True, help="the funnel whose steps it counts")
     ecreate.add_argument("--variants", required=True, help="NAME[=WEIGHT],... e.g. A=1,B=1")
     ecreate.add_argument("--decision-step", required=True, help="the funnel step results and Thompson decide on")
-    ecreate.add_argument("--allocation", choices=("fixed", "thompson"), default="fixed")
-    ecreate.add_argument("--salt", help="re-shuffles visitors (use a new one to re-run an experiment)")
+    ecreate.add_argument(
+        "--allocation",
+        choices=("fixed", "thompson"),
+        default="fixed",
+        help="fixed: the weights as given; thompson: the hub moves them toward the better variant",
+    )
+    ecreate.add_argument("--salt", help="re-shuffles visitors (use a new one to re-run an experiment) (default: none)")
     parsers += [ecreate, esub.add_parser("list", help="all experiments with status and current shares")]
     for name, text in (
         ("start", "start assigning on every edge"),
@@ -125,7 +158,7 @@ def register(hsub: argparse._SubParsersAction, operator_args: Any) -> None:
         ("results", "conversion, credible intervals, P(beat control), expected loss, SRM"),
     ):
         parser = esub.add_parser(name, help=text)
-        parser.add_argument("id")
+        parser.add_argument("id", help="experiment id")
         parsers.append(parser)
     for parser in parsers:
         operator_args(parser)

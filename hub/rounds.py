@@ -25,15 +25,17 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from hub.apps import sign_apps, write_signed_apps
 from hub.archive import unpack
 from hub.registry import Conflict, NotFound, Registry
 from hub.settings import HubSettings
 from hub.store.base import ACTIVE_RUN_STATUSES, RunRecord, Store
-from hub.superlink import CONNECTION, SuperLink, SuperLinkConfig
-from hub.superlink_keeper import SuperLinkKeeper
+from hub.superlink import CONNECTION, FleetGateway, GatewayConfig, SuperLink, SuperLinkConfig, server_app_guard
+from hub.superlink_keeper import SuperLinkKeeper, loopback_port
 from models.errors import NexusError
 from models.families import FAMILIES, Families
-from nexus_wire.datadir import HubDataDir, RunDir
+from nexus_wire.apps import SignedApps
+from nexus_wire.datadir import HubDataDir, RunDir, SuperLinkDir
 from nexus_wire.runconfig import RunConfig
 
 log = logging.getLogger("nexus.hub.rounds")
@@ -56,10 +58,21 @@ def connect(settings: HubSettings) -> SuperLink | None:
     if settings.superlink_port is not None:
         return SuperLink(
             SuperLinkConfig(
-                state_dir, host=settings.host, port=settings.superlink_port, receipt_key=data_dir.signing_key
+                state_dir,
+                port=loopback_port(state_dir),
+                tls=settings.superlink_tls(),
+                supernode_auth=settings.superlink_supernode_auth,
+                receipt_key=data_dir.signing_key,
             )
         )
     return None
+
+
+def keeper(settings: HubSettings, link: SuperLink) -> SuperLinkKeeper:
+    """The hub's own SuperLink with its app guard, behind its Fleet gateway on ``host:superlink_port``."""
+    assert settings.superlink_port is not None
+    gateway = FleetGateway(GatewayConfig(settings.host, settings.superlink_port, link.config))
+    return SuperLinkKeeper(link, server_app_guard(link), gateway)
 
 
 def _write_external_connection(link: SuperLink, root_cert: Path | None) -> None:
@@ -101,18 +114,30 @@ class Rounds:
         #: the model families runs may train
         self.families = families
         self.link = connect(settings)
-        self.keeper = SuperLinkKeeper(self.link) if self.link is not None and not settings.superlink else None
+        self.keeper = keeper(settings, self.link) if self.link is not None and not settings.superlink else None
+        #: the hub's signed statements of the apps it submits (made when rounds open)
+        self.apps = SignedApps()
         # the watcher and API handlers run in worker threads: one read-modify-write at a time
         self._lock = threading.Lock()
         self._status_at: dict[str, float] = {}
 
     # -- lifecycle ----------------------------------------------------------------------------
     def open(self) -> None:
+        if self.link is None:
+            return
+        # before the guard starts: it runs only what these name (an external SuperLink's guard
+        # finds them in the same state dir)
+        try:
+            self.apps = sign_apps(self.registry.key)
+        except NexusError as exc:  # no Flower app to sign: every guard refuses every run
+            log.error("cannot sign the Flower app: %s", exc)
+        write_signed_apps(SuperLinkDir(self.link.config.state_dir).trusted_apps, self.apps)
         if self.keeper is not None:
             self.keeper.open()
             log.info(
-                "flower superlink on %s, state in %s",
+                "flower superlink on %s (loopback only; SuperNodes join through its Fleet gateway on %s), state in %s",
                 self.keeper.link.config.address,
+                self.settings.superlink_address(),
                 self.keeper.link.config.state_dir,
             )
 
@@ -147,7 +172,8 @@ class Rounds:
         folder = RunDir(self.run_dir(run.run_id))
         paths = {"base": str(folder.base), "output_path": str(folder.arrays)}
         try:
-            flower_run_id = link.submit(config.model_copy(update=paths))
+            signed = self.apps.apps[0].fab_sha256 if self.apps.apps else None
+            flower_run_id = link.submit(config.model_copy(update=paths), signed_fab=signed)
         except NexusError as exc:
             self._finish(run, "failed", f"Flower refused the run: {exc}")
             raise
@@ -259,8 +285,8 @@ class Rounds:
         """One pass over the active runs; never raises (a bad run must not stop the others)."""
         if self.keeper is not None:
             try:
-                if self.keeper.supervise():
-                    log.warning("flower superlink had died; restarted on the same state db")
+                for name in self.keeper.supervise():
+                    log.warning("the %s had died; restarted (the SuperLink on the same state db)", name)
             except NexusError as exc:
                 log.error("flower superlink restart failed: %s", exc)
         for run in self.store.list_runs():

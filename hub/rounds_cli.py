@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Callable
 from typing import Any
 
 from hub.client import OperatorClient, resolve_token
 from models.errors import NexusError
 from models.families import FAMILIES
+from models.output import Table, View, emit
 from nexus_wire.runconfig import API_FIELDS, add_flags, flag_values
 
 
@@ -17,32 +17,36 @@ def _client(args: argparse.Namespace) -> OperatorClient:
     return OperatorClient(args.hub, resolve_token(args.token, args.data_dir))
 
 
-def _num(value: Any, fmt: str = ".4f") -> str:
-    return "-" if value is None else format(value, fmt)
-
-
-def run_table(run: dict[str, Any]) -> list[str]:
+def run_views(run: dict[str, Any]) -> list[View]:
     """A run's header line and its per-round table."""
     score = run.get("score_name") or "score"
-    lines = [
+    header = (
         f"run {run['run_id']} ({run['model']}, {run['config']['strategy']}, flower {run['flower_run_id']}): "
         f"{run['status']}"
         + (f" -> version {run['version']}" if run.get("version") else "")
-        + (f" ({run['reason']})" if run.get("reason") else ""),
-        f"{'ROUND':>5} {'NODES':>5} {'REJECTED':>8} {'LOSS':>8} {score.upper():>9} "
-        f"{'BYTES_OUT':>10} {'BYTES_IN':>9} {'SECONDS':>8}",
-    ]
-    for r in run.get("rounds", []):
-        lines.append(
-            f"{r['round']:>5} {r['participants']:>5} {len(r.get('rejected', [])):>8} "
-            f"{_num(r.get('loss')):>8} {_num(r.get('score')):>9} "
-            f"{r.get('bytes_out', 0):>10} {r.get('bytes_in', 0):>9} {_num(r.get('duration_s'), '.1f'):>8}"
-        )
-    return lines
+        + (f" ({run['reason']})" if run.get("reason") else "")
+    )
+    rounds = Table(
+        ["ROUND", "NODES", "REJECTED", "LOSS", score.upper(), "BYTES_OUT", "BYTES_IN", "SECONDS"],
+        [
+            [
+                r["round"],
+                r["participants"],
+                len(r.get("rejected", [])),
+                _fixed(r.get("loss"), 4),
+                _fixed(r.get("score"), 4),
+                r.get("bytes_out", 0),
+                r.get("bytes_in", 0),
+                _fixed(r.get("duration_s"), 1),
+            ]
+            for r in run.get("rounds", [])
+        ],
+    )
+    return [header, rounds]
 
 
-def _emit(args: argparse.Namespace, result: Any, table: list[str]) -> None:
-    print(json.dumps(result) if args.json else "\n".join(table))
+def _fixed(value: float | None, digits: int) -> str | None:
+    return None if value is None else f"{float(value):.{digits}f}"
 
 
 def _start(args: argparse.Namespace) -> int:
@@ -50,45 +54,55 @@ def _start(args: argparse.Namespace) -> int:
         run = client.start_run(flag_values(args, API_FIELDS))
         if args.wait:
             run = client.wait_run(run["run_id"], show_progress=not args.json)
-            _emit(args, run, run_table(run))
+            emit(run, args.json, *run_views(run))
             if run["status"] != "finished":
                 raise NexusError(f"run {run['run_id']} {run['status']}: {run.get('reason')}")
             return 0
-    _emit(
-        args,
+    emit(
         run,
-        [
-            f"run {run['run_id']} started (flower run {run['flower_run_id']}); "
-            f"follow it with `nexus hub rounds show {run['run_id']}`"
-        ],
+        args.json,
+        _runs_table([run]),
+        f"follow it with `nexus hub rounds show {run['run_id']}`",
     )
     return 0
+
+
+def _runs_table(runs: list[dict[str, Any]]) -> Table:
+    return Table(
+        ["RUN", "MODEL", "STATUS", "ROUNDS", "FLOWER RUN", "VERSION", "REASON"],
+        [
+            [
+                r["run_id"],
+                r["model"],
+                r["status"],
+                f"{r.get('rounds_done', 0)}/{r['config']['rounds']}",
+                r.get("flower_run_id"),
+                r.get("version"),
+                r.get("reason"),
+            ]
+            for r in runs
+        ],
+    )
 
 
 def _list(args: argparse.Namespace) -> int:
     with _client(args) as client:
         runs = client.runs()
-    rows = [f"{'RUN':<16} {'MODEL':<8} {'STATUS':<10} {'ROUNDS':>7} {'VERSION':>7}  REASON"]
-    rows += [
-        f"{r['run_id']:<16} {r['model']:<8} {r['status']:<10} "
-        f"{str(r['rounds_done']) + '/' + str(r['config']['rounds']):>7} {r['version'] or '-':>7}  {r['reason'] or ''}"
-        for r in runs
-    ]
-    _emit(args, runs, rows)
+    emit(runs, args.json, _runs_table(runs))
     return 0
 
 
 def _show(args: argparse.Namespace) -> int:
     with _client(args) as client:
         run = client.run(args.run_id)
-    _emit(args, run, run_table(run))
+    emit(run, args.json, *run_views(run))
     return 0
 
 
 def _stop(args: argparse.Namespace) -> int:
     with _client(args) as client:
         run = client.stop_run(args.run_id)
-    _emit(args, run, [f"run {run['run_id']} {run['status']}"])
+    emit(run, args.json, _runs_table([run]))
     return 0
 
 
@@ -105,10 +119,10 @@ def register(hsub: argparse._SubParsersAction, operator_args: Callable[[argparse
     rlist = rsub.add_parser("list", help="runs, newest first")
     rlist.set_defaults(func=_list)
     show = rsub.add_parser("show", help="a run and its per-round metrics")
-    show.add_argument("run_id")
+    show.add_argument("run_id", help="the hub's run id (r-..., see `rounds list`)")
     show.set_defaults(func=_show)
     stop = rsub.add_parser("stop", help="stop a run (nothing is registered)")
-    stop.add_argument("run_id")
+    stop.add_argument("run_id", help="the hub's run id (r-..., see `rounds list`)")
     stop.set_defaults(func=_stop)
     for parser in (start, rlist, show, stop):
         operator_args(parser)
@@ -125,12 +139,31 @@ def add_serve_args(serve: argparse.ArgumentParser) -> None:
         type=int,
         default=DEFAULT_SUPERLINK_PORT,
         metavar="PORT",
-        help="port of the Flower SuperLink the hub runs as its child for federated rounds "
-        f"(default {DEFAULT_SUPERLINK_PORT})",
+        help="port SuperNodes join the hub's own Flower SuperLink on (its Fleet gateway, on --host; the "
+        f"SuperLink itself listens on 127.0.0.1 only) (default {DEFAULT_SUPERLINK_PORT})",
+    )
+    for flag, what in (("ca-certfile", "CA"), ("certfile", "certificate"), ("keyfile", "private key")):
+        serve.add_argument(
+            f"--superlink-ssl-{flag}",
+            metavar="PATH",
+            help=f"TLS {what} of that port, given with the other two (default: none, plain HTTP)",
+        )
+    serve.add_argument(
+        "--superlink-supernode-auth",
+        action="store_true",
+        help="admit only SuperNodes whose key was registered with `flwr supernode register` (needs TLS; default: any)",
     )
     serve.add_argument("--no-superlink", action="store_true", help="run no SuperLink: no federated rounds on this hub")
-    serve.add_argument("--superlink", metavar="HOST:PORT", help="use this external SuperLink instead of starting one")
-    serve.add_argument("--superlink-root-cert", metavar="PATH", help="CA certificate of the external SuperLink's TLS")
+    serve.add_argument(
+        "--superlink",
+        metavar="HOST:PORT",
+        help="use this external SuperLink instead of starting one (default: start one)",
+    )
+    serve.add_argument(
+        "--superlink-root-cert",
+        metavar="PATH",
+        help="CA certificate of the external SuperLink's TLS (default: none, loopback only)",
+    )
     serve.add_argument(
         "--superlink-public", metavar="HOST:PORT", help="SuperLink address edges are told (default: what the hub uses)"
     )
@@ -144,7 +177,7 @@ def add_serve_args(serve: argparse.ArgumentParser) -> None:
         "--eval-data",
         action="append",
         metavar="MODEL=PATH",
-        help="held-out file federated candidates of MODEL are evaluated on",
+        help="held-out file federated candidates of MODEL are evaluated on (default: none; repeat per model)",
     )
 
 
@@ -157,8 +190,17 @@ def serve_settings(args: argparse.Namespace) -> dict[str, Any]:
             looks = " or ".join(f"{name}=PATH" for name in FAMILIES.names())
             raise NexusError(f"--eval-data {item!r} must look like {looks}")
         eval_data[model] = path
+    tls = (args.superlink_ssl_ca_certfile, args.superlink_ssl_certfile, args.superlink_ssl_keyfile)
+    if any(tls) and not all(tls):
+        raise NexusError("the three --superlink-ssl-* files (CA, certificate, key) go together")
+    if args.superlink_supernode_auth and not all(tls):
+        raise NexusError("--superlink-supernode-auth needs the --superlink-ssl-* files (Flower requires TLS for it)")
     return {
         "superlink_port": None if args.superlink or args.no_superlink else args.superlink_port,
+        "superlink_ssl_ca_certfile": args.superlink_ssl_ca_certfile,
+        "superlink_ssl_certfile": args.superlink_ssl_certfile,
+        "superlink_ssl_keyfile": args.superlink_ssl_keyfile,
+        "superlink_supernode_auth": args.superlink_supernode_auth,
         "superlink": args.superlink,
         "superlink_root_cert": args.superlink_root_cert,
         "superlink_public": args.superlink_public,

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from models.families import FAMILIES
 from nexus_wire.heads import HEAD_KEY_ID, HEAD_ROOT, HEAD_SIGNATURE, HEAD_TIME
+from nexus_wire.merkle import MAX_PROOF_HASHES
 from nexus_wire.names import MODEL_NAME, TAG_KEY, TAG_VALUE, VERSION, anchored
 from nexus_wire.runconfig import api_model
 
@@ -42,6 +43,17 @@ class AuditHead(_Body):
     signature: Annotated[str, StringConstraints(pattern=anchored(HEAD_SIGNATURE))]
 
 
+ProofHash = Annotated[str, StringConstraints(pattern=anchored(HEAD_ROOT))]
+
+
+class AuditConsistency(_Body):
+    """RFC 6962 consistency proof from the node's head of ``first_size`` (the one the hub
+    said it holds) to the heartbeat's ``audit_head``."""
+
+    first_size: int = Field(strict=True, ge=1, le=2**53)
+    proof: Annotated[list[ProofHash], Field(max_length=MAX_PROOF_HASHES)]
+
+
 class Heartbeat(_Body):
     """Node metadata from a fixed set of fields: numbers, enums and model ids only."""
 
@@ -59,6 +71,16 @@ class Heartbeat(_Body):
     audit_verified_at: float | None = Field(None, ge=0)
     #: the hub keeps the largest head per node and flags a later smaller or different one
     audit_head: AuditHead | None = None
+    #: proves ``audit_head`` extends the head the hub holds (hub/audit_heads.py)
+    audit_consistency: AuditConsistency | None = None
+
+    @model_validator(mode="after")
+    def _proof_of_a_larger_head(self) -> Heartbeat:
+        if self.audit_consistency is not None and (
+            self.audit_head is None or self.audit_consistency.first_size >= self.audit_head.size
+        ):
+            raise ValueError("audit_consistency: proves a larger audit_head from a smaller first_size")
+        return self
 
 
 class Promote(_Body):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from nexus_wire.datadir import HubDataDir
 
@@ -33,8 +33,16 @@ class HubSettings(BaseModel):
     results_noise_scale: float = Field(0.0, ge=0)
 
     # -- federated rounds (hub/rounds.py); neither port nor address: rounds are off --------
-    #: run a Flower SuperLink as the hub's child on this loopback/bind port
+    #: run a Flower SuperLink as the hub's child; SuperNodes connect on ``host``:this port,
+    #: to its Fleet gateway (hub/fleet_gateway.py): the SuperLink itself listens on loopback
     superlink_port: int | None = Field(None, ge=1, le=65535)
+    #: TLS of that port (the gateway's, and the loopback SuperLink's behind it): the CA, and a
+    #: certificate it signed whose names include every address SuperNodes use and 127.0.0.1
+    superlink_ssl_ca_certfile: Path | None = None
+    superlink_ssl_certfile: Path | None = None
+    superlink_ssl_keyfile: Path | None = None
+    #: only SuperNodes whose public key was registered (``flwr supernode register``) may join; needs TLS
+    superlink_supernode_auth: bool = False
     #: ``HOST:PORT`` of an external SuperLink (then none is started)
     superlink: str | None = None
     #: CA certificate of the external SuperLink's TLS (None: insecure, loopback only)
@@ -47,6 +55,39 @@ class HubSettings(BaseModel):
     #: held-out files a federated candidate is evaluated on, per model (optional)
     eval_data: dict[str, Path] = {}
     rounds_watch_interval_s: float = Field(2.0, gt=0)
+
+    @field_validator(
+        "data_dir",
+        "rounds_dir",
+        "superlink_root_cert",
+        "superlink_ssl_ca_certfile",
+        "superlink_ssl_certfile",
+        "superlink_ssl_keyfile",
+    )
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        # the SuperLink and its ServerApps run in another working directory: a relative
+        # ``--data-dir hub-data`` would name another folder there
+        return None if value is None else value.absolute()
+
+    @field_validator("eval_data")
+    @classmethod
+    def _absolute_eval_data(cls, value: dict[str, Path]) -> dict[str, Path]:
+        return {model: path.absolute() for model, path in value.items()}
+
+    @model_validator(mode="after")
+    def _tls_complete(self) -> HubSettings:
+        tls = (self.superlink_ssl_ca_certfile, self.superlink_ssl_certfile, self.superlink_ssl_keyfile)
+        if any(tls) and not all(tls):
+            raise ValueError("SuperLink TLS needs the CA, the certificate and the key file")
+        if self.superlink_supernode_auth and not all(tls):
+            raise ValueError("SuperNode authentication needs the SuperLink's TLS (Flower refuses it in plain HTTP)")
+        return self
+
+    def superlink_tls(self) -> tuple[Path, Path, Path] | None:
+        """(CA, certificate, key) of the hub's own SuperLink port, or None for plain HTTP."""
+        ca, cert, key = self.superlink_ssl_ca_certfile, self.superlink_ssl_certfile, self.superlink_ssl_keyfile
+        return (ca, cert, key) if ca and cert and key else None
 
     def rounds_path(self) -> Path:
         return self.rounds_dir or HubDataDir(self.data_dir).rounds

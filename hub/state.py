@@ -24,8 +24,8 @@ from hub.rounds import Rounds
 from hub.settings import HubSettings
 from hub.store import open_store
 from hub.store.base import Store
-from nexus_service.http import offload
-from nexus_service.keyfiles import load_or_create_key, public_key_b64
+from nexus_service.http import offload, sign_receipt_for
+from nexus_service.keyfiles import load_or_create_key, private_dir, public_key_b64
 from nexus_wire.datadir import HubDataDir
 from nexus_wire.heads import key_id
 
@@ -59,7 +59,7 @@ async def store_call(store: Store, fn: Callable[..., T], *args: Any) -> T:
 
 def build_hub(settings: HubSettings, store: Store | None = None) -> Hub:
     """Open the store and the data dir's secrets; refuse a store another hub key owns."""
-    settings.data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)  # holds the key and admin token
+    private_dir(settings.data_dir)  # holds the key, the admin token and the embedded store
     store = store or open_store(settings.store_url())
     key = load_or_create_key(HubDataDir(settings.data_dir).signing_key)
     admin_token = load_or_create_admin_token(settings.data_dir)
@@ -94,7 +94,8 @@ def public(handler: PublicHandler) -> Endpoint:
 
 def endpoint(*roles: Role) -> Callable[[Handler], Endpoint]:
     """Authenticate before the handler runs (it then gets the ``Principal``): 401 without a
-    known credential, 403 without one of ``roles``."""
+    known credential, 403 without one of ``roles``. A node's request that got through gets
+    the hub's signed receipt (nexus_service.http.ReceiptMiddleware); no other does."""
     if not roles:
         raise ValueError("an endpoint needs a role; use public() for one without credentials")
 
@@ -103,6 +104,8 @@ def endpoint(*roles: Role) -> Callable[[Handler], Endpoint]:
         async def run(request: Request) -> Response:
             hub = hub_of(request)
             principal = await store_call(hub.store, hub.auth.require, request.headers.get("authorization"), *roles)
+            if principal.node is not None:  # a node's request: the hub signs a receipt for it
+                sign_receipt_for(request, principal.node.node_id)
             return await handler(request, hub, principal)
 
         return run

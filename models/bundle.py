@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from models.errors import NexusError
 from nexus_wire.heads import key_id
+from nexus_wire.names import MODEL_NAME, VERSION, fullmatch
 
 FORMAT = "nexus-bundle/1"
 MANIFEST = "manifest.json"
@@ -156,7 +157,12 @@ def install_bundle(src: Path, repository: Path, public_key: Ed25519PublicKey | N
     reader scanning the repository never sees a half-written version.
     """
     bundle = verify_bundle(src, public_key)
+    if not (fullmatch(MODEL_NAME, bundle.name) and fullmatch(VERSION, bundle.version)):
+        raise BundleError(f"{src}: manifest name and version must match {MODEL_NAME} and {VERSION}")
     target = Path(repository) / bundle.name / bundle.version
+    # a second fence after the patterns: nothing is written outside the repository
+    if not target.resolve().is_relative_to(Path(repository).resolve()):
+        raise BundleError(f"{src}: {target} is not inside the repository {repository}")
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists():
         verify_bundle(target, public_key)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
-from models.bundle import BACKENDS, DEFAULT_REPOSITORY, newest_bundle, verify_bundle
+from models.bundle import BACKENDS, DEFAULT_REPOSITORY, MANIFEST, SIGNATURE, Bundle, newest_bundle, verify_bundle
 from models.families import FAMILIES
 from models.family import Pipeline
+from models.metrics import headline
+from models.output import Table, View, emit
 
 
 def _pipeline(family: str) -> Pipeline:
@@ -20,6 +21,26 @@ def resolve_bundle(family: str, bundle: str | None, repository: Path = DEFAULT_R
     return Path(bundle) if bundle else newest_bundle(repository, family)
 
 
+def _bundle_table(bundle: Bundle) -> Table:
+    files = bundle.manifest.get("files", {})
+    size = sum(int(f.get("bytes", 0)) for f in files.values())
+    signed = (bundle.path / SIGNATURE).exists()
+    return Table(
+        ["MODEL", "VERSION", "PATH", "FILES", "BYTES", "SIGNED", "SCORES"],
+        [
+            [
+                bundle.name,
+                bundle.version,
+                str(bundle.path),
+                len(files),
+                size,
+                signed,
+                headline(bundle.manifest.get("metrics", {})),
+            ]
+        ],
+    )
+
+
 def _train(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else DEFAULT_REPOSITORY
     bundle = _pipeline(args.family).train(Path(args.data), out, seed=args.seed, show_progress=not args.quiet)
@@ -29,7 +50,7 @@ def _train(args: argparse.Namespace) -> int:
         "path": str(bundle.path),
         "metrics": bundle.manifest.get("metrics", {}),
     }
-    print(json.dumps(summary, indent=None if args.json else 2))
+    emit(summary, args.json, _bundle_table(bundle))
     return 0
 
 
@@ -38,17 +59,19 @@ def _eval(args: argparse.Namespace) -> int:
     result = _pipeline(args.family).evaluate(
         bundle_dir, Path(args.data), backend=args.backend, show_progress=not args.json
     )
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key:>16}: {value}")
+    # one row of the scalar results; per-label scores (a mapping) get a table of their own
+    scalars = {k: v for k, v in result.items() if not isinstance(v, dict)}
+    views: list[View] = [Table(list(map(str.upper, scalars)), [list(scalars.values())])]
+    for key, value in result.items():
+        if isinstance(value, dict):
+            views += ["", Table(["LABEL", key.upper()], [[k, v] for k, v in value.items()])]
+    emit(result, args.json, *views)
     return 0
 
 
 def _show(args: argparse.Namespace) -> int:
     bundle = verify_bundle(resolve_bundle(args.family, args.bundle))
-    print(json.dumps(bundle.manifest, indent=2))
+    emit(bundle.manifest, args.json, _bundle_table(bundle), f"verified: every file's sha256 matches {MANIFEST}")
     return 0
 
 
@@ -57,25 +80,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     msub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")
 
     train = msub.add_parser("train", help="train a model family and write a bundle")
-    train.add_argument("family", choices=FAMILIES.names())
+    train.add_argument("family", choices=FAMILIES.names(), help="the model family to train")
     train.add_argument("--data", required=True, help="data set folder or file (see README)")
     train.add_argument(
         "--out", help=f"model repository to write <family>/<version>/ into (default: {DEFAULT_REPOSITORY})"
     )
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation and batches")
     train.add_argument("--quiet", action="store_true", help="no progress on stderr")
-    train.add_argument("--json", action="store_true", help="one-line JSON summary")
+    train.add_argument("--json", action="store_true", help="one line of JSON (with every metric), not a table")
     train.set_defaults(func=_train)
 
     ev = msub.add_parser("eval", help="evaluate a bundle's exported artifact on a data file")
-    ev.add_argument("family", choices=FAMILIES.names())
-    ev.add_argument("--data", required=True)
-    ev.add_argument("--backend", choices=BACKENDS, default="onnx")
+    ev.add_argument("family", choices=FAMILIES.names(), help="the model family of the bundle")
+    ev.add_argument("--data", required=True, help="a labelled data file (funnel: sessions CSV; emotion: TSV)")
+    ev.add_argument("--backend", choices=BACKENDS, default="onnx", help="the bundle artifact to run")
     ev.add_argument("--bundle", help="bundle folder (default: the newest shipped version)")
-    ev.add_argument("--json", action="store_true")
+    ev.add_argument("--json", action="store_true", help="one line of JSON, not tables")
     ev.set_defaults(func=_eval)
 
-    show = msub.add_parser("show", help="verify a bundle and print its manifest")
-    show.add_argument("family", choices=FAMILIES.names())
-    show.add_argument("--bundle")
+    show = msub.add_parser("show", help="verify a bundle and summarise it (--json: its whole manifest)")
+    show.add_argument("family", choices=FAMILIES.names(), help="the model family of the bundle")
+    show.add_argument("--bundle", help="bundle folder (default: the newest shipped version)")
+    show.add_argument("--json", action="store_true", help="print the manifest as one line of JSON")
     show.set_defaults(func=_show)

@@ -40,11 +40,16 @@ class Pipeline(Protocol):
 
 @dataclass(frozen=True)
 class Tensor:
-    """An Open Inference Protocol v2 tensor's metadata (-1: any size)."""
+    """An Open Inference Protocol v2 tensor's metadata (-1: any size).
+
+    ``accepts`` names the other datatypes a request may send for an input (the edge decodes
+    them to Python values alike: an INT64 count where FP64 is declared, say).
+    """
 
     name: str
     datatype: str
     shape: tuple[int, ...]
+    accepts: tuple[str, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
@@ -79,11 +84,16 @@ class Serving:
     answer_json: Callable[[Any], Any]
     answer_type: Any
     answer_doc: str | None
-    #: Open Inference Protocol v2: the input tensor, the output tensor of a bundle (its manifest)
-    oip_input: Tensor
+    #: Open Inference Protocol v2. The input sets a request may send to a loaded version, each
+    #: a tuple of tensors of shape [B] (one element per item); the first set is the one the
+    #: model metadata advertises
+    oip_inputs: Callable[[Predictor], tuple[tuple[Tensor, ...], ...]]
+    #: the output tensor of a bundle (its manifest)
     oip_output: Callable[[Mapping[str, Any]], Tensor]
-    #: one element of the OIP input -> an item; raises DataError or pydantic's ValidationError
-    oip_item: Callable[[Any, Mapping[str, int]], Any]
+    #: one item's elements (input name -> value: text for BYTES, a number or bool otherwise; a
+    #: JSON request's BYTES element may be any JSON value) -> the item; raises DataError or
+    #: pydantic's ValidationError
+    oip_item: Callable[[Mapping[str, Any], Mapping[str, int]], Any]
     #: answer rows -> the OIP output tensor's values
     oip_values: Callable[[Sequence[Any]], np.ndarray]
     #: the edge's local-store route that collects this family's labelled examples, if any

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import numpy as np
 
 
@@ -44,3 +47,28 @@ def log_loss(y_true: np.ndarray, probs: np.ndarray, eps: float = 1e-7) -> float:
     p = np.clip(np.asarray(probs, dtype=np.float64), eps, 1 - eps)
     y = np.asarray(y_true, dtype=np.float64)
     return float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
+
+
+#: counts a metrics block carries beside its scores; a summary shows the scores
+_COUNTS = frozenset({"n", "nodes", "round", "rows"})
+
+
+def headline(metrics: Mapping[str, Any]) -> str | None:
+    """A bundle manifest's scores in one line, ``roc_auc=0.924 log_loss=0.243``: the ONNX
+    backend's where metrics are per backend, else the first block of numbers, counts left out."""
+    block: Mapping[str, Any] = metrics
+    for _ in range(4):  # manifests nest metrics two or three deep
+        if isinstance(block.get("onnx"), Mapping):
+            block = block["onnx"]
+        found = {
+            k: v
+            for k, v in block.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in _COUNTS
+        }
+        if found:
+            return " ".join(f"{k}={v:.4g}" for k, v in found.items())
+        nested = [v for v in block.values() if isinstance(v, Mapping)]
+        if not nested:
+            return None
+        block = nested[0]
+    return None

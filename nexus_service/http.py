@@ -11,7 +11,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import urllib.parse
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import anyio.to_thread
@@ -23,7 +25,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, ExceptionHandler, Message, Receive, Scope, Send
 
 from models.errors import NexusError
-from nexus_wire.heads import HEADER, encode_header, sign_receipt, utc_now
+from nexus_wire.heads import HEADER, encode_header, http_binding, sign_receipt, utc_now
 
 T = TypeVar("T")
 M = TypeVar("M", bound=BaseModel)
@@ -85,7 +87,11 @@ async def read_body(request: Request, limit: int) -> bytes:
 async def parse_body(request: Request, model: type[M], limit: int, *, optional: bool = False) -> M:
     """The body as ``model``. An empty body is refused unless the endpoint declares it
     ``optional`` (every field of ``model`` has a default): it then reads as ``{}``."""
-    body = await read_body(request, limit)
+    return validate_json(await read_body(request, limit), model, optional=optional)
+
+
+def validate_json(body: bytes, model: type[M], *, optional: bool = False) -> M:
+    """JSON ``body`` as ``model``, with :func:`parse_body`'s errors (for a body read some other way)."""
     if not body:
         if not optional:
             raise ApiError(400, "empty body; expected a JSON object")
@@ -146,11 +152,41 @@ def exception_handlers(
     return handlers
 
 
+_RECEIPT_SLOT = "nexus.receipt"
+
+
+@dataclass
+class _ReceiptSlot:
+    """Who a request was authenticated as, for the middleware around the app: a mutable
+    object in the scope, so the mark survives any layer that copies the scope."""
+
+    node: str | None = None
+
+
+def sign_receipt_for(request: Request, node_id: str) -> None:
+    """Mark ``request`` as authenticated as node ``node_id``: its response then carries a signed
+    receipt. Call only once the request's credential checked out; without a
+    :class:`ReceiptMiddleware` around the app this does nothing."""
+    slot = request.scope.get(_RECEIPT_SLOT)
+    if isinstance(slot, _ReceiptSlot):
+        slot.node = node_id
+
+
+def request_target(scope: Scope) -> str:
+    """The request target as received (path and query, percent-encoded): what a receipt binds."""
+    raw = scope.get("raw_path") or urllib.parse.quote(scope["path"]).encode("ascii")
+    query = scope.get("query_string", b"")
+    return (raw + b"?" + query if query else raw).decode("latin-1")
+
+
 class ReceiptMiddleware:
-    """Pure ASGI: hashes the request body as the app reads it and adds a signed receipt
-    (:mod:`nexus_wire.heads`) to the response of every request ``wants(scope)`` selects. A
-    body the app did not read (a 401 before parsing) is drained first, so the receipt still
-    covers all of it."""
+    """Pure ASGI: hashes the request body as the app reads it and, when the app marked the
+    request as a node's (:func:`sign_receipt_for`, after authenticating it), adds a signed
+    receipt (:mod:`nexus_wire.heads`) binding that node, the method, the request target and
+    the body digest. ``wants(scope)`` picks the requests worth hashing at all (those that
+    claim to be a node's). Anything else, a 401 or 403 included, gets no receipt: the hub
+    signs nothing for a caller it does not know. A body the app did not read is drained
+    first (up to :data:`DRAIN_LIMIT`), so the receipt covers all of it."""
 
     def __init__(self, app: ASGIApp, key: Ed25519PrivateKey, wants: Callable[[Scope], bool]) -> None:
         self.app = app
@@ -161,6 +197,8 @@ class ReceiptMiddleware:
         if scope["type"] != "http" or not self.wants(scope):
             await self.app(scope, receive, send)
             return
+        slot = _ReceiptSlot()
+        scope = {**scope, _RECEIPT_SLOT: slot}
         digest, size, done = hashlib.sha256(), 0, False
 
         async def counting_receive() -> Message:
@@ -176,10 +214,11 @@ class ReceiptMiddleware:
             return message
 
         async def signing_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
+            if message["type"] == "http.response.start" and slot.node is not None:
                 while not done and size <= DRAIN_LIMIT:
                     await counting_receive()
-                receipt = sign_receipt(self.key, digest.hexdigest(), size, utc_now())
+                binding = http_binding(slot.node, scope["method"], request_target(scope), digest.hexdigest(), size)
+                receipt = sign_receipt(self.key, binding, utc_now())
                 message["headers"] = [
                     *message.get("headers", []),
                     (HEADER.lower().encode(), encode_header(receipt).encode()),

@@ -10,6 +10,7 @@ old or the new version, never half of one.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import secrets
@@ -58,6 +59,30 @@ def read_or_create(path: Path, make: Callable[[], bytes]) -> bytes:
     finally:
         os.unlink(tmp)
     return path.read_bytes()
+
+
+#: what a server that keeps private data runs under: nothing it creates is readable by others
+PRIVATE_UMASK = 0o077
+
+
+def private_dir(path: Path) -> Path:
+    """``path`` as a folder only its owner may enter (0700): made so, or narrowed if it was wider."""
+    path = Path(path)
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)  # mkdir's mode is masked by the umask and ignored for an existing folder
+    return path
+
+
+def private_file(path: Path) -> Path:
+    """``path`` exists and is 0600 (created empty when absent). Called before SQLite opens a
+    database: SQLite gives the -wal, -shm and -journal files the mode of the database file."""
+    path = Path(path)
+    # O_EXCL: never open an existing database here, since closing any descriptor of a file
+    # drops every POSIX lock this process holds on it (SQLite's locks included)
+    with contextlib.suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    os.chmod(path, 0o600)
+    return path
 
 
 def write_private(path: Path, data: bytes) -> None:

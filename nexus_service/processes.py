@@ -34,6 +34,13 @@ def flower_env(flwr_home: Path) -> dict[str, str]:
     }
 
 
+def free_port() -> int:
+    """A loopback port nobody listens on right now (the OS's choice)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 def port_open(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.5):
@@ -121,7 +128,8 @@ class FlowerProcess:
         if self.running:
             return
         self.flwr_home.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:  # the child keeps its own descriptor
+        # the child keeps its own descriptor; a Flower log may quote run configs and node ids
+        with os.fdopen(os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600), "ab") as log:
             self.process = subprocess.Popen(
                 self.command(),
                 cwd=self.workdir,

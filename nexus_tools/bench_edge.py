@@ -1,8 +1,14 @@
 """``nexus bench edge``: the edge against a bare Starlette echo under the same load.
 
 Both run under uvicorn with the same options and worker count, one at a time, driven
-by wrk (Debian's) when installed, else by a built-in httpx load generator; the report
-names the generator. Figures are relative to the echo measured in the same run.
+by wrk (Debian's). Figures are relative to the echo measured in the same run, and a run
+whose echo stays under the floor of :mod:`nexus_tools.bench_rule` is refused, as is one
+without wrk: ``--generator httpx`` is a smoke run, its report ``"valid": false``, no ratio.
+
+The same run measures OIP v2 emotion inference over gRPC (``grpc_emotion``, the edge's
+``--grpc-port``) against a bare gRPC echo in the echo server (``grpc_echo``), both driven by
+the bounded ``grpc.aio`` generator of :mod:`nexus_tools.grpc_load`: ``grpc_ratio`` is to gRPC
+what ``ratio`` is to HTTP, and ``grpc_vs_http_emotion`` compares the two transports.
 """
 
 from __future__ import annotations
@@ -13,7 +19,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,12 +33,21 @@ import numpy as np
 
 from models.errors import NexusError
 from models.progress import Progress
+from nexus_tools.bench_rule import check_echo, require_wrk
+from nexus_tools.echo import GRPC_PORT_ENV
 from nexus_tools.examples import SESSION
+from nexus_tools.grpc_load import emotion_request, run_grpc
 from nexus_tools.processes import ServerProcess, edge_argv, free_port
 
-EMOTION_BODY = json.dumps({"text": "I was so happy when the package arrived early, thank you!"})
+EMOTION_TEXT = "I was so happy when the package arrived early, thank you!"
+EMOTION_BODY = json.dumps({"text": EMOTION_TEXT})
 FUNNEL_BODY = json.dumps({"session": SESSION})
 TARGETS = {"ratio": 0.4, "batching_gain": 1.3}
+SMOKE_HINT = "or pass --generator httpx for a smoke run whose figures measure the generator"
+HTTPX_INVALID = (
+    "the httpx generator cannot load a server harder than it answers, so these figures measure the generator; "
+    "no ratio is reported (a smoke run: use wrk, apt-get install wrk, for figures)"
+)
 
 
 @dataclass(frozen=True)
@@ -159,6 +173,10 @@ TARGETS_DRIVEN = (
 )
 
 
+#: OIP v2 ModelInfer of the same emotion text over gRPC: target name -> the server whose gRPC port it drives
+GRPC_TARGETS = {"grpc_echo": "echo", "grpc_emotion": "edge"}
+
+
 def _median(values: list[float]) -> float:
     return float(np.median(values))
 
@@ -168,11 +186,16 @@ def paired_ratio(tops: Sequence[Load], bottoms: Sequence[Load]) -> float:
     return round(_median([a.rps / b.rps for a, b in zip(tops, bottoms) if b.rps]), 3)
 
 
-def echo_server(workers: int) -> ServerProcess:
-    """The bare Starlette echo (not started), under the uvicorn options every node uses."""
+def echo_server(workers: int, grpc_port: int | None = None) -> ServerProcess:
+    """The bare Starlette echo (not started), under the uvicorn options every node uses; with
+    ``grpc_port``, each worker also serves the gRPC echo there."""
     port = free_port()
+    env = {GRPC_PORT_ENV: str(grpc_port)} if grpc_port is not None else None
     return ServerProcess(
-        "echo", [sys.executable, "-m", "nexus_tools.echo", "--port", str(port), "--workers", str(workers)], port
+        "echo",
+        [sys.executable, "-m", "nexus_tools.echo", "--port", str(port), "--workers", str(workers)],
+        port,
+        env=env,
     )
 
 
@@ -200,7 +223,7 @@ def bench_edge(
     duration: float = 10.0,
     connections: int = 64,
     workers: int = 2,
-    generator: str = "auto",
+    generator: str = "wrk",
     models_dir: Path | None = None,
     rounds: int = 5,
     show_progress: bool = True,
@@ -208,21 +231,24 @@ def bench_edge(
     """Every target gets ``duration`` seconds of load, split into ``rounds`` interleaved
     slices; figures are medians over rounds and ratios are paired within a round, so a
     burst of load from elsewhere on the machine hits both sides of a ratio alike."""
-    if generator == "auto":
-        generator = "wrk" if shutil.which("wrk") else "httpx"
-    if generator == "wrk" and not shutil.which("wrk"):
-        raise NexusError("wrk is not installed (apt-get install wrk), or use --generator httpx")
+    if generator == "wrk":
+        require_wrk("edge", SMOKE_HINT)
+    elif generator != "httpx":
+        raise NexusError(f"unknown load generator {generator!r}: wrk, or httpx for a smoke run")
     drive = run_wrk if generator == "wrk" else run_httpx
     threads = min(2, os.cpu_count() or 1)
     rounds = max(1, min(rounds, int(duration)))
     slice_s = duration / rounds
-    progress = Progress("bench edge", rounds * len(TARGETS_DRIVEN), enabled=show_progress)
+    progress = Progress("bench edge", rounds * (len(TARGETS_DRIVEN) + len(GRPC_TARGETS)), enabled=show_progress)
+    grpc_ports = {"echo": free_port(), "edge": free_port()}
 
     with tempfile.TemporaryDirectory(prefix="nexus-bench-") as tmp, contextlib.ExitStack() as stack:
-        servers: dict[str, ServerProcess] = {"echo": stack.enter_context(echo_server(workers))}
+        servers: dict[str, ServerProcess] = {"echo": stack.enter_context(echo_server(workers, grpc_ports["echo"]))}
         for name, batching in (("edge", "true"), ("edge-nobatch", "false")):
             port = free_port()
             argv = edge_argv(port, models_dir=models_dir, data_dir=Path(tmp) / name, workers=workers)
+            if name in grpc_ports:
+                argv += ["--grpc-port", str(grpc_ports[name])]
             servers[name] = stack.enter_context(ServerProcess(name, argv, port, env={"NEXUS_BATCHING": batching}))
 
         def driver(target: Target) -> Callable[[float], Load]:
@@ -230,13 +256,23 @@ def bench_edge(
                 servers[target.server].url + target.path, target.body, seconds, connections, threads
             )
 
-        loads = interleave({t.name: driver(t) for t in TARGETS_DRIVEN}, rounds, slice_s, progress)
-    progress.close()
+        def grpc_driver(server: str) -> Callable[[float], Load]:
+            address, body = f"127.0.0.1:{grpc_ports[server]}", emotion_request(EMOTION_TEXT)
+            return lambda seconds: Load(*run_grpc(address, body, seconds, connections, threads))
 
-    def paired(top: str, bottom: str) -> float:
-        return paired_ratio(loads[top], loads[bottom])
+        drivers = {t.name: driver(t) for t in TARGETS_DRIVEN}
+        drivers.update({name: grpc_driver(server) for name, server in GRPC_TARGETS.items()})
+        loads = interleave(drivers, rounds, slice_s, progress)
+    progress.close()
+    valid = generator == "wrk"
+    if valid:  # refuses a run whose generator could not saturate the echo
+        check_echo("edge", _median([r.rps for r in loads["echo"]]), workers)
+
+    def paired(top: str, bottom: str) -> float | None:
+        return paired_ratio(loads[top], loads[bottom]) if valid else None  # no ratio of two generator figures
 
     report: dict[str, object] = {
+        "valid": valid,
         "generator": generator,
         "duration_s": duration,
         "rounds": rounds,
@@ -245,6 +281,9 @@ def bench_edge(
         "cpus": os.cpu_count(),
         "ratio": paired("emotion", "echo"),
         "batching_gain": paired("emotion", "emotion_nobatch"),
+        "grpc_generator": f"grpc.aio: {threads} processes, {connections} calls in flight",
+        "grpc_ratio": paired("grpc_emotion", "grpc_echo"),
+        "grpc_vs_http_emotion": paired("grpc_emotion", "emotion"),
         "targets": TARGETS,
     }
     for name, runs in loads.items():
@@ -252,6 +291,8 @@ def bench_edge(
         report[f"{name}_p50_ms"] = round(_median([r.p50_ms for r in runs]), 3)
         report[f"{name}_p99_ms"] = round(_median([r.p99_ms for r in runs]), 3)
         report[f"{name}_errors"] = sum(r.errors for r in runs)
+    if not valid:
+        report["invalid_reason"] = HTTPX_INVALID
     return report
 
 
@@ -265,21 +306,33 @@ def _run(args: argparse.Namespace) -> int:
         args.rounds,
         show_progress=not args.json,
     )
-    if args.json:
-        print(json.dumps(report))
-    else:
-        for key, value in report.items():
-            print(f"{key:>24}: {value}")
+    print_report(report, args.json)
     return 0
+
+
+def print_report(report: Mapping[str, object], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report))
+        return
+    if not report["valid"]:
+        print(f"NOT A MEASUREMENT OF THE EDGE: {HTTPX_INVALID}")
+    for key, value in report.items():
+        print(f"{key:>24}: {value}")
 
 
 def register(bench_sub: argparse._SubParsersAction) -> None:
     bench = bench_sub.add_parser("edge", help="edge node vs a bare Starlette echo (wrk or httpx load)")
     bench.add_argument("--duration", type=float, default=10.0, help="seconds per measurement (default 10)")
-    bench.add_argument("--connections", type=int, default=64)
+    bench.add_argument("--connections", type=int, default=64, help="open connections of the load generator")
     bench.add_argument("--workers", type=int, default=2, help="uvicorn workers for both servers (default 2)")
-    bench.add_argument("--generator", choices=("auto", "wrk", "httpx"), default="auto")
+    bench.add_argument(
+        "--generator",
+        choices=("wrk", "httpx"),
+        default="wrk",
+        help="load generator (default wrk; without it the bench refuses to run); httpx: a smoke run whose "
+        "figures measure the generator, reported with valid false and no ratio",
+    )
     bench.add_argument("--rounds", type=int, default=5, help="interleaved slices per measurement (default 5)")
     bench.add_argument("--models", type=Path, help="model repository (default: the shipped bundles)")
-    bench.add_argument("--json", action="store_true")
+    bench.add_argument("--json", action="store_true", help="one line of JSON")
     bench.set_defaults(func=_run)

@@ -7,7 +7,8 @@ needed: events are local). wrk drives it with EVENTS_LUA, every request a valid 
 (visitor, step), so each one is a new row and a count. The echo gets the same script and
 bodies (the same generator cost on both sides) in rounds interleaved as in ``nexus bench
 edge``; the ratio pairs the two within a round. Afterwards the edge's store must hold exactly
-the events wrk saw acknowledged, so the figure cannot count work the edge did not do. The
+the events wrk saw acknowledged, so the figure cannot count work the edge did not do, and a
+run whose echo stays under the floor of :mod:`nexus_tools.bench_rule` is refused. The
 merge figure calls the store directly, one report of REPORT_KEYS counters at a time (what one
 edge report carries).
 """
@@ -19,7 +20,6 @@ import contextlib
 import json
 import os
 import re
-import shutil
 import sqlite3
 import statistics
 import tempfile
@@ -37,6 +37,7 @@ from hub.store.redis import RedisStore
 from models.errors import NexusError
 from models.progress import Progress
 from nexus_tools.bench_edge import Load, echo_server, interleave, paired_ratio, parse_wrk, wrk_output
+from nexus_tools.bench_rule import check_echo, require_wrk
 from nexus_tools.processes import ServerProcess, edge_argv, free_port
 from nexus_wire.assignment import ASSIGNED
 from nexus_wire.datadir import EdgeDataDir
@@ -209,7 +210,9 @@ def _ingest(duration: float, rounds: int, connections: int, workers: int, progre
         rows, counted = _stored(data)  # the edge has stopped: everything it took is committed
     _check_store(drivers["edge"], rows, counted)
     edge_loads, echo_loads = loads["edge"], loads["echo"]
+    check_echo("funnels", statistics.median(r.rps for r in echo_loads), workers)
     return {
+        "valid": True,  # a run the generator could not saturate is refused above
         "generator": "wrk",
         "duration_s": duration,
         "rounds": rounds,
@@ -281,8 +284,7 @@ def run_bench(
     redis_url: str | None,
     show_progress: bool,
 ) -> dict[str, Any]:
-    if not shutil.which("wrk"):
-        raise NexusError("wrk is not installed (apt-get install wrk): it drives the edge's event ingest")
+    require_wrk("funnels")  # it drives the edge's event ingest; there is no smoke generator
     rounds = max(1, min(rounds, int(duration)))
     progress = Progress("bench funnels", total=2 * rounds + (2 if redis_url else 1), enabled=show_progress)
     result: dict[str, Any] = {"edge_ingest": _ingest(duration, rounds, connections, workers, progress)}
@@ -307,11 +309,11 @@ def register(bench_sub: argparse._SubParsersAction) -> None:
         help="seconds of event load on the edge, and as many on the echo (default 10)",
     )
     bench.add_argument("--rounds", type=int, default=5, help="interleaved edge/echo slices (default 5)")
-    bench.add_argument("--connections", type=int, default=64)
+    bench.add_argument("--connections", type=int, default=64, help="open connections of the load generator")
     bench.add_argument("--workers", type=int, default=1, help="uvicorn workers for the edge and the echo (default 1)")
     bench.add_argument("--counters", type=int, default=20000, help="node-counters merged per store")
     bench.add_argument("--redis", default="redis://127.0.0.1:6379/15", help="Redis URL for the Redis run ('' to skip)")
-    bench.add_argument("--json", action="store_true")
+    bench.add_argument("--json", action="store_true", help="one line of JSON")
     bench.set_defaults(func=_bench)
 
 

@@ -2,7 +2,10 @@
 newly promoted version takes to reach M edges running the real sync agent, per store.
 
 The hub runs as its own ``nexus hub serve`` process; the load generator (one asyncio
-process) is the other side, so on a small machine the figure is a lower bound.
+process) is the other side. The same generator first sends the same heartbeats to a bare
+echo, its ceiling on this machine: a store whose heartbeat rate comes within
+:data:`~nexus_tools.bench_rule.GENERATOR_SHARE` of it measured the generator, and the bench
+refuses the run (:mod:`nexus_tools.bench_rule`).
 """
 
 from __future__ import annotations
@@ -27,6 +30,8 @@ from hub.client import OperatorClient
 from models.bundle import write_manifest
 from models.errors import NexusError
 from models.progress import Progress
+from nexus_tools.bench_edge import echo_server
+from nexus_tools.bench_rule import check_headroom
 from nexus_tools.processes import ServerProcess, free_port
 from nexus_wire.datadir import HubDataDir
 
@@ -87,7 +92,9 @@ async def _enroll(url: str, tokens: list[str]) -> list[str]:
     return [f"Bearer node.{r.json()['node_id']}.{r.json()['node_secret']}" for r in replies]
 
 
-async def _heartbeats(url: str, creds: list[str], seconds: float, connections: int = 50) -> dict[str, float]:
+async def _heartbeats(
+    url: str, creds: list[str], seconds: float, connections: int = 50, path: str = "/v1/nodes/me/heartbeat"
+) -> dict[str, float]:
     """Keep-alive connections, each cycling through its share of the nodes' credentials.
 
     A minimal HTTP/1.1 client on asyncio streams rather than httpx: httpx spends more CPU
@@ -104,7 +111,7 @@ async def _heartbeats(url: str, creds: list[str], seconds: float, connections: i
         reader, writer = await asyncio.open_connection(host, int(port))
         requests = [
             (
-                f"POST /v1/nodes/me/heartbeat HTTP/1.1\r\nHost: {host}\r\nAuthorization: {cred}\r\n"
+                f"POST {path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: {cred}\r\n"
                 f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
             ).encode()
             + body
@@ -191,13 +198,24 @@ def _bench_store(store: str, nodes: int, edges: int, seconds: float, progress: P
     return result
 
 
+def generator_ceiling(nodes: int, seconds: float) -> float:
+    """Heartbeats/s the generator pushes through a bare echo: the most it could measure of a hub."""
+    creds = [f"Bearer node.n-{i:016x}.{uuid.uuid4().hex}" for i in range(nodes)]  # the echo reads none
+    with echo_server(1) as echo:
+        load = asyncio.run(_heartbeats(echo.url, creds, seconds, path="/echo"))
+    if load["heartbeat_errors"] or not load["heartbeats_per_s"]:
+        raise NexusError(f"the bare echo did not answer the benchmark's heartbeats: {load}")
+    return load["heartbeats_per_s"]
+
+
 def run_bench(nodes: int, edges: int, seconds: float, redis_url: str | None, show_progress: bool) -> dict[str, Any]:
     stores = {"sqlite": "sqlite:///{tmp}/hub.sqlite3"}
     prefix = f"bench:{uuid.uuid4().hex[:8]}:"
     if redis_url:
         stores["redis"] = f"{redis_url}?prefix={prefix}"
-    progress = Progress("bench hub", 3 * len(stores), enabled=show_progress)
+    progress = Progress("bench hub", 1 + 3 * len(stores), enabled=show_progress)
     results: dict[str, Any] = {
+        "valid": True,  # a store the generator could not saturate is refused below
         "nodes": nodes,
         "edges": edges,
         "heartbeat_seconds": seconds,
@@ -209,8 +227,11 @@ def run_bench(nodes: int, edges: int, seconds: float, redis_url: str | None, sho
         "stores": {},
     }
     try:
+        ceiling = results["generator_echo_heartbeats_per_s"] = generator_ceiling(nodes, seconds)
+        progress.update(1, phase="generator ceiling")
         for name, url in stores.items():
-            results["stores"][name] = _bench_store(url, nodes, edges, seconds, progress)
+            result = results["stores"][name] = _bench_store(url, nodes, edges, seconds, progress)
+            check_headroom("hub", f"the {name} store's heartbeat rate", result["heartbeats_per_s"], ceiling)
     finally:
         progress.close()
         if redis_url:
@@ -224,11 +245,11 @@ def run_bench(nodes: int, edges: int, seconds: float, redis_url: str | None, sho
 
 def register(bench_sub: argparse._SubParsersAction) -> None:
     bench = bench_sub.add_parser("hub", help="heartbeats/s with 200 nodes and rollout time to 20 edges, per store")
-    bench.add_argument("--nodes", type=int, default=200)
-    bench.add_argument("--edges", type=int, default=20)
+    bench.add_argument("--nodes", type=int, default=200, help="simulated nodes sending heartbeats")
+    bench.add_argument("--edges", type=int, default=20, help="sync agents a rollout is timed to")
     bench.add_argument("--seconds", type=float, default=5.0, help="heartbeat phase length per store")
     bench.add_argument("--redis", default="redis://127.0.0.1:6379/15", help="Redis URL for the Redis run ('' to skip)")
-    bench.add_argument("--json", action="store_true")
+    bench.add_argument("--json", action="store_true", help="one line of JSON")
     bench.set_defaults(func=_bench)
 
 

@@ -91,6 +91,6 @@ def register(bench_sub: argparse._SubParsersAction) -> None:
     bench.add_argument(
         "--models", default=str(DEFAULT_REPOSITORY), help="model repository (default: the shipped bundles)"
     )
-    bench.add_argument("--repeats", type=int, default=2000)
-    bench.add_argument("--json", action="store_true")
+    bench.add_argument("--repeats", type=int, default=2000, help="timed calls per model, backend and batch size")
+    bench.add_argument("--json", action="store_true", help="one line of JSON")
     bench.set_defaults(func=_bench)

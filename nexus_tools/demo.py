@@ -600,7 +600,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--data",
         type=Path,
         metavar="DIR",
-        help="replay the shared data sets (online-shoppers/, goemotions-ekman/) instead of synthetic traffic",
+        help="replay the shared data sets (online-shoppers/, goemotions-ekman/) instead of synthetic traffic "
+        "(default: synthetic)",
     )
     demo.add_argument(
         "--models", type=Path, help="model repository with the bundles to start from (default: the shipped bundles)"
@@ -614,7 +615,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo.add_argument(
         "--visitors", type=int, default=Options.visitors, help="visitors through the experiment, over all edges"
     )
-    demo.add_argument("--allocation", choices=("fixed", "thompson"), default=Options.allocation)
+    demo.add_argument(
+        "--allocation",
+        choices=("fixed", "thompson"),
+        default=Options.allocation,
+        help="how the experiment splits visitors: fixed weights or Thompson sampling",
+    )
     demo.add_argument(
         "--keep",
         action="store_true",

@@ -1,8 +1,11 @@
-"""The benchmark's baseline: a bare Starlette app that returns the request body."""
+"""The benchmark's baseline: a bare Starlette app that returns the request body (and the gRPC echo beside it)."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -10,6 +13,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from edge_worker.server import run_uvicorn
+from nexus_tools import grpc_load
 
 
 async def _echo(request: Request) -> Response:
@@ -20,8 +24,24 @@ async def _ready(request: Request) -> Response:
     return Response(b'{"ready":true}', media_type="application/json")
 
 
+#: when set, each worker also serves the gRPC echo on this port (nexus_tools.grpc_load)
+GRPC_PORT_ENV = "NEXUS_ECHO_GRPC_PORT"
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: Starlette) -> AsyncIterator[None]:
+    port = os.environ.get(GRPC_PORT_ENV)
+    server = await grpc_load.start_echo(int(port)) if port else None
+    try:
+        yield
+    finally:
+        if server is not None:
+            await server.stop(1.0)
+
+
 def create_echo_app() -> Starlette:
-    return Starlette(routes=[Route("/echo", _echo, methods=["POST"]), Route("/v2/health/ready", _ready)])
+    routes = [Route("/echo", _echo, methods=["POST"]), Route("/v2/health/ready", _ready)]
+    return Starlette(routes=routes, lifespan=_lifespan)
 
 
 if __name__ == "__main__":

@@ -104,6 +104,18 @@ class EdgeDataDir:
     def flwr_home(self) -> Path:  # folder: FLWR_HOME of the SuperNode and its ClientApp processes
         return self.root / "flwr-home"
 
+    @property
+    def trusted_apps(self) -> Path:  # the hub's signed app statements as last fetched (nexus_wire/apps.py)
+        return self.root / "hub-apps.json"
+
+    @property
+    def superexec_secret(self) -> Path:  # the SuperNode's and the app guard's shared secret: only the guard takes tasks
+        return self.root / "superexec.secret"
+
+    @property
+    def guard_log(self) -> Path:  # the app guard's stdout and stderr, with its ClientApp processes'
+        return self.root / "app-guard.log"
+
     # -- metrics
     @property
     def metrics(self) -> Path:  # folder of per-worker metric snapshots (JSON) with --workers > 1
@@ -144,6 +156,34 @@ class SuperLinkDir:
     @property
     def flwr_home(self) -> Path:  # folder: FLWR_HOME of the SuperLink and of the hub's ``flwr`` calls
         return self.root / "flwr-home"
+
+    @property
+    def address(self) -> Path:  # the loopback HOST:PORT the SuperLink serves on (Control API included)
+        return self.root / "superlink.address"
+
+    @property
+    def trusted_apps(self) -> Path:  # the hub's signed statements of the apps it submits (nexus_wire/apps.py)
+        return self.root / "apps.json"
+
+    @property
+    def superexec_secret(self) -> Path:  # the SuperLink's and the app guard's shared secret: only the guard takes tasks
+        return self.root / "superexec.secret"
+
+    @property
+    def gateway_log(self) -> Path:  # the Fleet gateway's stdout and stderr
+        return self.root / "fleet-gateway.log"
+
+    @property
+    def gateway_pid(self) -> Path:  # pid of the running Fleet gateway, so a restarted hub adopts it
+        return self.root / "fleet-gateway.pid"
+
+    @property
+    def guard_log(self) -> Path:  # the app guard's stdout and stderr, with its ServerApp processes'
+        return self.root / "app-guard.log"
+
+    @property
+    def guard_pid(self) -> Path:  # pid of the running app guard, so a restarted hub adopts it
+        return self.root / "app-guard.pid"
 
 
 @dataclass(frozen=True)

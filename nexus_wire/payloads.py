@@ -16,6 +16,10 @@ EVALUATION_METRICS, NODE_TAGS = "evaluation-metrics", "node-tags"
 #: acknowledges the hub's receipts for earlier replies; gets no receipt of its own
 RECEIPT_ACK = "receipt-ack"
 ERROR = "error"
+#: not a payload: the kind of the refusal a node's app guard logs for a Flower app the hub did not sign
+FLOWER_APP = "flower-app"
+#: not a payload: the kind of the refusal a node logs for a hub receipt that does not match its entry
+HUB_RECEIPT = "hub-receipt"
 
 # Audit channels: the gateway's counter reports have their own, its other sends share SYNC.
 SYNC_CHANNEL, COUNTERS_CHANNEL, FLOWER_CHANNEL = "sync", "counters", "flower"

@@ -64,7 +64,12 @@ class RunConfig(BaseModel):
     select: Annotated[
         str,
         StringConstraints(pattern=SELECT_PATTERN),
-        Key("select", api=True, help="node tags, e.g. region=1,2 (repeat for several tags)", join=";"),
+        Key(
+            "select",
+            api=True,
+            help="node tags, e.g. region=1,2 (repeat for several tags; default: every node)",
+            join=";",
+        ),
     ] = ""
     local_epochs: Annotated[int, Field(ge=1, le=1000), Key("local-epochs", api=True, help="local epochs per round")] = 1
     compression: Annotated[Compression, Key("compression", api=True, help="update encoding")] = "int8"
@@ -82,7 +87,7 @@ class RunConfig(BaseModel):
     lr: Annotated[float, Field(ge=0, allow_inf_nan=False), Key("lr")] = 0.0
     proximal_mu: Annotated[float, Field(ge=0, allow_inf_nan=False), Key("proximal-mu")] = 0.01
     max_update_norm: Annotated[float, Field(gt=0, allow_inf_nan=False), Key("max-update-norm")] = 1e4
-    seed: Annotated[int, Field(ge=0), Key("seed")] = 0
+    seed: Annotated[int, Field(ge=0), Key("seed", help="seed of data splits, shuffles and noise")] = 0
     #: a bundle folder, or a JSON model spec (weights are then initialised)
     base: Annotated[str, Key("base")] = ""
     #: the final arrays (.npz); the per-round summary goes beside it (.json)

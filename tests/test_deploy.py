@@ -1,15 +1,15 @@
 """Deployment files, validated offline: hadolint on the Dockerfiles, kubernetes-validate
 (strict, pinned Kubernetes version) on the manifests, the compose file's references and
-regions, no committed secrets, and the Flower TLS + SuperNode-auth material made by
-deploy/flower/gen-certs.sh accepted by a real SuperLink and SuperNodes on loopback."""
+regions, that nothing but ``nexus`` starts Flower (so the SuperLink's Control API stays on the
+hub container's loopback), no committed secrets, and the Flower TLS + SuperNode-auth material
+made by deploy/flower/gen-certs.sh accepted by a real hub's Fleet gateway and SuperNodes on
+loopback."""
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
-import shlex
 import shutil
 import signal
 import subprocess
@@ -23,10 +23,12 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from hub.superlink import SuperLink, SuperLinkConfig
+from models.errors import NexusError
 from nexus_tools.processes import free_port
 from nexus_wire.datadir import HubDataDir
-from nexus_wire.heads import KEY_ENV
 from tests.support.env import ROOT, need
+from tests.support.processes import HubProcess
 
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
@@ -186,26 +188,24 @@ def test_every_pod_is_non_root_read_only_and_bounded() -> None:
             assert {"cpu", "memory"} <= container["resources"]["limits"].keys(), where
 
 
-def test_edge_pod_runs_worker_and_supernode_with_oip_probes_and_flower_tls() -> None:
+def _mounted(container: dict[str, Any], path: str) -> bool:
+    return any(Path(path).is_relative_to(m["mountPath"]) for m in container["volumeMounts"])
+
+
+def test_edge_pod_runs_its_supernode_over_tls_with_oip_probes() -> None:
+    """One container: the worker starts the SuperNode and its app guard (only the hub's signed
+    ClientApp runs, refusals on the node's audit log) and joins the hub's Fleet gateway."""
     spec = _deployment("nexus-edge-region-1")["spec"]["template"]["spec"]
     containers = {c["name"]: c for c in spec["containers"]}
-    assert set(containers) == {"edge", "supernode"}
+    assert set(containers) == {"edge"}
     edge = containers["edge"]
     assert edge["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
     assert edge["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
-    assert "--no-supernode" in edge["args"], "the SuperNode is the sidecar, not the worker's child"
-    supernode = containers["supernode"]
-    assert supernode["command"] == ["flower-supernode"]
-    flags = _flags(supernode["args"])
-    assert "--insecure" not in flags
+    flags = _flags(edge["args"])
+    assert "--no-supernode" not in flags and "--insecure" not in flags
     assert flags["--superlink"] == "nexus-superlink:9092"
-    assert flags["--root-certificates"] and flags["--auth-supernode-private-key"]
-    mounted = {m["mountPath"] for m in supernode["volumeMounts"]}
-    assert Path(flags["--root-certificates"]).parent.as_posix() in mounted
-    # both containers see the same data volume: the ClientApp trains on the worker's store
-    data = {m["name"] for m in edge["volumeMounts"] if m["mountPath"] == "/var/lib/nexus"}
-    assert data and data == {m["name"] for m in supernode["volumeMounts"] if m["mountPath"] == "/var/lib/nexus"}
-    assert 'data-dir="/var/lib/nexus"' in flags["--node-config"]
+    assert _mounted(edge, flags["--superlink-root-cert"]) and _mounted(edge, flags["--supernode-auth-key"])
+    assert _flags(edge["args"])["--data-dir"] == "/var/lib/nexus" and _mounted(edge, "/var/lib/nexus")
 
 
 def _hub_pod() -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
@@ -213,45 +213,41 @@ def _hub_pod() -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
     return spec, {c["name"]: c for c in spec["containers"]}
 
 
-def test_superlink_serves_tls_with_supernode_auth_from_a_secret() -> None:
+def _no_flower_of_its_own(commands: list[list[str]]) -> None:
+    """Nothing starts flower-superlink or flower-supernode directly: only ``nexus`` does, which
+    binds the SuperLink to 127.0.0.1 (tests/hub/test_superlink_gateway.py) and guards both."""
+    for command in commands:
+        assert not any("flower-superlink" in part or "flower-supernode" in part for part in command), command
+
+
+def test_hub_runs_its_superlink_behind_a_tls_fleet_gateway_in_k8s() -> None:
     spec, containers = _hub_pod()
-    container = containers["superlink"]
-    assert container["command"] == ["flower-superlink"]
-    flags = _flags(container["args"])
-    assert "--insecure" not in flags and "--enable-supernode-auth" in flags
-    assert flags["--port"] == "9092"
-    tls_dir = Path(flags["--ssl-certfile"]).parent.as_posix()
-    assert (
-        Path(flags["--ssl-keyfile"]).parent.as_posix() == Path(flags["--ssl-ca-certfile"]).parent.as_posix() == tls_dir
-    )
-    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == tls_dir)
+    assert set(containers) == {"hub"}, "the SuperLink's Control API must not leave the hub container"
+    _no_flower_of_its_own([c.get("command", []) + c.get("args", []) for _, c in _pod_specs_containers()])
+    hub = containers["hub"]
+    flags = _flags(hub["args"])
+    assert "--superlink" not in flags and flags["--superlink-port"] == "9092"
+    assert "--superlink-supernode-auth" in flags
+    tls = [flags[f"--superlink-ssl-{name}"] for name in ("ca-certfile", "certfile", "keyfile")]
+    (tls_dir,) = {Path(path).parent.as_posix() for path in tls}
+    mount = next(m for m in hub["volumeMounts"] if m["mountPath"] == tls_dir)
     volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
     assert volume["secret"]["secretName"] == "nexus-flower-tls"
-    # the SuperLink's key is not mounted into the hub container
-    assert all(m["name"] != mount["name"] for m in containers["hub"]["volumeMounts"])
-
-
-def test_superlink_shares_the_hub_data_dir_and_signing_key_in_k8s() -> None:
-    """Its ServerApp reads and writes run folders at the hub's paths and signs Flower receipts
-    with the hub's key; the volume is ReadWriteOnce, hence one pod."""
-    spec, containers = _hub_pod()
-    hub, superlink = containers["hub"], containers["superlink"]
     assert _flags(hub["args"])["--data-dir"] == HUB_DATA
-    data = {m["name"] for m in hub["volumeMounts"] if m["mountPath"] == HUB_DATA}
-    assert data and data == {m["name"] for m in superlink["volumeMounts"] if m["mountPath"] == HUB_DATA}
-    env = {e["name"]: e["value"] for e in superlink["env"]}
-    assert env[KEY_ENV] == str(HUB_LAYOUT.signing_key)
-    # where the hub's own SuperLink child keeps its state (hub/rounds.py connect())
-    assert _flags(superlink["args"])["--database"] == str(HUB_LAYOUT.superlink.database)
-    # the Service edges join selects this pod's Flower port
+    # the Service SuperNodes join selects the hub pod's gateway port
     service = next(
         doc for _, doc in _all_resources() if doc["kind"] == "Service" and doc["metadata"]["name"] == "nexus-superlink"
     )
     assert service["spec"]["selector"] == _deployment("nexus-hub")["spec"]["selector"]["matchLabels"]
     assert any(
-        p["name"] == service["spec"]["ports"][0]["targetPort"] and p["containerPort"] == 9092
-        for p in superlink["ports"]
+        p["name"] == service["spec"]["ports"][0]["targetPort"] and p["containerPort"] == 9092 for p in hub["ports"]
     )
+
+
+def _pod_specs_containers() -> Iterator[tuple[str, dict[str, Any]]]:
+    for name, spec in _pod_specs():
+        for container in spec.get("initContainers", []) + spec["containers"]:
+            yield name, container
 
 
 def test_edge_network_policy_allows_only_hub_superlink_and_dns() -> None:
@@ -273,7 +269,7 @@ def test_edge_network_policy_allows_only_hub_superlink_and_dns() -> None:
     }
 
 
-def test_hub_pod_accepts_http_from_anyone_and_flower_from_hub_and_edges_only() -> None:
+def test_hub_pod_accepts_http_from_anyone_and_the_fleet_gateway_from_edges_only() -> None:
     (policy,) = [
         doc
         for _, doc in _all_resources()
@@ -291,7 +287,7 @@ def test_hub_pod_accepts_http_from_anyone_and_flower_from_hub_and_edges_only() -
         allowed.add((peers, frozenset((p["protocol"], p["port"]) for p in rule["ports"])))
     assert allowed == {
         (None, frozenset({("TCP", 8080)})),
-        (frozenset({"nexus-hub", "nexus-edge"}), frozenset({("TCP", 9092)})),
+        (frozenset({"nexus-edge"}), frozenset({("TCP", 9092)})),
     }
 
 
@@ -332,10 +328,9 @@ def _volume_source(entry: str | dict[str, Any]) -> tuple[str, str]:
 
 def test_compose_has_the_whole_system(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    expected = (
-        {"hub", "redis", "superlink"} | {f"edge-{r}" for r in EDGE_REGIONS} | {f"supernode-{r}" for r in EDGE_REGIONS}
-    )
+    expected = {"hub", "redis"} | {f"edge-{r}" for r in EDGE_REGIONS}
     assert expected <= services.keys()
+    _no_flower_of_its_own([list(s.get("entrypoint", [])) + list(s.get("command", [])) for s in services.values()])
     assert "--store=redis://redis:6379/0" in services["hub"]["command"]
     for name, service in services.items():
         if name.endswith("-seed"):
@@ -374,7 +369,7 @@ def test_compose_names_only_images_and_files_that_exist(compose: dict[str, Any])
             assert secret in compose["secrets"], f"{name} uses undeclared secret {secret}"
 
 
-def test_every_edge_has_a_unique_region_matching_its_supernode(compose: dict[str, Any]) -> None:
+def test_every_edge_has_a_unique_region_matching_its_supernode_key(compose: dict[str, Any]) -> None:
     services = compose["services"]
     regions = {}
     for name, service in services.items():
@@ -385,45 +380,43 @@ def test_every_edge_has_a_unique_region_matching_its_supernode(compose: dict[str
         assert any("/v2/health/ready" in part for part in service["healthcheck"]["test"])
         token = re.fullmatch(r"/run/secrets/enroll-token-region-(\d+)", edge_flags["--enroll-token-file"])
         assert token, f"{name}: enrollment token is not a per-region secret"
-        data_volume = next(s for s, t in map(_volume_source, service["volumes"]) if t == "/var/lib/nexus")
-        (supernode,) = [
-            s
-            for s in services.values()
-            if s.get("entrypoint") == ["flower-supernode"]
-            and data_volume in [_volume_source(v)[0] for v in s["volumes"]]
-        ]
-        node_config = _flags(supernode["command"])["--node-config"]
-        config = dict(pair.split("=", 1) for pair in shlex.split(node_config))
-        assert config["region"] == token.group(1), f"{name}: SuperNode region differs from the token's region"
-        regions[name] = config["region"]
+        key = re.fullmatch(r"/run/secrets/(supernode-region-(\d+))", edge_flags["--supernode-auth-key"])
+        assert key and key.group(2) == token.group(1), f"{name}: SuperNode key's region differs from the token's"
+        assert key.group(1) in service["secrets"]
+        regions[name] = token.group(1)
     assert sorted(regions.values()) == sorted(EDGE_REGIONS), regions
 
 
-def test_superlink_shares_the_hub_data_dir_and_signing_key_in_compose(compose: dict[str, Any]) -> None:
+def test_hub_runs_its_superlink_behind_a_tls_fleet_gateway_in_compose(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    hub, superlink = services["hub"], services["superlink"]
-    assert _flags(hub["command"])["--data-dir"] == HUB_DATA
-    (hub_volume,) = [s for s, t in map(_volume_source, hub["volumes"]) if t == HUB_DATA]
-    assert (hub_volume, HUB_DATA) in map(_volume_source, superlink["volumes"])
-    assert superlink["environment"][KEY_ENV] == str(HUB_LAYOUT.signing_key)
-    assert _flags(superlink["command"])["--database"] == str(HUB_LAYOUT.superlink.database)
-    # it starts once the hub has made its key and the database's folder; no cycle back
-    assert superlink["depends_on"]["hub"]["condition"] == "service_healthy"
-    assert "superlink" not in hub.get("depends_on", {})
+    hub = services["hub"]
+    flags = _flags(hub["command"])
+    assert flags["--data-dir"] == HUB_DATA
+    assert "--superlink" not in flags and flags["--superlink-port"] == "9092"
+    assert "--superlink-supernode-auth" in flags and "--insecure" not in flags
+    for name in ("ca-certfile", "certfile", "keyfile"):
+        secret = re.fullmatch(r"/run/secrets/([\w-]+)", flags[f"--superlink-ssl-{name}"])
+        assert secret and secret.group(1) in hub["secrets"]
+    # the gateway is for the federation network: the host gets the HTTP API only
+    assert all(not str(port).endswith(":9092") for port in hub["ports"])
+    # the edges join it by the name the certificate carries (deploy/flower/gen-certs.sh)
+    aliases = hub["networks"]["federation"]["aliases"]
+    certificate_names = re.search(r"sans=\(([^)]*)\)", (FLOWER / "gen-certs.sh").read_text())
+    assert certificate_names
+    for name, service in services.items():
+        if re.fullmatch(r"edge-\d+", name):
+            host = _flags(service["command"])["--superlink"].rsplit(":", 1)[0]
+            assert host in aliases and f"DNS:{host}" in certificate_names.group(1).split(), name
     used = {_volume_source(v)[0] for s in services.values() for v in s.get("volumes", [])}
     assert set(compose["volumes"]) <= used, "a declared volume is not used"
 
 
 def test_flower_runs_with_tls_and_auth_in_compose(compose: dict[str, Any]) -> None:
-    services = compose["services"]
-    superlink = _flags(services["superlink"]["command"])
-    assert "--insecure" not in superlink and "--enable-supernode-auth" in superlink
-    for name, service in services.items():
-        if service.get("entrypoint") == ["flower-supernode"]:
+    for name, service in compose["services"].items():
+        if re.fullmatch(r"edge-\d+", name):
             flags = _flags(service["command"])
-            assert (
-                "--insecure" not in flags and flags["--root-certificates"] and flags["--auth-supernode-private-key"]
-            ), name
+            assert "--insecure" not in flags and "--no-supernode" not in flags, name
+            assert flags["--superlink-root-cert"] == "/run/secrets/flower-ca" and flags["--supernode-auth-key"], name
 
 
 # -- no committed secrets -------------------------------------------------------------------
@@ -448,18 +441,6 @@ def test_no_secret_values_in_deploy_files() -> None:
 
 
 # -- Flower TLS and SuperNode authentication, for real on loopback ---------------------------
-
-
-def _grpc_serving(port: int) -> bool:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=1)
-        except grpc.RpcError:
-            return False
-    return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
 def _start(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -491,8 +472,17 @@ def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
     pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
+def test_the_register_script_uses_the_hub_superlinks_own_connection() -> None:
+    """It runs ``flwr`` where the Control API is: in the hub container, with its FLWR_HOME."""
+    script = (FLOWER / "register-supernodes.sh").read_text()
+    assert f"flwr_home={HUB_LAYOUT.superlink.flwr_home}\n" in script
+
+
 @pytest.mark.slow
 def test_generated_tls_and_keys_admit_only_registered_supernodes(tmp_path: Path) -> None:
+    """The deployment's Flower setup for real on loopback: ``nexus hub serve`` with the generated
+    certificate and SuperNode authentication, keys registered through the hub's own loopback
+    connection, SuperNodes joining through its TLS Fleet gateway: the registered one joins."""
     need(
         shutil.which("openssl") is not None and shutil.which("ssh-keygen") is not None,
         "openssl and ssh-keygen are needed",
@@ -512,34 +502,25 @@ def test_generated_tls_and_keys_admit_only_registered_supernodes(tmp_path: Path)
     # register region 1 only: region 2's SuperNode must be refused
     registered = tmp_path / "registered"
     registered.mkdir()
-    for name in ("ca.crt", "supernode-region-1.pub"):
-        shutil.copy(keys / name, registered / name)
+    shutil.copy(keys / "supernode-region-1.pub", registered / "supernode-region-1.pub")
 
     env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}", "FLWR_TELEMETRY_ENABLED": "0"}
-    port, health = free_port(), free_port()
+    gateway = free_port()
+    hub = HubProcess(
+        tmp_path / "hub",
+        free_port(),
+        f"--superlink-port={gateway}",
+        f"--superlink-ssl-ca-certfile={keys / 'ca.crt'}",
+        f"--superlink-ssl-certfile={keys / 'server.pem'}",
+        f"--superlink-ssl-keyfile={keys / 'server.key'}",
+        "--superlink-supernode-auth",
+    )
+    link = SuperLink(SuperLinkConfig(HubDataDir(hub.data_dir).superlink.root))
     procs = []
     try:
-        procs.append(
-            _start(
-                [
-                    _tool("flower-superlink"),
-                    f"--ssl-ca-certfile={keys / 'ca.crt'}",
-                    f"--ssl-certfile={keys / 'server.pem'}",
-                    f"--ssl-keyfile={keys / 'server.key'}",
-                    "--enable-supernode-auth",
-                    f"--database={tmp_path / 'superlink.db'}",
-                    "--disable-runtime-dependency-installation",
-                    "--host=127.0.0.1",
-                    f"--port={port}",
-                    f"--health-server-address=127.0.0.1:{health}",
-                ],
-                {**env, "FLWR_HOME": str(tmp_path / "home-superlink")},
-                tmp_path / "superlink.log",
-            )
-        )
-        _wait(lambda: _grpc_serving(health), 60, "the SuperLink's health service")
+        _wait(lambda: _listing_ok(link), 60, "the hub's SuperLink")
         register = subprocess.run(
-            [str(FLOWER / "register-supernodes.sh"), f"localhost:{port}", str(registered)],
+            [str(FLOWER / "register-supernodes.sh"), "--flwr-home", str(link.config.flwr_home), str(registered)],
             env=env,
             capture_output=True,
             text=True,
@@ -552,7 +533,7 @@ def test_generated_tls_and_keys_admit_only_registered_supernodes(tmp_path: Path)
             nodes[region] = _start(
                 [
                     _tool("flower-supernode"),
-                    f"--superlink=localhost:{port}",
+                    f"--superlink=localhost:{gateway}",
                     f"--root-certificates={keys / 'ca.crt'}",
                     f"--auth-supernode-private-key={keys / f'supernode-region-{region}'}",
                     "--host=127.0.0.1",
@@ -569,22 +550,16 @@ def test_generated_tls_and_keys_admit_only_registered_supernodes(tmp_path: Path)
         _wait(lambda: nodes["2"].poll() is not None, 60, "the unregistered SuperNode to be refused")
         assert nodes["2"].returncode != 0
         assert nodes["1"].poll() is None, log_1.read_text()[-2000:]
-
-        # and the SuperLink's own view, through Flower's CLI over TLS
-        cli_home = tmp_path / "home-cli"
-        cli_home.mkdir()
-        (cli_home / "config.toml").write_text(
-            f'[superlink]\ndefault = "nexus"\n\n[superlink.nexus]\naddress = "localhost:{port}"\n'
-            f'root-certificates = "{keys / "ca.crt"}"\n'
-        )
-        listing = subprocess.run(
-            [_tool("flwr"), "supernode", "ls", "nexus", "--format", "json"],
-            env={**env, "FLWR_HOME": str(cli_home)},
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
-        online = [n for n in json.loads(listing.stdout).get("nodes", []) if n.get("status") == "online"]
-        assert len(online) == 1, listing.stdout
+        # and the SuperLink's own view, over the hub's TLS connection on loopback
+        assert len(link.online_nodes()) == 1
     finally:
         _stop(procs)
+        hub.stop()
+
+
+def _listing_ok(link: SuperLink) -> bool:
+    try:
+        link.online_nodes()
+    except NexusError:
+        return False
+    return True

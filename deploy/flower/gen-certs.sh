@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Generate, at deploy time, the Flower TLS material and the SuperNode authentication keys:
 #   ca.crt / ca.key          a private CA (the key stays on the deployer's machine)
-#   server.pem / server.key  the SuperLink's certificate, signed by the CA
+#   server.pem / server.key  the hub's Flower certificate (its Fleet gateway and loopback SuperLink), signed by the CA
 #   supernode-region-N       each SuperNode's ECDSA P-384 key (OpenSSH format, as Flower wants)
-#   supernode-region-N.pub   its public key, registered with `flwr supernode register`
+#   supernode-region-N.pub   its public key, registered with register-supernodes.sh
 # Nothing here is ever committed: the default output dir is git-ignored.
 #
 # usage: gen-certs.sh [--out DIR] [--regions N] [--san DNS:name|IP:addr]... [--force]

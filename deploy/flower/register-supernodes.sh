@@ -1,34 +1,38 @@
 #!/usr/bin/env bash
-# Register every SuperNode public key in KEY_DIR with a SuperLink started with
-# --enable-supernode-auth (only registered SuperNodes may then connect).
-# Runs Flower's own CLI (`flwr`, installed with the project) from a throw-away FLWR_HOME.
+# Register every SuperNode public key in KEY_DIR with the hub's SuperLink, which admits only
+# registered SuperNodes (nexus hub serve --superlink-supernode-auth).
+# Registration is a Control API call, and the hub's SuperLink serves its Control API on
+# loopback inside the hub's container only (its public port, the Fleet gateway, refuses it):
+# so `flwr` runs there, through EXEC (e.g. `docker compose -f deploy/compose.yaml exec -T hub`
+# or `kubectl -n nexus exec -i deploy/nexus-hub -c hub --`; none: a hub on this machine),
+# with the hub's own connection ("hub" in its SuperLink's FLWR_HOME). Keys travel on stdin.
 #
-# usage: register-supernodes.sh SUPERLINK_HOST:PORT [KEY_DIR]
-#   KEY_DIR defaults to deploy/flower/generated (ca.crt and supernode-*.pub from gen-certs.sh)
+# usage: register-supernodes.sh [--exec 'EXEC'] [--flwr-home DIR] [KEY_DIR]
+#   KEY_DIR      supernode-*.pub from gen-certs.sh (default deploy/flower/generated)
+#   --flwr-home  the hub SuperLink's FLWR_HOME as EXEC sees it (default /var/lib/nexus/flower/flwr-home)
 set -euo pipefail
 
-superlink="${1:?usage: register-supernodes.sh SUPERLINK_HOST:PORT [KEY_DIR]}"
-key_dir="$(cd "${2:-$(dirname "$0")/generated}" && pwd)"
-[ -f "$key_dir/ca.crt" ] || { echo "register-supernodes: $key_dir/ca.crt is missing (run gen-certs.sh)" >&2; exit 2; }
-command -v flwr >/dev/null || { echo "register-supernodes: flwr is not on PATH (activate the project's venv)" >&2; exit 2; }
-
-FLWR_HOME="$(mktemp -d)"
-export FLWR_HOME FLWR_TELEMETRY_ENABLED=0
-trap 'rm -rf "$FLWR_HOME"' EXIT
-cat >"$FLWR_HOME/config.toml" <<TOML
-[superlink]
-default = "nexus"
-
-[superlink.nexus]
-address = "$superlink"
-root-certificates = "$key_dir/ca.crt"
-TOML
+exec_prefix=()
+flwr_home=/var/lib/nexus/flower/flwr-home
+key_dir="$(dirname "$0")/generated"
+while (($#)); do
+    case "$1" in
+        --exec) read -r -a exec_prefix <<<"$2"; shift 2 ;;
+        --flwr-home) flwr_home="$2"; shift 2 ;;
+        -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+        -*) echo "register-supernodes: unknown argument $1" >&2; exit 2 ;;
+        *) key_dir="$1"; shift ;;
+    esac
+done
+key_dir="$(cd "$key_dir" && pwd)"
 
 shopt -s nullglob
 keys=("$key_dir"/supernode-*.pub)
 ((${#keys[@]})) || { echo "register-supernodes: no supernode-*.pub in $key_dir" >&2; exit 2; }
+# runs where the hub runs: the key arrives on stdin, into a private temp file
+register='key=$(mktemp) && cat >"$key" && FLWR_HOME="$2" FLWR_TELEMETRY_ENABLED=0 flwr supernode register --name "$1" "$key" hub; status=$?; rm -f "$key"; exit $status'
 for key in "${keys[@]}"; do
     name="$(basename "$key" .pub)"
     echo "register-supernodes: $name"
-    flwr supernode register --name "$name" "$key" nexus
+    "${exec_prefix[@]}" sh -c "$register" sh "$name" "$flwr_home" <"$key"
 done

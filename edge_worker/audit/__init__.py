@@ -1,6 +1,7 @@
 """The node's privacy evidence: the tamper-evident audit log of everything that leaves it
-(log.py, on the RFC 6962 tree of merkle.py), its verification (verify.py), the DP budget
-(dp_budget.py) and the officer's report (report.py) and CLI (cli.py).
+(log.py, on the RFC 6962 math of nexus_wire/merkle.py and the stored subtrees of tree.py),
+its verification (verify.py), the DP budget (dp_budget.py) and the officer's report
+(report.py) and CLI (cli.py).
 
 This package's names below are the edge's public audit interface: ``federated`` (the
 ClientApp's audit mod) uses these and nothing else of it.
@@ -16,6 +17,7 @@ from edge_worker.audit.log import (
     AuditError,
     AuditLog,
     AuditReader,
+    ConsistencyProof,
     Entry,
     InclusionProof,
     TreeHead,
@@ -33,6 +35,7 @@ __all__ = [
     "AuditLog",
     "AuditReader",
     "BudgetExhausted",
+    "ConsistencyProof",
     "Entry",
     "InclusionProof",
     "PrivacyBudget",

@@ -1,7 +1,8 @@
 """``nexus audit verify|report``: the privacy officer's tools for one edge data dir.
 
 ``verify`` exits 0 when the log is intact and 1 naming the first bad entry when it is not
-(``--head``: also when the log no longer holds a tree head kept elsewhere);
+(``--head``: also when the log no longer holds a tree head kept elsewhere, or is not
+consistent with it: no RFC 6962 consistency proof from its size to the whole log verifies);
 problems the user can fix (no such dir, unreadable key) exit 2 like every NexusError.
 """
 
@@ -81,15 +82,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     verify_p.add_argument(
         "--head",
         help="a signed tree head held elsewhere (JSON: the hub's copy, or a report with "
-        "'tree_head'): the log must still hold its entries with its root",
+        "'tree_head'): the log must still hold its entries, and a consistency proof from it to the "
+        "whole log must verify (a log rewritten and grown past it fails) (default: none)",
     )
     verify_p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
     verify_p.set_defaults(func=_verify)
 
     report_p = asub.add_parser("report", help="data inventory, egress ledger, DP budget, refusals, erasures")
     _common(report_p)
-    report_p.add_argument("--format", choices=("json", "html"), default="json")
-    report_p.add_argument("--out", help="write to this file instead of stdout")
+    report_p.add_argument(
+        "--format", choices=("json", "html"), default="json", help="JSON for tools, HTML for the privacy officer"
+    )
+    report_p.add_argument("--out", help="write to this file (default: stdout)")
     report_p.add_argument(
         "--retention-days", type=float, help="retention limit (default: from the newest retention run)"
     )

@@ -9,8 +9,10 @@ deleted: entry ``n`` is the one whose head ``n`` no longer matches. Deleting the
 entries together with their heads is only visible against a tree head held elsewhere
 (the hub's copy, see docs/privacy.md).
 
-Hub receipts (an Ed25519 signature over the sha256, bytes and time the hub received) are
-stored beside their entry, outside the tree: they arrive after the entry was signed.
+Hub receipts (the hub's Ed25519 signature over the node, request and body digest it
+received, nexus_wire/heads.py) are stored beside their entry, outside the tree: they arrive
+after the entry was signed. One that does not match its entry is refused (a ``refusal``
+entry) instead of stored, so every stored receipt must verify.
 """
 
 from __future__ import annotations
@@ -19,33 +21,59 @@ import base64
 import builtins
 import hashlib
 import hmac
+import itertools
 import json
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from edge_worker.audit.merkle import (
+from edge_worker.audit import tree
+from models.errors import NexusError
+from nexus_service.keyfiles import (
+    load_or_create_key,
+    private_file,
+    public_key_b64,
+    public_key_from_b64,
+    read_or_create,
+)
+from nexus_wire.datadir import EdgeDataDir
+from nexus_wire.heads import (
+    LEGACY_RECEIPT_FORMAT,
+    binding_problem,
+    canonical_json,
+    flower_binding,
+    http_binding,
+    key_id,
+    legacy_problem,
+    receipt_format,
+    signature_verifies,
+    tree_head_message,
+    utc_now,
+)
+from nexus_wire.merkle import (
     Frontier,
-    extend_frontier,
+    Subtree,
+    consistency_subtrees,
+    extend,
     frontier_root,
-    inclusion_path,
+    inclusion_subtrees,
     leaf_hash,
-    tree_root,
+    resolve,
+    subtree_hashes,
+    verify_consistency,
     verify_inclusion,
 )
-from models.errors import NexusError
-from nexus_service.keyfiles import load_or_create_key, public_key_b64, public_key_from_b64, read_or_create
-from nexus_wire.datadir import EdgeDataDir
-from nexus_wire.heads import canonical_json, key_id, signature_verifies, tree_head_message, utc_now
+from nexus_wire.payloads import FLOWER_CHANNEL, HUB_RECEIPT
 
+T = TypeVar("T")
 SEND, REFUSAL, ERASURE, RETENTION, HUB_KEY = "send", "refusal", "erasure", "retention", "hub-key"
 
 _MESSAGE_ID = "CASE WHEN json_valid(summary) THEN json_extract(summary, '$.message') END"
@@ -77,12 +105,12 @@ CREATE TABLE IF NOT EXISTS receipts (
 -- a Flower receipt finds its entry by the instruction id in the summary (entry_for_message);
 -- guarded so that a summary edited into bad JSON still reaches verify() instead of failing here
 CREATE INDEX IF NOT EXISTS entries_by_message ON entries (channel, {_MESSAGE_ID});
-"""
+{tree.SCHEMA}"""
 # Guards against our own code editing history; an attacker can drop them, verify() is the proof.
 _TRIGGERS = "".join(
     f"CREATE TRIGGER IF NOT EXISTS {table}_no_{op.lower()} BEFORE {op} ON {table} "
     f"BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;\n"
-    for table in ("entries", "tree_heads", "receipts")
+    for table in ("entries", "tree_heads", "receipts", tree.TABLE)
     for op in ("UPDATE", "DELETE")
 )
 
@@ -195,17 +223,63 @@ class InclusionProof:
         )
 
 
+@dataclass(frozen=True)
+class ConsistencyProof:
+    """RFC 6962 PROOF(first.size, D[second.size]) between two of the log's signed heads."""
+
+    first: TreeHead
+    second: TreeHead
+    proof: list[str]
+
+    def verifies(self) -> bool:
+        return verify_consistency(
+            self.first.size,
+            self.second.size,
+            bytes.fromhex(self.first.root),
+            bytes.fromhex(self.second.root),
+            [bytes.fromhex(p) for p in self.proof],
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"first": asdict(self.first), "second": asdict(self.second), "proof": list(self.proof)}
+
+
 # ---------------------------------------------------------------- hub receipts
 
 
-def check_receipt(entry: Entry, receipt: Mapping[str, Any], hub_key: Ed25519PublicKey | None) -> str | None:
-    """Why ``receipt`` does not prove the hub got exactly ``entry``'s bytes, or None."""
+def expected_binding(entry: Entry, node: str | None = None) -> dict[str, Any]:
+    """What a receipt for ``entry`` must bind, from what the entry recorded as it was sent: the
+    node (``node`` where the entry could not record it; neither: not compared), the request
+    (HTTP: ``request`` "METHOD target"; Flower: the message type and instruction id) and the
+    body digest."""
+    summary = entry.summary
+    sent_as = summary.get("node", node)
+    if entry.channel == FLOWER_CHANNEL:
+        message_type, message = str(summary.get("message_type", "")), str(summary.get("message", ""))
+        return flower_binding(sent_as, message_type, message, entry.sha256, entry.bytes)
+    method, _, target = str(summary.get("request", "")).partition(" ")
+    return http_binding(sent_as, method, target, entry.sha256, entry.bytes)
+
+
+def check_receipt(
+    entry: Entry, receipt: Mapping[str, Any], hub_key: Ed25519PublicKey | None, node: str | None = None
+) -> str | None:
+    """Why ``receipt`` does not prove the hub got exactly ``entry``'s request from this node,
+    or None: it must bind what :func:`expected_binding` finds, with the pinned hub key's
+    signature. An unbound receipt of the old format passes on its body digest, but only on an
+    entry that recorded no node: one written before bound receipts existed."""
     if entry.event != SEND:
         return f"receipt attached to a {entry.event} entry"
     if hub_key is None:
         return "receipt cannot be checked: no hub key pinned"
-    if receipt.get("sha256") != entry.sha256 or receipt.get("bytes") != entry.bytes:
-        return "receipt sha256/bytes do not match the entry"
+    if receipt_format(receipt) == LEGACY_RECEIPT_FORMAT:
+        if "node" in entry.summary:
+            return f"unbound {LEGACY_RECEIPT_FORMAT} receipt on an entry sent as a node"
+        problem = legacy_problem(receipt, entry.sha256, entry.bytes)
+    else:
+        problem = binding_problem(receipt, expected_binding(entry, node))
+    if problem:
+        return problem
     if not signature_verifies(receipt, hub_key):
         return "receipt signature does not verify against the pinned hub key"
     return None
@@ -215,7 +289,7 @@ def check_receipt(entry: Entry, receipt: Mapping[str, Any], hub_key: Ed25519Publ
 
 
 def _connect(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(path, isolation_level=None, timeout=30, check_same_thread=False)
+    conn = sqlite3.connect(private_file(path), isolation_level=None, timeout=30, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     return conn
 
@@ -239,6 +313,11 @@ def _head(row: sqlite3.Row) -> TreeHead:
     return TreeHead(row["size"], row["root"], row["time"], row["key_id"], row["signature"])
 
 
+def _size(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT MAX(id) FROM entries").fetchone()
+    return int(row[0] or 0)
+
+
 class AuditLog:
     """Append side of the log. Safe across threads and processes (uvicorn workers, Flower's
     ClientApp processes): each append is one ``BEGIN IMMEDIATE`` transaction."""
@@ -255,6 +334,27 @@ class AuditLog:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.executescript(_SCHEMA + _TRIGGERS)
+        self._store_subtrees()
+
+    def _store_subtrees(self) -> None:
+        """Bring the stored subtrees up to the entries: all of them the first time a log
+        written before they existed is opened, none otherwise (one indexed read each)."""
+        conn = self._conn
+        if tree.leaves_stored(conn) >= _size(conn):
+            return
+        with self._lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                have = tree.leaves_stored(conn)  # another process may have filled them meanwhile
+                rows = conn.execute("SELECT * FROM entries WHERE id > ? ORDER BY id", (have,))
+                # up to the first gap: a log with a missing entry is verify()'s to report, not ours to index
+                numbered = enumerate(map(_entry, rows), start=have + 1)
+                contiguous = itertools.takewhile(lambda pair: pair[1].id == pair[0], numbered)
+                tree.fill(conn, have, (entry.leaf_hash() for _, entry in contiguous))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
 
     @property
     def public_key(self) -> Ed25519PublicKey:
@@ -320,20 +420,38 @@ class AuditLog:
         erased; the log alone never reveals it."""
         return hmac.new(self._salt, visitor_id.encode("utf-8"), hashlib.sha256).hexdigest()
 
-    def attach_receipt(self, entry_id: int, receipt: Mapping[str, Any]) -> str | None:
-        """Store the hub's receipt beside its entry (it is kept even when it does not
-        verify: it is evidence). Returns why it does not verify, or None."""
-        text = canonical_json(dict(receipt))
+    def attach_receipt(self, entry_id: int, receipt: Mapping[str, Any], node: str | None = None) -> str | None:
+        """Check the hub's receipt for a send (:func:`check_receipt`) and store it beside the
+        entry. One that does not match (another node, request or body, a bad signature, the
+        old unbound format) is refused instead: not stored, and a ``refusal`` entry (kind
+        ``hub-receipt``) names the entry, the receipt's sha256 and why, so a bad receipt
+        neither passes for proof nor makes the log fail ``verify``. One that cannot be
+        checked yet (no hub key pinned) is stored, for an officer who holds the key.
+        ``node``: the node id the request went out as, where the entry could not record it
+        (enrollment: the reply assigns it). Returns why the receipt is no proof, or None."""
+        try:
+            text: str | None = canonical_json(dict(receipt))
+        except (TypeError, ValueError):
+            text = None
         with self._lock:
             row = self._conn.execute("SELECT * FROM entries WHERE id = ?", (entry_id,)).fetchone()
             if row is None or row["event"] != SEND:
                 raise AuditError(f"no audit entry {entry_id} of a send to attach a receipt to")
-            try:
-                self._conn.execute("INSERT INTO receipts (entry_id, receipt) VALUES (?, ?)", (entry_id, text))
-            except sqlite3.IntegrityError:
-                raise AuditError(f"audit entry {entry_id} already has a receipt") from None
+            entry = _entry(row)
             hub_key = _pinned_hub_key(self._conn, entry_id)
-        return check_receipt(_entry(row), receipt, hub_key)
+            problem = "receipt is not plain JSON" if text is None else check_receipt(entry, receipt, hub_key, node)
+            if receipt_format(receipt) == LEGACY_RECEIPT_FORMAT and problem is None:
+                problem = f"receipt is in the unbound {LEGACY_RECEIPT_FORMAT} format"  # only old logs hold those
+            if text is not None and (problem is None or hub_key is None):
+                try:
+                    self._conn.execute("INSERT INTO receipts (entry_id, receipt) VALUES (?, ?)", (entry_id, text))
+                except sqlite3.IntegrityError:
+                    raise AuditError(f"audit entry {entry_id} already has a receipt") from None
+                return problem
+        digest = hashlib.sha256((text or repr(receipt)).encode("utf-8")).hexdigest()
+        summary = {"entry": entry_id, "receipt_sha256": digest}
+        self.record_refusal(entry.channel, entry.destination, HUB_RECEIPT, str(problem), summary=summary)
+        return problem
 
     def entry_for_message(self, channel: str, message_id: str) -> int | None:
         """The newest send on ``channel`` whose summary names ``message_id`` (how a Flower
@@ -368,7 +486,7 @@ class AuditLog:
             try:
                 last = self._conn.execute("SELECT size, frontier FROM tree_heads ORDER BY size DESC LIMIT 1").fetchone()
                 size = last["size"] if last else 0
-                frontier: Frontier = [(h, bytes.fromhex(x)) for h, x in json.loads(last["frontier"])] if last else []
+                frontier: Frontier = tree.parse_frontier(last["frontier"]) if last else []
                 entry = Entry(
                     size + 1, utc_now(), event, channel, destination, kind, nbytes, sha256, summary_json, reason
                 )
@@ -377,7 +495,8 @@ class AuditLog:
                     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (entry.id, entry.time, event, channel, destination, kind, nbytes, sha256, summary_json, reason),
                 )
-                frontier = extend_frontier(frontier, entry.leaf_hash())
+                frontier, completed = extend(frontier, entry.leaf_hash())
+                tree.record(self._conn, entry.id, completed)
                 head = TreeHead(entry.id, frontier_root(frontier).hex(), entry.time, self.key_id, "")
                 signature = base64.b64encode(self._key.sign(head.message())).decode()
                 self._conn.execute(
@@ -388,7 +507,7 @@ class AuditLog:
                         head.time,
                         head.key_id,
                         signature,
-                        json.dumps([[h, x.hex()] for h, x in frontier]),
+                        tree.frontier_text(frontier),
                     ),
                 )
                 self._conn.execute("COMMIT")
@@ -413,7 +532,71 @@ class AuditLog:
         return AuditReader(self.data_dir).tree_head()
 
     def inclusion_proof(self, entry_id: int, size: int | None = None) -> InclusionProof:
-        return AuditReader(self.data_dir).inclusion_proof(entry_id, size)
+        with self._lock:
+            return _inclusion_proof(self._conn, entry_id, size, stored=True)
+
+    def consistency_proof(self, first: int, second: int | None = None) -> ConsistencyProof:
+        """From the head of size ``first`` to the one of ``second`` (default: the newest); on the
+        node's own connection, as every heartbeat asks for one."""
+        with self._lock:
+            return _consistency_proof(self._conn, first, second, stored=True)
+
+
+# ---------------------------------------------------------------- proofs
+
+
+def _newest(conn: sqlite3.Connection) -> TreeHead | None:
+    row = conn.execute("SELECT * FROM tree_heads ORDER BY size DESC LIMIT 1").fetchone()
+    return None if row is None else _head(row)
+
+
+def _signed_heads(conn: sqlite3.Connection, first: int, second: int | None, what: str) -> tuple[TreeHead, TreeHead]:
+    """The signed heads of sizes ``first`` and ``second`` (None: the newest), 1 <= first <= second."""
+    newest = _newest(conn) if second is None else None
+    size = newest.size if newest is not None else (second or 0)
+    if not 1 <= first <= size:
+        raise AuditError(f"no {what} from size {first} to size {size}: it needs 1 <= first <= second")
+    heads = {
+        row["size"]: _head(row) for row in conn.execute("SELECT * FROM tree_heads WHERE size IN (?, ?)", (first, size))
+    }
+    for wanted in (first, size):
+        if wanted not in heads:
+            held = _newest(conn)
+            raise AuditError(
+                f"no signed tree head of size {wanted} for {what} (the log holds {0 if held is None else held.size})"
+            )
+    return heads[first], heads[size]
+
+
+def _resolve(conn: sqlite3.Connection, plan: list[list[Subtree]], stored: bool | None) -> list[str]:
+    """The proof's hashes from the stored subtrees (``stored`` None: look whether the log has
+    them); a log no new version has opened yet is hashed whole instead."""
+    try:
+        if tree.stored(conn) if stored is None else stored:
+            subtree = tree.fetch(conn, (node for nodes in plan for node in nodes))
+        else:
+            rows = conn.execute("SELECT * FROM entries ORDER BY id")
+            subtree = subtree_hashes([_entry(row).leaf_hash() for row in rows])
+        return [digest.hex() for digest in resolve(plan, subtree)]
+    except (tree.MissingSubtree, IndexError) as exc:
+        raise AuditError(f"cannot build the proof: {exc or 'the log lacks entries'} (run nexus audit verify)") from None
+
+
+def _inclusion_proof(conn: sqlite3.Connection, entry_id: int, size: int | None, stored: bool | None) -> InclusionProof:
+    _, head = _signed_heads(conn, 1, size, "inclusion proof")
+    row = conn.execute("SELECT * FROM entries WHERE id = ?", (entry_id,)).fetchone()
+    if row is None or not 1 <= entry_id <= head.size:
+        raise AuditError(f"entry {entry_id} is not in a tree of size {head.size}")
+    path = _resolve(conn, inclusion_subtrees(entry_id - 1, head.size), stored)
+    return InclusionProof(entry_id, _entry(row).leaf_hash().hex(), head.size, head.root, path)
+
+
+def _consistency_proof(
+    conn: sqlite3.Connection, first: int, second: int | None, stored: bool | None
+) -> ConsistencyProof:
+    old, new = _signed_heads(conn, first, second, "consistency proof")
+    proof = [] if old.size == new.size else _resolve(conn, consistency_subtrees(old.size, new.size), stored)
+    return ConsistencyProof(old, new, proof)
 
 
 def _pinned_hub_key(conn: sqlite3.Connection, before_entry: int) -> Ed25519PublicKey | None:
@@ -471,28 +654,52 @@ class AuditReader:
     def receipts(self) -> dict[int, str]:
         return {row["entry_id"]: row["receipt"] for row in self._query("SELECT * FROM receipts")}
 
-    def snapshot(self) -> tuple[list[Entry], dict[int, TreeHead], dict[int, str]]:
-        """Entries, tree heads and receipts as of one moment. A running node appends while it
-        is read; separate reads could see a head whose entry they missed."""
+    def snapshot(self) -> Snapshot:
+        """Every stored row as of one moment. A running node appends while it is read;
+        separate reads could see a head whose entry they missed."""
         conn = _connect(self._path)
         try:
             conn.execute("BEGIN")  # one read transaction: WAL serves every SELECT from one snapshot
             entries = [_entry(row) for row in conn.execute("SELECT * FROM entries ORDER BY id")]
-            heads = {row["size"]: _head(row) for row in conn.execute("SELECT * FROM tree_heads")}
+            rows = conn.execute("SELECT * FROM tree_heads").fetchall()
             receipts = {row["entry_id"]: row["receipt"] for row in conn.execute("SELECT * FROM receipts")}
+            subtrees = (
+                {(row[0], row[1]): row[2] for row in conn.execute(f"SELECT level, idx, hash FROM {tree.TABLE}")}
+                if tree.stored(conn)
+                else None
+            )
             conn.execute("COMMIT")
         except sqlite3.DatabaseError as exc:
             raise AuditError(f"cannot read the audit log {self._path} ({exc})") from None
         finally:
             conn.close()
-        return entries, heads, receipts
+        heads = {row["size"]: _head(row) for row in rows}
+        return Snapshot(entries, heads, receipts, {row["size"]: row["frontier"] for row in rows}, subtrees)
+
+    def _read(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        conn = _connect(self._path)
+        try:
+            return work(conn)
+        except sqlite3.DatabaseError as exc:
+            raise AuditError(f"cannot read the audit log {self._path} ({exc})") from None
+        finally:
+            conn.close()
 
     def inclusion_proof(self, entry_id: int, size: int | None = None) -> InclusionProof:
-        leaves = [entry.leaf_hash() for entry in self.entries()]
-        size = len(leaves) if size is None else size
-        if not 1 <= entry_id <= size <= len(leaves):
-            raise AuditError(f"entry {entry_id} is not in a tree of size {size} (the log holds {len(leaves)})")
-        path = inclusion_path(leaves[:size], entry_id - 1)
-        return InclusionProof(
-            entry_id, leaves[entry_id - 1].hex(), size, tree_root(leaves[:size]).hex(), [p.hex() for p in path]
-        )
+        return self._read(lambda conn: _inclusion_proof(conn, entry_id, size, stored=None))
+
+    def consistency_proof(self, first: int, second: int | None = None) -> ConsistencyProof:
+        return self._read(lambda conn: _consistency_proof(conn, first, second, stored=None))
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Every stored column of the log at one moment (what verify() checks)."""
+
+    entries: list[Entry]
+    heads: dict[int, TreeHead]
+    receipts: dict[int, str]
+    #: size -> the tree head's stored ``frontier`` column
+    frontiers: dict[int, str]
+    #: (level, index) -> hex hash; None for a log written before subtrees were stored
+    subtrees: dict[Subtree, str] | None

@@ -24,6 +24,7 @@ from edge_worker.audit.log import ERASURE, HUB_KEY, REFUSAL, RETENTION, SEND, Au
 from edge_worker.audit.verify import verify
 from nexus_wire.datadir import EdgeDataDir
 from nexus_wire.heads import utc_now
+from nexus_wire.payloads import FLOWER_APP
 
 FORMAT = "nexus-audit-report/1"
 #: column names taken as a row's creation time, in order of preference
@@ -164,6 +165,23 @@ def _section(entries: list[Entry]) -> dict[str, Any]:
     return {"count": len(entries), "recent": [_brief(e) for e in entries[-_RECENT:]]}
 
 
+def refused_apps(refusals: list[Entry]) -> dict[str, Any]:
+    """The Flower tasks the app guard refused (federated/app_guard.py): which run, which FAB."""
+    apps = [e for e in refusals if e.kind == FLOWER_APP]
+    recent = [
+        {
+            "entry": e.id,
+            "time": e.time,
+            "run": e.summary.get("run"),
+            "task": e.summary.get("task"),
+            "fab_sha256": e.summary.get("fab_sha256"),
+            "reason": e.reason,
+        }
+        for e in apps[-_RECENT:]
+    ]
+    return {"count": len(apps), "fabs": sorted({str(e.summary.get("fab_sha256")) for e in apps}), "recent": recent}
+
+
 def _rows(entry: Entry) -> dict[str, int]:
     rows = entry.summary.get("rows")
     return {str(k): n for k, n in rows.items() if isinstance(n, int)} if isinstance(rows, dict) else {}
@@ -203,6 +221,7 @@ def build_report(
     report["egress"] = egress(entries, receipts)
     report["privacy_budget"] = dp_budget.read_summary(data_dir)
     report["refusals"] = _section(by_event[REFUSAL])
+    report["refused_apps"] = refused_apps(by_event[REFUSAL])
     report["erasures"] = {**_section(by_event[ERASURE]), "rows_deleted": _rows_deleted(by_event[ERASURE])}
     report["retention"] = {
         **_section(retention_runs),
@@ -389,6 +408,12 @@ def render_html(report: dict[str, Any]) -> str:
                 (r["entry"], r["time"], r["channel"], r["destination"], r["kind"], r["reason"])
                 for r in report["refusals"]["recent"]
             ],
+        ),
+        f"<p>{report['refused_apps']['count']} Flower tasks refused by the app guard "
+        "(apps whose FAB the pinned hub key did not sign; none of their code ran).</p>",
+        _table(
+            ["entry", "time", "run", "FAB sha256", "reason"],
+            [(r["entry"], r["time"], r["run"], r["fab_sha256"], r["reason"]) for r in report["refused_apps"]["recent"]],
         ),
         "<h2>6. Erasures</h2>",
         f"<p>{report['erasures']['count']} visitor erasures, {report['erasures']['rows_deleted']} rows deleted. "

@@ -1,4 +1,4 @@
-"""``/healthz`` and ``/v1/hub``: public, what a probe or an enrolling node reads first."""
+"""``/healthz``, ``/metrics`` and ``/v1/hub``: public, what a probe, Prometheus or an enrolling node reads first."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from hub.state import Hub, public, store_call
+from nexus_service.request_metrics import metrics_response
 
 
 @public
@@ -27,8 +28,15 @@ async def healthz(request: Request, hub: Hub) -> Response:
     return JSONResponse({"status": "ok"})
 
 
+@public
+async def metrics(request: Request, hub: Hub) -> Response:
+    """Request counts and latency by route template (no ids, no credentials): Prometheus text."""
+    return await metrics_response(request.app.state.metrics)
+
+
 def routes() -> list[Route]:
     return [
         Route("/healthz", healthz),
+        Route("/metrics", metrics),
         Route("/v1/hub", info),
     ]

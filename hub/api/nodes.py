@@ -1,5 +1,7 @@
 """Nodes: enrollment (public, with a one-time token), heartbeats and assignments (the
-node's own credential), and the operator's node list."""
+node's own credential), and the operator's node list. The assignments are a document signed
+with the hub's key for that node (nexus_wire/signed_assignments.py), so neither the link nor
+a proxy on it can change what a node installs."""
 
 from __future__ import annotations
 
@@ -17,7 +19,9 @@ from hub import audit_heads, schemas
 from hub.auth import AuthError, Principal, hash_secret, new_secret
 from hub.state import JSON_BODY_LIMIT, Hub, endpoint, public, store_call
 from hub.store.base import NodeRecord
-from nexus_service.http import parse_body
+from nexus_service.http import parse_body, sign_receipt_for
+from nexus_wire.heads import canonical_json
+from nexus_wire.signed_assignments import sign_document
 
 log = logging.getLogger("nexus.hub")
 
@@ -43,6 +47,8 @@ async def enroll(request: Request, hub: Hub) -> Response:
     node_id = "n-" + uuid.uuid4().hex[:16]
     secret = new_secret()
     await store_call(hub.store, hub.store.add_node, NodeRecord(node_id, hash_secret(secret), tags, hub.clock()))
+    # the one-time token authenticated the caller as this new node: its first receipt
+    sign_receipt_for(request, node_id)
     log.info("enrolled node %s tags=%s", node_id, tags)
     return JSONResponse(
         {
@@ -61,14 +67,20 @@ async def heartbeat(request: Request, hub: Hub, principal: Principal) -> Respons
     body = await parse_body(request, schemas.Heartbeat, JSON_BODY_LIMIT)
     assert principal.node is not None
     now = hub.clock()
-    # principal.node was read from the store for this request: it holds the last heartbeat
+    # principal.node was read from the store for this request: it holds the last heartbeat.
+    # Inline: checking a consistency proof is a few dozen hashes, less than a hop to a thread.
     beat, regression = audit_heads.track(principal.node.heartbeat, body.model_dump(), now)
     if regression is not None:
         log.warning("node %s: %s", principal.node.node_id, audit_heads.describe(regression))
     await store_call(hub.store, hub.store.record_heartbeat, principal.node.node_id, now, beat)
-    # "superlink": where this node's SuperNode joins (edges started with --superlink auto)
+    # "superlink": where this node's SuperNode joins (edges started with --superlink auto);
+    # "audit_held": the head the node's next heartbeat proves consistency from
     return JSONResponse(
-        {"poll_interval_s": hub.settings.poll_interval_s, "superlink": hub.settings.superlink_address()}
+        {
+            "poll_interval_s": hub.settings.poll_interval_s,
+            "superlink": hub.settings.superlink_address(),
+            "audit_held": audit_heads.held_answer(beat),
+        }
     )
 
 
@@ -76,18 +88,19 @@ async def heartbeat(request: Request, hub: Hub, principal: Principal) -> Respons
 async def my_assignments(request: Request, hub: Hub, principal: Principal) -> Response:
     assert principal.node is not None
     assignments = await store_call(hub.store, hub.registry.assignments_for, principal.node)
-    body = {
-        "node_id": principal.node.node_id,
-        "models": {
-            m: {"version": a.version, "archive_sha256": a.archive_sha256, "archive_bytes": a.archive_bytes}
-            for m, a in assignments.items()
-        },
+    node_id = principal.node.node_id
+    models = {
+        m: {"version": a.version, "archive_sha256": a.archive_sha256, "archive_bytes": a.archive_bytes}
+        for m, a in assignments.items()
     }
-    raw = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
-    etag = '"' + hashlib.sha256(raw).hexdigest()[:32] + '"'
+    # the tag covers what is assigned, not when it was signed: an unchanged assignment stays a 304
+    unsigned = json.dumps({"node_id": node_id, "models": models}, sort_keys=True, separators=(",", ":")).encode()
+    etag = '"' + hashlib.sha256(unsigned).hexdigest()[:32] + '"'
     if request.headers.get("if-none-match") == etag:
         return Response(status_code=304, headers={"ETag": etag})
-    return Response(raw, media_type="application/json", headers={"ETag": etag})
+    # inline like the receipts: one Ed25519 signature costs less than a hop to a worker thread
+    document = sign_document(hub.registry.key, node_id, models, hub.clock())
+    return Response(canonical_json(document).encode("utf-8"), media_type="application/json", headers={"ETag": etag})
 
 
 @endpoint("admin")

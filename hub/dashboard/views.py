@@ -10,6 +10,7 @@ from typing import Any
 
 from hub import audit_heads
 from hub.api.funnels import experiment_view, results
+from hub.bayes import withheld_rule
 from hub.registry import resolve
 from hub.state import Hub
 from hub.store.base import ACTIVE_RUN_STATUSES
@@ -170,6 +171,7 @@ def privacy_view(hub: Hub, now: float) -> list[dict[str, Any]]:
                 else {
                     **regression,
                     "text": audit_heads.describe(regression),
+                    "label": audit_heads.label(regression),
                     "ago": ago(regression.get("at"), now),
                     "iso": iso(regression.get("at")),
                 },
@@ -192,6 +194,7 @@ def funnels_view(hub: Hub, now: float) -> list[dict[str, Any]]:
         history = hub.store.experiment_history(e.id)
         view = {**experiment_view(record), "steps": steps, "results": shown, "updated_iso": iso(record.at)}
         if shown:
+            view["withheld"] = withheld_rule(shown["min_group_size"])
             view["conversion"] = {
                 "labels": steps,
                 "series": [{"label": v["name"], "data": [s["rate"] for s in v["steps"]]} for v in shown["variants"]],

@@ -32,6 +32,7 @@ from hub.store.base import (
     experiment_to_json,
 )
 from models.bundle import version_key
+from nexus_service.keyfiles import private_file
 from nexus_wire.counters import CounterKey
 
 T = TypeVar("T")
@@ -69,7 +70,9 @@ class SqliteStore(Store):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         try:
-            self._db = sqlite3.connect(self.path, check_same_thread=False, timeout=10.0, isolation_level=None)
+            self._db = sqlite3.connect(
+                private_file(self.path), check_same_thread=False, timeout=10.0, isolation_level=None
+            )
             self._db.execute("PRAGMA journal_mode=WAL")
             # WAL + NORMAL: a crash may lose the last heartbeats, never corrupt the file.
             self._db.execute("PRAGMA synchronous=NORMAL")

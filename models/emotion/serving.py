@@ -67,7 +67,16 @@ def rows(scores: np.ndarray, predictor: Predictor) -> list[EmotionRow]:
     ]
 
 
-def _oip_text(value: Any, limits: Mapping[str, int]) -> str:
+#: OIP v2: one BYTES tensor of texts
+OIP_INPUTS = ((Tensor("text", "BYTES", (-1,)),),)
+
+
+def _oip_inputs(predictor: Predictor) -> tuple[tuple[Tensor, ...], ...]:
+    return OIP_INPUTS
+
+
+def _oip_text(elements: Mapping[str, Any], limits: Mapping[str, int]) -> str:
+    value = elements["text"]
     if not isinstance(value, str):
         raise DataError("BYTES elements must be strings")
     if not value.strip():
@@ -99,7 +108,7 @@ SERVING = Serving(
     answer_json=EmotionRow.as_json,
     answer_type=EmotionResult,
     answer_doc=None,
-    oip_input=Tensor("text", "BYTES", (-1,)),
+    oip_inputs=_oip_inputs,
     oip_output=_oip_output,
     oip_item=_oip_text,
     oip_values=_oip_values,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any
 
@@ -9,6 +10,7 @@ import numpy as np
 from pydantic import Field, StrictBool, StrictFloat, StrictInt, TypeAdapter
 
 from models.family import Serving, Tensor
+from models.funnel.featurizer import Featurizer
 from models.predictor import Predictor
 
 #: decimals of a probability in /v1 answers (the v2 tensors carry the full float32 values)
@@ -41,8 +43,29 @@ def _answer(probability: float) -> float:
     return round(probability, DECIMALS)
 
 
-def _oip_session(value: Any, limits: Mapping[str, int]) -> dict[str, Any]:
-    """A BYTES element holding a session as JSON text, or the session object itself."""
+#: OIP v2: one BYTES tensor of sessions, each a JSON object (or, in a JSON request, the object itself)
+SESSION_INPUT = Tensor("session", "BYTES", (-1,))
+_INTEGERS = ("INT64", "INT32", "INT16", "INT8", "UINT64", "UINT32", "UINT16", "UINT8")
+#: a numeric field may come as any number type, a category as text or as its integer code
+_NUMBERS = ("FP32", "FP16", *_INTEGERS)
+
+
+@functools.lru_cache(maxsize=8)
+def _oip_inputs(predictor: Predictor) -> tuple[tuple[Tensor, ...], ...]:
+    """One tensor per field the version's featurizer reads (what a dataframe holds, column by
+    column; advertised), or the one ``session`` tensor."""
+    featurizer = Featurizer.from_spec(predictor.bundle.manifest["featurizer"])
+    columns = (
+        *(Tensor(f.name, "FP64", (-1,), _NUMBERS) for f in featurizer.numeric),
+        *(Tensor(c.name, "BYTES", (-1,), _INTEGERS) for c in featurizer.categorical),
+        *(Tensor(name, "BOOL", (-1,)) for name in featurizer.boolean),
+    )
+    return columns, (SESSION_INPUT,)
+
+
+def _oip_session(elements: Mapping[str, Any], limits: Mapping[str, int]) -> dict[str, Any]:
+    """A session from its field tensors' elements, or from a ``session`` element (JSON text or the object)."""
+    value = elements.get(SESSION_INPUT.name, elements)
     if isinstance(value, str):
         return _SESSION.validate_json(value)
     return _SESSION.validate_python(value, strict=False)
@@ -70,7 +93,7 @@ SERVING = Serving(
     answer_json=_answer,
     answer_type=float,
     answer_doc="P(purchase) per session, in request order",
-    oip_input=Tensor("session", "BYTES", (-1,)),
+    oip_inputs=_oip_inputs,
     oip_output=_oip_output,
     oip_item=_oip_session,
     oip_values=_oip_values,

@@ -36,9 +36,9 @@ class LiveHub:
         self.process = HubProcess(root / "hub", free_port(), "--superlink-port", str(self.superlink_port))
         self.token = (root / "hub" / "admin.token").read_text().strip()
         self.admin = OperatorClient(self.process.url, self.token)
-        # our own `flwr` connection to the hub's SuperLink, to ask Flower what it thinks
-        self.link = SuperLink(SuperLinkConfig(root / "flower-client", port=self.superlink_port))
-        self.link.write_connection()
+        # the hub's own `flwr` connection (its SuperLink's Control API listens on loopback only,
+        # never on --superlink-port), to ask Flower what it thinks
+        self.link = SuperLink(SuperLinkConfig(root / "hub" / "flower"))
 
     def nexus(self, *args: str) -> dict:
         done = subprocess.run(

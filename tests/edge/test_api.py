@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from models.errors import NexusError
 from models.families import load_predictor
 from nexus_tools.examples import SESSION
 from tests.support.edge import BUNDLES, TEXTS, edge_settings, newest, operator
+from tests.support.metrics import sample
 
 
 @pytest.fixture(scope="module")
@@ -61,14 +63,24 @@ def test_v2_health_server_and_model_metadata(client: TestClient) -> None:
     assert client.get("/v2/health/live").json() == {"live": True}
     ready = client.get("/v2/health/ready")
     assert ready.status_code == 200 and ready.json() == {"ready": True}
-    assert client.get("/v2").json()["name"] == "nexus-edge"
+    assert client.get("/v2").json() == {"name": "nexus-edge", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
     for model, output_shape in (("emotion", [-1, 7]), ("funnel", [-1])):
         assert client.get(f"/v2/models/{model}/ready").json() == {"name": model, "ready": True}
+        version = newest(model)
+        assert client.get(f"/v2/models/{model}/versions/{version}/ready").json()["ready"] is True
+        assert client.get(f"/v2/models/{model}/versions/999/ready").status_code == 503
         meta = client.get(f"/v2/models/{model}").json()
-        assert meta["name"] == model and newest(model) in meta["versions"]
+        assert meta == client.get(f"/v2/models/{model}/versions/{version}").json()
+        assert meta["name"] == model and version in meta["versions"]
         assert meta["platform"] == "onnxruntime_onnx"
-        assert meta["inputs"][0]["datatype"] == "BYTES"
         assert meta["outputs"][0]["shape"] == output_shape
+    assert client.get("/v2/models/emotion").json()["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
+    # the funnel advertises one tensor per field its featurizer reads, each with its own datatype
+    inputs = {t["name"]: t["datatype"] for t in client.get("/v2/models/funnel").json()["inputs"]}
+    assert inputs["ProductRelated_Duration"] == "FP64" and inputs["Month"] == "BYTES" and inputs["Weekend"] == "BOOL"
+    assert set(inputs) < set(SESSION) and "Region" not in inputs  # Region: the federated partition key
+    missing = client.get("/v2/models/emotion/versions/999")
+    assert missing.status_code == 404 and "serves version" in missing.json()["error"]
 
 
 def test_v2_infer_returns_the_same_scores_as_v1(client: TestClient) -> None:
@@ -96,6 +108,45 @@ def test_v2_infer_returns_the_same_scores_as_v1(client: TestClient) -> None:
     np.testing.assert_allclose(funnel["data"], [score, score], atol=1e-6)
 
 
+def test_v2_infer_binary_tensor_data_both_ways(client: TestClient) -> None:
+    """The extension by hand: a JSON header of Inference-Header-Content-Length bytes, then raw tensors."""
+    raw = b"".join(struct.pack("<I", len(t.encode())) + t.encode() for t in TEXTS)
+    header = json.dumps(
+        {
+            "inputs": [
+                {"name": "text", "datatype": "BYTES", "shape": [3], "parameters": {"binary_data_size": len(raw)}}
+            ],
+            "outputs": [{"name": "scores", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+    answer = client.post(
+        "/v2/models/emotion/infer", content=header + raw, headers={"Inference-Header-Content-Length": str(len(header))}
+    )
+    assert answer.status_code == 200, answer.text
+    size = int(answer.headers["inference-header-content-length"])
+    body = json.loads(answer.content[:size])
+    assert body["outputs"][0]["parameters"] == {"binary_data_size": 3 * 7 * 4} and "data" not in body["outputs"][0]
+    scores = np.frombuffer(answer.content[size:], dtype="<f4").reshape(3, 7)
+    v1 = client.post("/v1/emotion", json={"texts": TEXTS}).json()["results"]
+    np.testing.assert_allclose(scores, [list(r["scores"].values()) for r in v1], atol=1e-5)
+
+
+def test_v2_funnel_takes_one_tensor_per_field(client: TestClient) -> None:
+    meta = client.get("/v2/models/funnel").json()["inputs"]
+    sessions = [SESSION, {**SESSION, "PageValues": 0.0, "Weekend": True}]
+    inputs = [
+        {"name": t["name"], "datatype": t["datatype"], "shape": [2], "data": [s[t["name"]] for s in sessions]}
+        for t in meta
+    ]
+    for tensor in inputs:  # categories as text, like a dataframe's string columns
+        if tensor["datatype"] == "BYTES":
+            tensor["data"] = [str(v) for v in tensor["data"]]
+    answer = client.post("/v2/models/funnel/infer", json={"inputs": inputs})
+    assert answer.status_code == 200, answer.text
+    v1 = client.post("/v1/funnel/score", json={"sessions": sessions}).json()["probabilities"]
+    np.testing.assert_allclose(answer.json()["outputs"][0]["data"], v1, atol=1e-6)
+
+
 def test_metrics_report_routes_models_batches_and_versions(client: TestClient) -> None:
     client.post("/v1/emotion", json={"text": "hello"})
     client.post("/v1/funnel/score", json={"session": SESSION})
@@ -103,13 +154,14 @@ def test_metrics_report_routes_models_batches_and_versions(client: TestClient) -
     response = client.get("/metrics")
     assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
     text = response.text
-    assert 'nexus_edge_requests_total{route="/v1/emotion",method="POST",status="200"}' in text
-    assert 'nexus_edge_requests_total{route="unmatched",method="GET",status="404"}' in text
-    assert 'nexus_edge_request_duration_seconds_count{route="/v1/funnel/score"}' in text
-    assert 'nexus_edge_batch_size_bucket{model="emotion",le="+Inf"}' in text
-    assert 'nexus_edge_inference_duration_seconds_count{model="funnel"}' in text
-    assert 'nexus_edge_queue_depth{model="emotion"} 0' in text
-    assert f'nexus_edge_model_loaded_info{{model="emotion",version="{newest("emotion")}",backend="onnx"}} 1' in text
+    assert sample(text, "nexus_edge_requests_total", route="/v1/emotion", method="POST", status="200")
+    assert sample(text, "nexus_edge_requests_total", route="unmatched", method="GET", status="404")
+    assert sample(text, "nexus_edge_request_duration_seconds_count", route="/v1/funnel/score")
+    assert sample(text, "nexus_edge_batch_size_bucket", model="emotion", le="+Inf")
+    assert sample(text, "nexus_edge_inference_duration_seconds_count", model="funnel")
+    assert sample(text, "nexus_edge_queue_depth", model="emotion") == 0
+    loaded = {"model": "emotion", "version": newest("emotion"), "backend": "onnx"}
+    assert sample(text, "nexus_edge_model_loaded_info", **loaded) == 1
     assert "# TYPE nexus_edge_model_load_failures_total counter" in text
 
 
@@ -144,7 +196,7 @@ def test_feedback_and_outcomes_stay_in_the_local_store_until_erased(tmp_path: Pa
         assert erased.json() == {"visitor_id": "v-1", "erased": 2}
         assert store.counts() == {"feedback": 1, "funnel_outcome": 0}
         assert client.delete("/v1/privacy/visitors/v-1", headers=operator(client)).json()["erased"] == 0
-        assert 'nexus_edge_store_rows_erased_total{reason="erasure"} 2' in client.get("/metrics").text
+        assert sample(client.get("/metrics").text, "nexus_edge_store_rows_erased_total", reason="erasure") == 2
         store.close()
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from edge_worker.assignment import assign, bucket, pick, sticky_assign
 from edge_worker.funnels import FunnelConfig
+from edge_worker.hub_answers import HubAnswerRefused
 from hub.bayes import chi2_sf
 from hub.funnel_config import Experiment, Funnel, Status, Variant
 from hub.funnel_schemas import config_document
@@ -128,6 +129,6 @@ def test_the_edge_assigns_by_the_algorithm_the_hub_names(tmp_path) -> None:
     assert running is not None
     for visitor, _, _, two, _ in VECTORS:
         assert assign(running.id, running.salt, visitor, running.variants) == two
-    with pytest.raises(ValueError, match="assignment"):
+    with pytest.raises(HubAnswerRefused, match="assignment algorithm other than"):
         config.replace('"v2"', {**document, "assignment": "sha256-u53/2"})
     assert config.etag == '"v1"'

@@ -14,7 +14,7 @@ import nexus_cli
 from edge_worker.audit import AuditLog, BudgetExhausted, PrivacyBudget
 from edge_worker.audit.report import build_report, render_html
 from nexus_wire.datadir import EdgeDataDir
-from nexus_wire.heads import sign_receipt, utc_now
+from tests.support.audit import receipt_for
 
 HUB = "http://127.0.0.1:8700"
 SUPERLINK = "127.0.0.1:9092"
@@ -41,7 +41,7 @@ def node(tmp_path) -> Path:
     log.pin_hub_key(hub.public_key(), HUB)
     for i in range(3):
         entry = log.record_send("counters", HUB, "counters", b"x" * (100 + i), {"keys": 1, "total": i})
-        log.attach_receipt(entry.id, sign_receipt(hub, entry.sha256, entry.bytes, utc_now()))
+        log.attach_receipt(entry.id, receipt_for(hub, entry))
     log.record_send("heartbeat", HUB, "heartbeat", b"{}", {"health": "ok"})
     log.record_refusal("counters", HUB, "heartbeat", "field 'message' is not declared", b"{}")
     budget = PrivacyBudget(tmp_path, epsilon=2.0, delta=1e-5)

@@ -16,10 +16,9 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from edge_worker.audit import AuditError, AuditLog, AuditReader, verify
-from edge_worker.audit.merkle import extend_frontier, frontier_root, inclusion_path, leaf_hash, verify_inclusion
 from nexus_wire.datadir import EdgeDataDir
-from nexus_wire.heads import sign_receipt, utc_now
-from tests.support.audit import tamper
+from nexus_wire.merkle import extend_frontier, frontier_root, inclusion_path, leaf_hash, verify_inclusion
+from tests.support.audit import receipt_for, tamper
 
 # Certificate Transparency's reference leaves and tree heads for RFC 6962 (sizes 1..8).
 CT_LEAVES = ["", "00", "10", "2021", "3031", "40414243", "5051525354555657", "606162636465666768696a6b6c6d6e6f"]
@@ -39,6 +38,8 @@ CT_PROOF_0_OF_8 = [
     "6b47aaf29ee3c2af9af889bc1fb9254dabd31177f16232dd6aab035ca39bf6e4",
 ]
 HUB = "http://127.0.0.1:8700"
+#: what the gateway adds to a send's summary: the request and the node it went out as
+SENT = {"request": "POST /v1/nodes/me/counters", "node": "n-1"}
 
 
 def test_merkle_matches_rfc6962_reference_roots_and_proofs():
@@ -66,14 +67,16 @@ def _filled(data_dir: Path, hub_key: Ed25519PrivateKey) -> AuditLog:
     log = AuditLog(data_dir)
     log.pin_hub_key(hub_key.public_key(), HUB)  # 1
     for i in range(2):
-        entry = log.record_send("sync", HUB, "counters", json.dumps({"n": i}).encode(), {"keys": 1, "total": i})  # 2, 3
+        body = json.dumps({"n": i}).encode()
+        entry = log.record_send("sync", HUB, "counters", body, {"keys": 1, "total": i, **SENT})  # 2, 3
         if i == 0:
-            assert log.attach_receipt(entry.id, sign_receipt(hub_key, entry.sha256, entry.bytes, utc_now())) is None
+            assert log.attach_receipt(entry.id, receipt_for(hub_key, entry)) is None
     log.record_refusal("sync", HUB, "heartbeat", "field 'note' is not declared", b'{"note":"hi"}')  # 4
+    flower = {"message_type": "train", "message": "m-1", "node": 7}  # what the audit mod records
     entry = log.record_send(
-        "flower", "127.0.0.1:9092", "model-update", b"\x00" * 64, {"model": "funnel", "dp": {"epsilon": 0.5}}
+        "flower", "127.0.0.1:9092", "model-update", b"\x00" * 64, {"model": "funnel", "dp": {"epsilon": 0.5}, **flower}
     )  # 5
-    assert log.attach_receipt(entry.id, sign_receipt(hub_key, entry.sha256, entry.bytes, utc_now())) is None
+    assert log.attach_receipt(entry.id, receipt_for(hub_key, entry)) is None
     log.record_erasure("visitor-42", {"feedback": 2, "funnel_outcome": 1})  # 6
     log.record_retention(1_700_000_000.0, 30, {"feedback": 5})  # 7
     return log
@@ -203,21 +206,22 @@ def test_a_tree_head_resigned_with_another_key_fails(tmp_path, hub_key):
     assert result.first_bad == 6 and "tree head" in result.reason
 
 
-def test_a_receipt_with_a_wrong_hub_signature_fails(tmp_path, hub_key):
+def test_a_receipt_with_a_wrong_hub_signature_is_refused(tmp_path, hub_key):
     log = _filled(tmp_path, hub_key)
-    entry = log.record_send("sync", HUB, "counters", b"{}", {"keys": 0, "total": 0})
-    forged = sign_receipt(Ed25519PrivateKey.generate(), entry.sha256, entry.bytes, utc_now())
-    assert "signature" in log.attach_receipt(entry.id, forged)
-    result = verify(tmp_path, log.public_key)
-    assert result.first_bad == entry.id and "signature" in result.reason
+    entry = log.record_send("sync", HUB, "counters", b"{}", {"keys": 0, "total": 0, **SENT})
+    assert "signature" in log.attach_receipt(entry.id, receipt_for(Ed25519PrivateKey.generate(), entry))
+    # not stored, so it cannot pass for proof; the refusal is on the log, which still verifies
+    assert entry.id not in AuditReader(tmp_path).receipts()
+    refusal = list(AuditReader(tmp_path).entries())[-1]
+    assert (refusal.event, refusal.kind, refusal.summary["entry"]) == ("refusal", "hub-receipt", entry.id)
+    assert verify(tmp_path, log.public_key).ok
 
 
-def test_a_receipt_for_other_bytes_fails(tmp_path, hub_key):
+def test_a_receipt_for_other_bytes_is_refused(tmp_path, hub_key):
     log = _filled(tmp_path, hub_key)
-    entry = log.record_send("sync", HUB, "counters", b"{}", {"keys": 0, "total": 0})
-    receipt = sign_receipt(hub_key, entry.sha256, entry.bytes + 1, utc_now())
-    assert "match" in log.attach_receipt(entry.id, receipt)
-    assert verify(tmp_path, log.public_key).first_bad == entry.id
+    entry = log.record_send("sync", HUB, "counters", b"{}", {"keys": 0, "total": 0, **SENT})
+    assert "bytes does not match" in log.attach_receipt(entry.id, receipt_for(hub_key, entry, bytes=entry.bytes + 1))
+    assert entry.id not in AuditReader(tmp_path).receipts() and verify(tmp_path, log.public_key).ok
 
 
 def test_an_edited_stored_receipt_fails(tmp_path, hub_key):
@@ -240,8 +244,8 @@ def test_the_first_bad_entry_is_named_when_several_are(tmp_path, hub_key):
 
 def test_receipts_need_a_pinned_hub_key(tmp_path, hub_key):
     log = AuditLog(tmp_path)
-    entry = log.record_send("sync", HUB, "heartbeat", b"{}", {"health": "ok"})
-    assert "no hub key" in log.attach_receipt(entry.id, sign_receipt(hub_key, entry.sha256, entry.bytes, utc_now()))
+    entry = log.record_send("sync", HUB, "heartbeat", b"{}", {"health": "ok", **SENT})
+    assert "no hub key" in log.attach_receipt(entry.id, receipt_for(hub_key, entry))
     assert verify(tmp_path, log.public_key).first_bad == 1
     assert verify(tmp_path, log.public_key, hub_key.public_key()).ok  # a key the officer holds
 
@@ -293,3 +297,85 @@ def test_verify_is_consistent_while_the_node_appends(tmp_path):
         results.append(verify(tmp_path))
     writer.join()
     assert len(results) > 3 and all(r.ok for r in results), next(r.message() for r in results if not r.ok)
+
+
+# -- the stored tree: frontiers, subtree hashes, proofs from them ----------------------------------
+
+
+def test_a_flipped_byte_in_a_frontier_is_named_as_such_not_blamed_on_the_next_entry(tmp_path, hub_key):
+    log = _filled(tmp_path, hub_key)
+    conn = sqlite3.connect(EdgeDataDir(tmp_path).audit_db)
+    [frontier] = conn.execute("SELECT frontier FROM tree_heads WHERE size = 7").fetchone()
+    conn.close()
+    flipped = frontier.replace(frontier[-5], "0" if frontier[-5] != "0" else "1", 1)  # one hex digit of a hash
+    tamper(tmp_path, ("UPDATE tree_heads SET frontier = ? WHERE size = 7", (flipped,)))
+    result = verify(tmp_path, log.public_key)
+    assert (result.first_bad, result.reason) == (
+        7,
+        "the tree head's stored frontier does not match the entries (frontier column changed)",
+    )
+    log.record_send("sync", HUB, "heartbeat", b"{}", {"health": "ok"})  # extends the flipped frontier
+    assert verify(tmp_path, log.public_key).first_bad == 7  # still the frontier, not the genuine entry 8
+    tamper(tmp_path, ("UPDATE tree_heads SET frontier = ? WHERE size = 3", ("not json",)))
+    assert "frontier" in verify(tmp_path, log.public_key).reason
+
+
+@pytest.mark.parametrize(
+    "statement, first_bad, words",
+    [
+        ("UPDATE subtrees SET hash = ? WHERE level = 1 AND idx = 1", 4, "subtree (1, 1) (level, index) does not match"),
+        (
+            "DELETE FROM subtrees WHERE level = 2 AND idx = 0 AND ? IS NOT NULL",
+            4,
+            "subtree (2, 0) (level, index) missing",
+        ),
+        ("INSERT INTO subtrees VALUES (0, 7, ?)", 8, "stored subtree hashes cover 8 entries, the log holds 7"),
+        ("INSERT INTO subtrees VALUES (5, -1, ?)", None, "hashes no entry gives"),
+    ],
+)
+def test_a_changed_subtree_hash_is_named(tmp_path, hub_key, statement, first_bad, words):
+    log = _filled(tmp_path, hub_key)
+    tamper(tmp_path, (statement, ("ab" * 32,)))
+    result = verify(tmp_path, log.public_key)
+    assert not result.ok and result.first_bad == first_bad and words in result.reason, result.message()
+
+
+def _legacy(data_dir: Path) -> None:
+    """The log as versions before stored subtrees wrote it."""
+    tamper(data_dir, ("DROP TABLE subtrees", ()))
+
+
+def test_a_log_written_before_subtrees_were_stored_still_verifies_and_is_migrated(tmp_path, hub_key):
+    _filled(tmp_path, hub_key).close()
+    _legacy(tmp_path)
+    assert verify(tmp_path).ok
+    reader = AuditReader(tmp_path)
+    assert reader.consistency_proof(3, 7).verifies() and reader.inclusion_proof(2, 5).verifies()
+    with AuditLog(tmp_path) as log:  # opening it stores the subtrees of every entry
+        log.record_send("sync", HUB, "heartbeat", b"{}", {"health": "ok"})
+        assert log.consistency_proof(3).verifies()
+    conn = sqlite3.connect(EdgeDataDir(tmp_path).audit_db)
+    assert conn.execute("SELECT COUNT(*) FROM subtrees").fetchone()[0] == 2 * 8 - 1  # 2n - popcount(n)
+    conn.close()
+    assert verify(tmp_path).ok
+
+
+def test_proofs_between_any_two_heads_verify_and_read_no_leaves(tmp_path):
+    with AuditLog(tmp_path) as log:
+        for i in range(37):
+            log.record_send("sync", HUB, "heartbeat", b"%d" % i, {"i": i})
+        heads = AuditReader(tmp_path).tree_heads()
+        for second in range(1, 38):
+            for first in range(1, second + 1):
+                proof = log.consistency_proof(first, second)
+                assert (proof.first, proof.second) == (heads[first], heads[second]) and proof.verifies()
+            for entry_id in range(1, second + 1):
+                inclusion = log.inclusion_proof(entry_id, second)
+                assert inclusion.root == heads[second].root and inclusion.verifies()
+        assert log.consistency_proof(5).second == heads[37]
+        for first, second in ((0, 3), (4, 3), (1, 38)):
+            with pytest.raises(AuditError):
+                log.consistency_proof(first, second)
+    # built from the stored subtrees alone: the old entries are not even read
+    tamper(tmp_path, ("DELETE FROM entries WHERE id < 30", ()))
+    assert AuditReader(tmp_path).consistency_proof(7, 37).verifies()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
+import struct
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -34,6 +36,24 @@ def client(edge: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=edge, timeout=10) as http:
         yield http
 
+
+def binary(inputs: list[dict[str, Any]], data: bytes, declared: str | None = None, **extra: Any) -> dict[str, Any]:
+    """A request in the binary tensor data extension: a JSON header, then raw tensor bytes."""
+    header = json.dumps({"inputs": inputs, **extra}).encode()
+    length = str(len(header)) if declared is None else declared
+    return {"content": header + data, "headers": {"Inference-Header-Content-Length": length}}
+
+
+def text_tensor(size: int, **parameters: Any) -> dict[str, Any]:
+    return {"name": "text", "datatype": "BYTES", "shape": [1], "parameters": {"binary_data_size": size, **parameters}}
+
+
+HI = struct.pack("<I", 2) + b"hi"  # one BYTES element
+FIELDS_BUT_WEEKEND = [
+    {"name": name, "datatype": "FP64", "shape": [1], "data": [1.0]}
+    for name in SESSION
+    if name not in ("Weekend", "Region", "Month", "OperatingSystems", "Browser", "TrafficType", "VisitorType")
+]
 
 CASES: list[tuple[str, str, dict[str, Any], int, str]] = [
     # (method, path, request kwargs, status, words the error names)
@@ -146,6 +166,48 @@ CASES: list[tuple[str, str, dict[str, Any], int, str]] = [
         {"json": {"inputs": [{"name": "session", "datatype": "BYTES", "shape": [1], "data": [{"Month": "Nov"}]}]}},
         422,
         "missing",
+    ),
+    # the binary tensor data extension: every size is checked against the bytes actually sent
+    ("POST", "/v2/models/emotion/infer", binary([text_tensor(6)], HI, declared="x"), 400, "is not a number"),
+    ("POST", "/v2/models/emotion/infer", binary([text_tensor(6)], HI, declared="9999"), 400, "body has only"),
+    ("POST", "/v2/models/emotion/infer", binary([text_tensor(7)], HI), 400, "runs past the 6 bytes"),
+    ("POST", "/v2/models/emotion/infer", binary([text_tensor(3)], HI), 400, "sum to 3"),
+    ("POST", "/v2/models/emotion/infer", binary([text_tensor(6)], struct.pack("<I", 99) + b"hi"), 400, "claims 99"),
+    ("POST", "/v2/models/emotion/infer", binary([text_tensor(2)], b"hi"), 400, "ends before element 0"),
+    ("POST", "/v2/models/emotion/infer", binary([text_tensor(6)], struct.pack("<I", 2) + b"\xff\xfe"), 400, "UTF-8"),
+    ("POST", "/v2/models/emotion/infer", binary([text_tensor(-1)], b""), 422, "greater than or equal to 0"),
+    ("POST", "/v2/models/emotion/infer", binary([text_tensor(6, shared_memory_region="r")], HI), 400, "shared memory"),
+    ("POST", "/v2/models/emotion/infer", binary([{**text_tensor(6), "data": ["hi"]}], HI), 400, "both data and"),
+    ("POST", "/v2/models/emotion/infer", {"json": {"inputs": [text_tensor(6)]}}, 400, "no Inference-Header"),
+    (
+        "POST",
+        "/v2/models/emotion/infer",
+        {"json": {"inputs": [{"name": "text", "datatype": "BYTES", "shape": [1]}]}},
+        400,
+        "no data and no parameters.binary_data_size",
+    ),
+    (
+        "POST",
+        "/v2/models/emotion/infer",
+        binary([text_tensor(6)], HI, outputs=[{"name": "scores", "parameters": {"binary_data": "yes"}}]),
+        422,
+        "binary_data",
+    ),
+    # several inputs: the funnel's fields
+    ("POST", "/v2/models/funnel/infer", {"json": {"inputs": FIELDS_BUT_WEEKEND}}, 400, "missing: Browser, Month"),
+    (
+        "POST",
+        "/v2/models/funnel/infer",
+        {"json": {"inputs": [{"name": "Weekend", "datatype": "BOOL", "shape": [1], "data": ["no"]}]}},
+        400,
+        "takes the 16 inputs",
+    ),
+    (
+        "POST",
+        "/v2/models/funnel/infer",
+        {"json": {"inputs": [{"name": "session", "datatype": "BYTES", "shape": [1], "data": ["{}"]}] * 2}},
+        400,
+        "given 2 times",
     ),
     ("GET", "/v1/nothing-here", {}, 404, "no route /v1/nothing-here"),
     ("GET", "/v1/emotion", {}, 405, "method GET not allowed"),

@@ -57,4 +57,6 @@ def test_the_deployed_command_lines_are_accepted() -> None:
     assert argvs
     for argv in argvs:
         args = build_parser().parse_args(argv)
-        assert args.func.__module__ == "edge_worker.cli" and args.no_supernode and args.hub
+        assert args.func.__module__ == "edge_worker.cli" and args.hub
+        # its own SuperNode, guarded, over TLS with its key (docs/deploy.md)
+        assert not args.no_supernode and args.superlink and args.superlink_root_cert and args.supernode_auth_key

@@ -21,7 +21,7 @@ from edge_worker.payloads import Declarations, PayloadRefused
 from edge_worker.sync import Backoff, SyncAgent
 from nexus_service.keyfiles import load_signing_key
 from nexus_wire.datadir import EdgeDataDir, HubDataDir
-from nexus_wire.heads import HEADER, decode_header, key_id, signature_verifies
+from nexus_wire.heads import HEADER, RECEIPT_FORMAT, decode_header, key_id, signature_verifies
 from nexus_wire.payloads import COUNTERS
 from tests.support.edge import StandInRepository
 from tests.support.hub import RunningHub, make_bundle
@@ -105,26 +105,37 @@ def test_a_free_text_field_is_refused_logged_and_never_sent(hub: RunningHub, tmp
     assert verify(edge).ok
 
 
-def test_hub_answers_node_requests_with_signed_receipts(hub: RunningHub) -> None:
+def test_hub_signs_receipts_for_authenticated_node_requests_only(hub: RunningHub) -> None:
     token = hub.admin.create_token({})["token"]
     body = json.dumps({"token": token}).encode()
     reply = hub.http.post("/v1/enroll", content=body)
     receipt = decode_header(reply.headers[HEADER])
     hub_key = load_signing_key(HubDataDir(hub.data_dir).signing_key).public_key()
     assert receipt is not None and signature_verifies(receipt, hub_key)
-    assert receipt["sha256"] == hashlib.sha256(body).hexdigest() and receipt["bytes"] == len(body)
-    credential = f"node.{reply.json()['node_id']}.{reply.json()['node_secret']}"
-    # a node request the hub refuses (bad body) still gets a receipt for what it read
-    bad = hub.http.post(
-        "/v1/nodes/me/heartbeat", content=b'{"health":"maybe"}', headers={"Authorization": f"Bearer {credential}"}
+    # the token authenticated the caller as the node it created: the receipt names it
+    node_id = reply.json()["node_id"]
+    assert (receipt["format"], receipt["node"], receipt["method"], receipt["path"]) == (
+        RECEIPT_FORMAT,
+        node_id,
+        "POST",
+        "/v1/enroll",
     )
-    assert bad.status_code == 422 and decode_header(bad.headers[HEADER])["bytes"] == 18
-    # and a node request with a wrong secret: the body was drained, the receipt covers all of it
+    assert receipt["sha256"] == hashlib.sha256(body).hexdigest() and receipt["bytes"] == len(body)
+    credential = {"Authorization": f"Bearer node.{node_id}.{reply.json()['node_secret']}"}
+    # a node request the hub refuses (bad body) still gets a receipt for what it read
+    bad = hub.http.post("/v1/nodes/me/heartbeat?probe=1", content=b'{"health":"maybe"}', headers=credential)
+    bad_receipt = decode_header(bad.headers[HEADER])
+    assert bad.status_code == 422 and bad_receipt["bytes"] == 18
+    assert (bad_receipt["node"], bad_receipt["path"]) == (node_id, "/v1/nodes/me/heartbeat?probe=1")
+    # none for a caller the hub does not know: a used token, a wrong secret, no credential
+    assert HEADER not in hub.http.post("/v1/enroll", content=body).headers
     wrong = hub.http.post(
         "/v1/nodes/me/heartbeat", content=b"x" * 100_000, headers={"Authorization": "Bearer node.n-x.y"}
     )
-    assert wrong.status_code == 401 and decode_header(wrong.headers[HEADER])["bytes"] == 100_000
-    # operator requests carry none
+    assert wrong.status_code == 401 and HEADER not in wrong.headers
+    assert HEADER not in hub.http.get("/v1/nodes/me/assignments").headers
+    # nor for a node on an operator endpoint (403), nor for the operator
+    assert HEADER not in hub.http.get("/v1/nodes", headers=credential).headers
     admin_token = (hub.data_dir / "admin.token").read_text().strip()
     assert HEADER not in hub.http.get("/v1/nodes", headers={"Authorization": f"Bearer {admin_token}"}).headers
 

@@ -12,6 +12,7 @@ import pytest
 
 from edge_worker.federation import AUTO, _target
 from edge_worker.hub_link import HubLink
+from edge_worker.supernode import SuperNode, SuperNodeConfig
 from hub.settings import HubSettings
 from nexus_wire.datadir import EdgeDataDir
 
@@ -77,3 +78,30 @@ def test_the_hub_names_the_superlink_edges_should_join(tmp_path: Path) -> None:
         HubSettings(data_dir=tmp_path, superlink="sl:9092", superlink_public="sl.example:443").superlink_address()
         == "sl.example:443"
     )
+
+
+def test_auto_joins_a_superlink_off_loopback_over_tls_only() -> None:
+    assert _target(AUTO, "superlink.example:9092", tls=True) == "superlink.example:9092"
+
+
+def test_the_supernode_runs_no_app_itself_and_its_guard_trusts_the_pinned_key(tmp_path: Path) -> None:
+    """``--isolation process``: Flower launches no ClientApp; the guard beside it, holding the
+    SuperExec secret, launches only those the pinned hub key signed (federated/app_guard.py)."""
+    ca, key = tmp_path / "ca.crt", tmp_path / "supernode-region-1"
+    node = SuperNode(SuperNodeConfig("sl.example:9092", tmp_path, port=9500, root_certificates=ca, auth_key=key))
+    cmd = node.command()
+    flag = {name: cmd[cmd.index(name) + 1] for name in ("--isolation", "--superexec-auth-secret-file", "--port")}
+    assert flag == {
+        "--isolation": "process",
+        "--superexec-auth-secret-file": str(EdgeDataDir(tmp_path).superexec_secret),
+        "--port": "9500",
+    }
+    assert "--insecure" not in cmd and cmd[cmd.index("--root-certificates") + 1] == str(ca)
+    assert cmd[cmd.index("--auth-supernode-private-key") + 1] == str(key)
+    node.guard.parent_pid = 4242
+    guard = node.guard.command()
+    assert guard[guard.index("-m") + 1 :][:2] == ["federated.app_guard", "clientapp"]
+    assert guard[guard.index("--runtime-api-address") + 1] == "127.0.0.1:9500"
+    assert guard[guard.index("--edge-data-dir") + 1] == str(tmp_path)
+    assert guard[guard.index("--superexec-auth-secret-file") + 1] == flag["--superexec-auth-secret-file"]
+    assert guard[guard.index("--parent-pid") + 1] == "4242"

@@ -4,7 +4,6 @@ node writes in a real run is one its data-dir layout (nexus_wire/datadir.py) nam
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 
@@ -16,11 +15,11 @@ from nexus_wire.datadir import EdgeDataDir, HubDataDir
 from nexus_wire.payloads import COUNTERS
 from tests.support.edge import edge_settings
 from tests.support.hub import RunningHub
+from tests.support.metrics import sample
 
 
 def _egress_messages(metrics: str, kind: str) -> float:
-    match = re.search(rf'^nexus_edge_egress_messages_total\{{kind="{kind}"\}} (\S+)$', metrics, re.M)
-    return 0.0 if match is None else float(match[1])
+    return sample(metrics, "nexus_edge_egress_messages_total", kind=kind) or 0.0
 
 
 def test_counter_reports_reach_metrics_and_the_node_writes_only_named_files(hub: RunningHub, tmp_path: Path) -> None:
@@ -46,7 +45,7 @@ def test_counter_reports_reach_metrics_and_the_node_writes_only_named_files(hub:
             time.sleep(0.05)
         metrics = client.get("/metrics").text
         assert _egress_messages(metrics, "heartbeat") >= 1  # the model sync's kinds, on the same gateway
-        assert re.search(rf'^nexus_edge_egress_bytes_total\{{kind="{COUNTERS}",direction="out"\}} [1-9]', metrics, re.M)
+        assert (sample(metrics, "nexus_edge_egress_bytes_total", kind=COUNTERS, direction="out") or 0) >= 1
         assert state.hub is not None and state.hub.gateway.messages[COUNTERS] >= 1
         assert client.get("/v1/privacy/audit", headers={"Authorization": f"Bearer {client.app.state.operator_token}"})
     layout = EdgeDataDir(settings.data_dir)
@@ -73,6 +72,9 @@ def test_the_layouts_keep_the_file_names_on_disk(tmp_path: Path) -> None:
         "superlink": "hub-superlink",
         "supernode_log": "supernode.log",
         "flwr_home": "flwr-home",
+        "trusted_apps": "hub-apps.json",
+        "superexec_secret": "superexec.secret",
+        "guard_log": "app-guard.log",
         "metrics": "metrics",
     }
     hub = HubDataDir(tmp_path)

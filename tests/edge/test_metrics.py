@@ -1,5 +1,6 @@
-"""/metrics over several worker processes: the merge rules, the shared files, and a real
-``nexus edge serve --workers 2`` answering one consistent, never-decreasing count."""
+"""/metrics over several worker processes: the merge rules, the shared files, a real
+``nexus edge serve --workers 2`` answering one consistent, never-decreasing count, and its
+scrapes passing ``promtool check metrics`` and Prometheus' own Python parser."""
 
 from __future__ import annotations
 
@@ -17,10 +18,12 @@ from pathlib import Path
 import httpx
 
 from edge_worker.metrics import LATENCY_BUCKETS, Registry, WorkerSnapshot, edge_registry, merge
+from nexus_tools.examples import SESSION
 from nexus_tools.processes import ServerProcess, edge_argv, free_port
 from nexus_wire.datadir import EdgeDataDir
 from tests.support.edge import BUNDLES
 from tests.support.env import ROOT
+from tests.support.metrics import parse, promtool_check, types
 
 EMOTION_200 = (("route", "/v1/emotion"), ("method", "POST"), ("status", "200"))
 
@@ -57,7 +60,7 @@ def test_counters_and_histograms_sum_over_every_worker_even_exited_ones() -> Non
     assert _line(text, hist.format("count", "")) == 5
     assert _line(text, hist.format("sum", "")) == 0.002 * 3 + 14.0
     assert _line(text, hist.format("bucket", ',le="0.0025"')) == 3
-    assert _line(text, hist.format("bucket", f',le="{LATENCY_BUCKETS[-1]}"')) == 3
+    assert LATENCY_BUCKETS[-1] == 5.0 and _line(text, hist.format("bucket", ',le="5"')) == 3
     assert _line(text, hist.format("bucket", ',le="+Inf"')) == 5
 
 
@@ -229,3 +232,41 @@ def test_two_workers_report_one_count_that_never_decreases(tmp_path: Path) -> No
         assert len(re.findall(r'^nexus_edge_model_loaded_info\{model="emotion",.*\} 1$', text, re.M)) == 1
         assert _line(text, 'nexus_edge_queue_depth{model="emotion"}') == 0
         assert edge.stop() == 0
+
+
+def test_batch_size_buckets_run_from_one_to_the_largest_batch() -> None:
+    registry = edge_registry(max_batch=48)
+    registry.observe("nexus_edge_batch_size", (("model", "emotion"),), 48)
+    bounds = re.findall(r'^nexus_edge_batch_size_bucket\{model="emotion",le="([^"]+)"\}', registry.render(), re.M)
+    assert bounds == ["1", "2", "4", "8", "16", "32", "48", "+Inf"]
+
+
+def test_scrapes_of_two_workers_pass_promtool_and_the_prometheus_parser(tmp_path: Path) -> None:
+    port = free_port()
+    argv = edge_argv(port, models_dir=BUNDLES, data_dir=tmp_path / "data", workers=2)
+    with ServerProcess("edge", argv, port) as edge:
+        with httpx.Client(base_url=edge.url, timeout=10, limits=httpx.Limits(max_keepalive_connections=0)) as http:
+            for i in range(20):  # new connections: both workers take some
+                assert http.post("/v1/emotion", json={"texts": [f"great {i}", "awful"]}).status_code == 200
+                assert http.post("/v1/funnel/score", json={"session": SESSION}).status_code == 200
+            assert http.post("/v1/emotion", json={"text": ""}).status_code == 422
+            assert http.get("/no/such/route").status_code == 404
+        time.sleep(1.5)  # past the publish interval: every worker's snapshot is on disk
+        scrapes = [_scrape(edge.url) for _ in range(6)]  # whichever worker answers
+        assert edge.stop() == 0
+    for text in scrapes:
+        promtool_check(text)
+        found = parse(text)  # raises on anything the parser cannot read
+        assert types(text)["nexus_edge_request_duration_seconds"] == "histogram"
+        assert types(text)["nexus_edge_requests"] == "counter"  # the parser names counters without _total
+        emotion = frozenset({("route", "/v1/emotion")})
+        assert found["nexus_edge_request_duration_seconds_count"][emotion] >= 21
+        assert found["nexus_edge_request_duration_seconds_bucket"][emotion | {("le", "+Inf")}] >= 21
+        assert found["nexus_edge_inference_items_total"][frozenset({("model", "emotion")})] == 40
+        assert sum(found["nexus_edge_batch_size_count"].values()) > 0
+        assert (
+            found["nexus_edge_requests_total"][
+                frozenset({("route", "/v1/emotion"), ("method", "POST"), ("status", "422")})
+            ]
+            == 1
+        )

@@ -190,3 +190,28 @@ def test_bundle_downloads_polls_and_enrollment(declared):
 def test_unknown_kinds_and_non_objects_are_refused(declared):
     _refused("free-text", {"text": "hello"}, declared, "unknown payload kind")
     _refused(HEARTBEAT, "health=ok", declared, "must be an object")
+
+
+def test_heartbeats_carry_a_bounded_consistency_proof(declared, tmp_path):
+    from dataclasses import asdict
+
+    from edge_worker.audit import AuditLog
+
+    with AuditLog(tmp_path) as log:
+        for _ in range(5):
+            log.record_retention(0.0, 30, {})
+        head, proof = asdict(log.tree_head()), log.consistency_proof(2).proof
+    beat = {"health": "ok", "audit_head": head}
+    summary = check_payload(HEARTBEAT, {**beat, "audit_consistency": {"first_size": 2, "proof": proof}}, declared)
+    assert summary["audit_consistency"] == {"first_size": 2, "hashes": len(proof)}  # the log holds the hashes
+    for consistency, match in [
+        ({"first_size": 5, "proof": []}, "first_size must be below audit_head.size"),
+        ({"first_size": 0, "proof": proof}, "first_size must be an integer in"),
+        ({"first_size": 2, "proof": "ab"}, "proof must be a list of at most 128 hashes"),
+        ({"first_size": 2, "proof": ["ab" * 32] * 129}, "proof must be a list of at most 128 hashes"),
+        ({"first_size": 2, "proof": ["Bob " + proof[0][4:]]}, r"proof\[0\] is not a hex sha256"),
+        ({"first_size": 2, "proof": proof, "note": "hi"}, "field 'note' is not declared"),
+        ("from 2", "audit_consistency must be an object"),
+    ]:
+        _refused(HEARTBEAT, {**beat, "audit_consistency": consistency}, declared, match)
+    _refused(HEARTBEAT, {"health": "ok", "audit_consistency": {"first_size": 1, "proof": []}}, declared, "below")

@@ -16,6 +16,7 @@ from models.errors import NexusError
 from nexus_tools.examples import SESSION
 from nexus_tools.processes import ServerThread
 from tests.support.edge import add_version, copy_repository, edge_settings, newest
+from tests.support.metrics import sample
 
 
 @pytest.fixture
@@ -68,9 +69,9 @@ def test_hot_swap_under_load_fails_no_request_and_a_bad_bundle_keeps_the_old_one
     assert seen and all(status == 200 for status, _ in seen), {s for s in seen if s[0] != 200}
     versions = [version for _, version in seen]
     assert versions[0] == v1 and versions[-1] == v2 and set(versions) == {v1, v2}
-    assert f'nexus_edge_model_load_failures_total{{model="emotion",version="{v3}"}} 1' in metrics
-    assert f'nexus_edge_model_loaded_info{{model="emotion",version="{v2}",backend="onnx"}} 1' in metrics
-    assert f'model="emotion",version="{v1}",backend' not in metrics
+    assert sample(metrics, "nexus_edge_model_load_failures_total", model="emotion", version=v3) == 1
+    assert sample(metrics, "nexus_edge_model_loaded_info", model="emotion", version=v2, backend="onnx") == 1
+    assert sample(metrics, "nexus_edge_model_loaded_info", model="emotion", version=v1, backend="onnx") is None
     assert "sha256 mismatch" in state.repository.failures()[f"emotion/{v3}"]
     assert ready.status_code == 200
 

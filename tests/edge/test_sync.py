@@ -252,3 +252,31 @@ def test_processes_sharing_a_data_dir_enroll_once_and_all_switch(hub: RunningHub
                 await agent.link.aclose()
 
     asyncio.run(scenario())
+
+
+def test_heartbeats_prove_the_log_consistent_with_the_head_the_hub_holds(hub: RunningHub, tmp_path: Path) -> None:
+    edge = tmp_path / "edge"
+    agent = sync_agent(
+        hub.url, edge, StandInRepository(edge / "models"), hub.admin.create_token({"region": "1"})["token"]
+    )
+    held: list[int] = []
+
+    async def cycles(n: int) -> None:
+        try:
+            for _ in range(n):
+                await agent.sync_once()
+                assert agent.hub_held is not None
+                held.append(agent.hub_held.size)
+        finally:
+            await agent.link.aclose()
+
+    asyncio.run(cycles(4))
+    beat = hub.admin.nodes()[0]["heartbeat"]
+    # the first head is held as it is; every later one only with its proof, so each answer moves on
+    assert held == sorted(set(held)) and held[-1] == beat["audit_largest_head"]["size"] == beat["audit_head"]["size"]
+    assert beat["audit_regression"] is None and "audit_consistency" not in beat
+    beats = [e.summary for e in AuditReader(edge).entries() if e.kind == "heartbeat" and e.event == "send"]
+    assert "audit_consistency" not in beats[0]  # nothing held yet: nothing to prove
+    # the log keeps what each heartbeat proved: from the head the previous answer named
+    assert [b["audit_consistency"]["first_size"] for b in beats[1:]] == held[:-1]
+    assert all(b["audit_consistency"]["hashes"] >= 1 for b in beats[1:])

@@ -1,6 +1,7 @@
-"""Real Flower processes on loopback: a SuperLink (hub/superlink.py) and SuperNodes
-(edge_worker/supernode.py), each node with its own local store of one region's sessions,
-and ``flwr run`` of the federated app. Flower polls every ~3 s, so rounds are few."""
+"""Real Flower processes on loopback: a SuperLink with its app guard (hub/superlink.py) and
+SuperNodes with theirs (edge_worker/supernode.py), each node with its own local store of one
+region's sessions, and ``flwr run`` of the federated app, which the hub's key signed. Flower
+polls every ~3 s, so rounds are few."""
 
 from __future__ import annotations
 
@@ -14,11 +15,14 @@ import pytest
 
 from edge_worker.store import LocalStore
 from edge_worker.supernode import SuperNode, SuperNodeConfig
-from hub.superlink import SuperLink, SuperLinkConfig, flower_app_dir
+from hub.apps import write_signed_apps
+from hub.superlink import SuperLink, SuperLinkConfig, flower_app_dir, server_app_guard
+from hub.superlink_keeper import SuperLinkKeeper
+from nexus_service.keyfiles import load_or_create_key
 from nexus_tools.processes import free_port
 from nexus_wire.runconfig import RunConfig
 from tests.support.env import need
-from tests.support.federated import flower_finished, funnel_spec
+from tests.support.federated import flower_finished, funnel_spec, trust_hub_apps
 from tests.support.sessions import synthetic_sessions
 
 BIN = Path(__import__("sys").executable).parent
@@ -39,7 +43,14 @@ class Cluster:
         self.spec_path = root / "spec.json"
         self.spec_path.write_text(funnel_spec(sessions).to_json())
         (root / "hub").mkdir()
-        self.link = SuperLink(SuperLinkConfig(root / "hub", port=free_port()))
+        key_file = root / "hub" / "hub-signing-key.pem"
+        key = load_or_create_key(key_file)
+        self.link = SuperLink(SuperLinkConfig(root / "hub", port=free_port(), receipt_key=key_file))
+        self.keeper = SuperLinkKeeper(self.link, server_app_guard(self.link))
+        apps = trust_hub_apps(root / f"edge{regions[0]}", key)
+        write_signed_apps(self.link.layout.trusted_apps, apps)
+        for region in regions[1:]:
+            trust_hub_apps(root / f"edge{region}", key, apps)
         self.nodes = {
             region: SuperNode(
                 SuperNodeConfig(
@@ -50,7 +61,7 @@ class Cluster:
         }
 
     def start(self) -> None:
-        self.link.start(ready_timeout=60)
+        self.keeper.open()
         for node in self.nodes.values():
             node.start(ready_timeout=60)
         # a run samples the nodes online when it starts: wait until every node registered
@@ -62,7 +73,7 @@ class Cluster:
     def stop(self) -> None:
         for node in self.nodes.values():
             node.stop()
-        self.link.stop()
+        self.keeper.close()
 
     def wait_finished(self, run_id: int, timeout: float) -> str:
         return flower_finished(self.link, run_id, timeout, f"logs in {self.root}")

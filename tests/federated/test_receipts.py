@@ -12,16 +12,17 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from edge_worker.audit import SEND, AuditLog, AuditReader, verify
+from edge_worker.audit import REFUSAL, SEND, AuditLog, AuditReader, verify
 from federated.client_app import app
 from federated.local_grid import LocalGrid
 from federated.receipts import ReceiptBook
 from federated.server_app import run_rounds
 from models.errors import NexusError
 from models.families import FAMILIES
-from nexus_wire.heads import KEY_ENV
+from nexus_wire.heads import FLOWER_RECEIPT_FORMAT, KEY_ENV
+from nexus_wire.payloads import HUB_RECEIPT
 from nexus_wire.runconfig import RunConfig
-from tests.support.audit import tamper
+from tests.support.audit import receipt_for, tamper
 from tests.support.federated import funnel_spec, node_with_outcomes
 
 RECEIPTED = {"model-update", "evaluation-metrics", "error"}
@@ -63,11 +64,14 @@ def test_every_flower_reply_gets_a_receipt_that_verifies(tmp_path: Path, hub_key
         for entry in sends:
             if entry.kind in RECEIPTED:
                 receipt = receipts[entry.id]
+                # bound to this node's Flower id, the message and the bytes of the reply
+                assert receipt["format"] == FLOWER_RECEIPT_FORMAT
                 assert (receipt["sha256"], receipt["bytes"], receipt["message"]) == (
                     entry.sha256,
                     entry.bytes,
                     entry.summary["message"],
                 )
+                assert (receipt["node"], receipt["message_type"]) == (dirs.index(d) + 1, entry.summary["message_type"])
             else:  # the acknowledgement of the last receipts gets none: nothing answers it
                 assert entry.kind == "receipt-ack" and entry.id not in receipts
         result = verify(d)
@@ -85,7 +89,7 @@ def test_a_stored_flower_receipt_that_does_not_match_fails_verify(tmp_path: Path
     assert not result.ok and result.first_bad == update.id and "match" in result.reason
 
 
-def test_a_receipt_signed_by_another_key_is_kept_and_fails_verify(tmp_path: Path, hub_key: Ed25519PrivateKey) -> None:
+def test_a_receipt_signed_by_another_key_is_refused(tmp_path: Path, hub_key: Ed25519PrivateKey) -> None:
     nodes = [node_with_outcomes(tmp_path / "a", 1)]
     with AuditLog(nodes[0][0]) as audit:
         audit.pin_hub_key(hub_key.public_key(), "http://hub")
@@ -98,9 +102,22 @@ def test_a_receipt_signed_by_another_key_is_kept_and_fails_verify(tmp_path: Path
         FAMILIES.get("funnel").task.init_weights(spec, 0),
         receipts=ReceiptBook(Ed25519PrivateKey.generate()),
     )
-    result = verify(nodes[0][0])
-    assert not result.ok and "signature" in result.reason
-    assert len(AuditReader(nodes[0][0]).receipts()) == 2  # evidence either way
+    # neither is kept as proof: each is a refusal on the log, which stays intact
+    reader = AuditReader(nodes[0][0])
+    refusals = [e for e in reader.entries(REFUSAL) if e.kind == HUB_RECEIPT]
+    assert not reader.receipts() and len(refusals) == 2 and all("signature" in e.reason for e in refusals)
+    assert verify(nodes[0][0]).ok
+
+
+def test_a_receipt_for_another_nodes_reply_is_refused(tmp_path: Path, hub_key: Ed25519PrivateKey) -> None:
+    [_, b], _ = _run(tmp_path, hub_key, rounds=1)
+    update = next(e for e in AuditReader(b).entries(SEND) if e.kind == "model-update")
+    with AuditLog(b) as log:
+        # the same message and bytes as a reply of b's, but signed as received from node 1
+        entry = log.record_send("flower", "superlink", "model-update", b"x", dict(update.summary, message="m-2"))
+        assert "receipt node does not match" in log.attach_receipt(entry.id, receipt_for(hub_key, entry, node=1))
+        assert log.attach_receipt(entry.id, receipt_for(hub_key, entry)) is None  # b's own
+    assert verify(b).ok
 
 
 def test_the_serverapp_reads_its_key_from_the_environment(tmp_path: Path, hub_key: Ed25519PrivateKey) -> None:

@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 import tarfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
+import httpx
 import pytest
 
 from hub.archive import pack
-from hub.client import HubError
+from hub.client import HubError, OperatorClient
 from hub.registry import bucket
 from hub.store.base import Store
 from models.bundle import verify_bundle
 from nexus_service.keyfiles import public_key_from_b64
+from nexus_tools.processes import ServerProcess, free_port
+from nexus_wire.datadir import HubDataDir
+from nexus_wire.signed_assignments import AssignmentDocument, signature_verifies
 from tests.support.hub import EnrolledNode, RunningHub, enroll_node, make_bundle
+from tests.support.metrics import parse, promtool_check, types
 
 pytestmark = pytest.mark.hub_settings(max_upload_bytes=256 << 10, offline_after_s=0.5)
 
@@ -90,6 +97,23 @@ def test_assignments_etag_304(hub: RunningHub, tmp_path: Path) -> None:
     hub.admin.promote("funnel", "1", "stable")
     changed = hub.http.get(url, headers={**headers, "If-None-Match": first.headers["ETag"]})
     assert changed.status_code == 200 and changed.json()["models"]["funnel"]["version"] == "1"
+    # re-signed (a later issued_at) on every 200, yet the same assignment is still a 304
+    assert hub.http.get(url, headers={**headers, "If-None-Match": changed.headers["ETag"]}).status_code == 304
+
+
+def test_assignments_are_a_document_signed_for_the_node(hub: RunningHub, tmp_path: Path) -> None:
+    hub.admin.push(make_bundle(tmp_path, "funnel", "1"))
+    hub.admin.promote("funnel", "1", "stable")
+    node = enroll_node(hub, region="1")
+    key = public_key_from_b64(hub.http.get("/v1/hub").json()["public_key"])
+    first = hub.http.get("/v1/nodes/me/assignments", headers=node.auth).json()
+    document = AssignmentDocument.model_validate(first)
+    assert document.node_id == node.node_id and document.models["funnel"].version == "1"
+    assert signature_verifies(first, key)
+    assert not signature_verifies({**first, "node_id": "n-another"}, key)  # bound to the node
+    assert not signature_verifies({**first, "issued_at": first["issued_at"] - 60}, key)  # and to the time
+    later = hub.http.get("/v1/nodes/me/assignments", headers=node.auth).json()
+    assert later["issued_at"] >= first["issued_at"] and signature_verifies(later, key)
 
 
 def test_heartbeat_and_offline(hub: RunningHub, tmp_path: Path) -> None:
@@ -226,3 +250,30 @@ def test_second_hub_with_another_key_refuses_the_store(any_store: Store, tmp_pat
     build_hub(HubSettings(data_dir=tmp_path / "a"), any_store)
     with pytest.raises(NexusError, match="initialised by a hub with key"):
         build_hub(HubSettings(data_dir=tmp_path / "b"), any_store)
+
+
+def test_metrics_of_a_hub_process_pass_promtool_and_the_prometheus_parser(tmp_path: Path) -> None:
+    """``nexus hub serve`` after some traffic: request counts and latency by route template."""
+    port = free_port()
+    argv = [sys.executable, "-m", "nexus_cli", "hub", "serve", "--data-dir", str(tmp_path / "hub"),
+            "--port", str(port), "--no-superlink"]  # fmt: skip
+    with ServerProcess("hub", argv, port, ready_path="/healthz") as server:
+        token = HubDataDir(tmp_path / "hub").admin_token.read_text().strip()
+        with OperatorClient(server.url, token) as admin, httpx.Client(base_url=server.url) as http:
+            node = enroll_node(SimpleNamespace(http=http, admin=admin), region="1")
+            beat = {"models": {"funnel": "1"}, "health": "ok", "request_rate": 2.5, "queue_depth": 1}
+            for _ in range(5):
+                assert http.post("/v1/nodes/me/heartbeat", json=beat, headers=node.auth).status_code == 200
+            assert http.get("/v1/models/funnel").status_code == 401  # no credential
+            assert http.get("/no/such/route").status_code == 404
+            text = http.get("/metrics").text
+    promtool_check(text)
+    found = parse(text)
+    assert types(text) == {"nexus_hub_requests": "counter", "nexus_hub_request_duration_seconds": "histogram"}
+    requests = found["nexus_hub_requests_total"]
+    assert requests[frozenset({("route", "/v1/nodes/me/heartbeat"), ("method", "POST"), ("status", "200")})] == 5
+    assert requests[frozenset({("route", "/v1/models/{model}"), ("method", "GET"), ("status", "401")})] == 1
+    assert requests[frozenset({("route", "unmatched"), ("method", "GET"), ("status", "404")})] == 1
+    heartbeat = frozenset({("route", "/v1/nodes/me/heartbeat")})
+    assert found["nexus_hub_request_duration_seconds_count"][heartbeat] == 5
+    assert found["nexus_hub_request_duration_seconds_bucket"][heartbeat | {("le", "+Inf")}] == 5

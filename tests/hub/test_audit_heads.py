@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import shutil
 import sqlite3
 import subprocess
 from dataclasses import asdict, replace
@@ -18,11 +19,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 import nexus_cli
-from edge_worker.audit import AuditLog, AuditReader, TreeHead, verify
+from edge_worker.audit import AuditLog, AuditReader, ConsistencyProof, TreeHead, verify
 from hub.client import OperatorClient
 from nexus_tools.processes import free_port
 from nexus_wire.datadir import EdgeDataDir
-from nexus_wire.heads import key_id, sign_receipt, utc_now
+from nexus_wire.heads import key_id
+from tests.support.audit import receipt_for, rewrite
 from tests.support.hub import RunningHub, enroll_node
 from tests.support.processes import NEXUS, EdgeProcess, HubProcess, wait_for
 
@@ -37,7 +39,7 @@ def _filled(data_dir: Path, sends: int) -> dict[int, TreeHead]:
         for i in range(sends):
             entry = log.record_send("sync", HUB, "heartbeat", json.dumps({"n": i}).encode(), {"health": "ok"})
             if i % 2 == 0:
-                log.attach_receipt(entry.id, sign_receipt(hub_key, entry.sha256, entry.bytes, utc_now()))
+                log.attach_receipt(entry.id, receipt_for(hub_key, entry))
     return AuditReader(data_dir).tree_heads()
 
 
@@ -49,6 +51,7 @@ def _truncate(data_dir: Path, keep: int) -> None:
     conn.execute("DELETE FROM entries WHERE id > ?", (keep,))
     conn.execute("DELETE FROM tree_heads WHERE size > ?", (keep,))
     conn.execute("DELETE FROM receipts WHERE entry_id > ?", (keep,))
+    conn.execute("DELETE FROM subtrees WHERE (idx + 1) << level > ?", (keep,))  # the hashes over those entries
     conn.close()
 
 
@@ -99,7 +102,10 @@ def test_a_log_rewritten_under_the_node_key_fails_at_the_held_heads_size(tmp_pat
     assert verify(tmp_path).ok  # every entry matches its (new) signed head
     result = verify(tmp_path, held_head=heads[8])
     assert not result.ok and result.first_bad == 8
-    assert result.reason == "the log differs from a tree head held elsewhere at size 8 (rewritten)"
+    assert result.reason.startswith(
+        f"the log is not consistent with the tree head held elsewhere (size 8, root {heads[8].root[:12]}"
+    )
+    assert result.reason.endswith("no consistency proof from it to the 8 entries the log holds verifies (rewritten)")
     assert verify(tmp_path, held_head=heads[6]).first_bad == 6
     assert verify(tmp_path, held_head=heads[5]).ok
 
@@ -134,10 +140,16 @@ def test_an_unusable_head_file_is_a_user_error(tmp_path: Path, capsys: pytest.Ca
 
 
 # -- the hub: largest head per node, sticky regression ----------------------------------------
-def _beat(hub: RunningHub, auth: dict[str, str], head: TreeHead | None) -> None:
+def _beat(
+    hub: RunningHub, auth: dict[str, str], head: TreeHead | None, proof: ConsistencyProof | None = None
+) -> dict[str, Any] | None:
+    """One heartbeat with ``head`` (and ``proof`` to it); the head the hub answers it holds."""
     body: dict[str, Any] = {"health": "ok"} if head is None else {"health": "ok", "audit_head": asdict(head)}
+    if proof is not None:
+        body["audit_consistency"] = {"first_size": proof.first.size, "proof": proof.proof}
     reply = hub.http.post("/v1/nodes/me/heartbeat", json=body, headers=auth)
     assert reply.status_code == 200, reply.text
+    return reply.json()["audit_held"]
 
 
 def _held(hub: RunningHub, node_id: str) -> dict[str, Any]:
@@ -149,9 +161,11 @@ def test_the_hub_keeps_the_largest_head_and_flags_a_shorter_log(
     hub: RunningHub, tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
 ) -> None:
     heads = _filled(tmp_path / "edge", 5)  # sizes 1..6
+    reader = AuditReader(tmp_path / "edge")
     node_id, auth = enroll_node(hub)
-    for size in (3, 6, 6):
-        _beat(hub, auth, heads[size])
+    assert _beat(hub, auth, heads[3]) == {"size": 3, "root": heads[3].root}  # the first head: held as it is
+    assert _beat(hub, auth, heads[6])["size"] == 3  # larger, but no proof from the held head: not held yet
+    assert _beat(hub, auth, heads[6], reader.consistency_proof(3, 6)) == {"size": 6, "root": heads[6].root}
     beat = _held(hub, node_id)
     assert beat["audit_head"] == asdict(heads[6]) and beat["audit_largest_head"] == asdict(heads[6])
     assert beat["audit_regression"] is None
@@ -160,6 +174,7 @@ def test_the_hub_keeps_the_largest_head_and_flags_a_shorter_log(
         _beat(hub, auth, heads[4])
     regression = _held(hub, node_id)["audit_regression"]
     assert regression["was"] == asdict(heads[6]) and regression["now"] == asdict(heads[4]) and regression["at"] > 0
+    assert regression["kind"] == "shorter"
     assert f"node {node_id}: audit log went back: the hub held size 6, root {heads[6].root[:12]}" in caplog.text
 
     # sticky: the log growing past the old size does not clear it, nor does a second regression replace it
@@ -183,6 +198,7 @@ def test_the_hub_flags_another_root_at_the_same_size_and_an_emptied_log(hub: Run
     _beat(hub, auth, theirs[4])
     regression = _held(hub, node_id)["audit_regression"]
     assert (regression["was"]["root"], regression["now"]["root"]) == (ours[4].root, theirs[4].root)
+    assert regression["kind"] == "different-root"
 
     other, auth = enroll_node(hub)
     _beat(hub, auth, None)  # never reported a head: nothing to compare
@@ -190,6 +206,93 @@ def test_the_hub_flags_another_root_at_the_same_size_and_an_emptied_log(hub: Run
     _beat(hub, auth, ours[2])
     _beat(hub, auth, None)  # reported one, now none: the log was emptied
     assert _held(hub, other)["audit_regression"]["now"] is None
+
+
+def _rewritten_copy(source: Path, target: Path, grow: int) -> dict[int, TreeHead]:
+    """``source``'s log with entry 2 changed and every head re-signed under the node's key,
+    then grown by ``grow`` entries: it verifies on its own. Its signed heads by size."""
+    shutil.copytree(source, target)
+    rewrite(target, 2, destination="http://elsewhere.example")
+    with AuditLog(target) as log:
+        for i in range(grow):
+            log.record_send("sync", HUB, "heartbeat", b"later %d" % i, {"health": "ok"})
+    assert verify(target).ok
+    return AuditReader(target).tree_heads()
+
+
+def test_the_hub_holds_a_larger_head_only_with_a_proof_and_flags_a_rewritten_log(
+    hub: RunningHub, tmp_path: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    held = _filled(tmp_path / "edge", 3)[4]
+    heads = _rewritten_copy(tmp_path / "edge", tmp_path / "rewritten", grow=5)  # sizes 1..9
+    rewritten = AuditReader(tmp_path / "rewritten")
+    node_id, auth = enroll_node(hub)
+    assert _beat(hub, auth, held)["size"] == 4
+    # a proof from a size the hub does not hold proves nothing to it: ignored, nothing held
+    assert _beat(hub, auth, heads[7], rewritten.consistency_proof(3, 7))["size"] == 4
+    assert _held(hub, node_id)["audit_regression"] is None and "audit_consistency" not in _held(hub, node_id)
+
+    with caplog.at_level(logging.WARNING, logger="nexus.hub"):
+        answer = _beat(hub, auth, heads[9], rewritten.consistency_proof(4, 9))
+    assert answer == {"size": 4, "root": held.root}  # still the held head: the node is asked to prove from it again
+    regression = _held(hub, node_id)["audit_regression"]
+    assert regression["kind"] == "inconsistent"
+    assert regression["was"] == asdict(held) and regression["now"] == asdict(heads[9])
+    assert f"node {node_id}: audit log rewritten: the node reported size 9" in caplog.text
+    # sticky, even when the node proves something true later
+    _beat(hub, auth, heads[9], rewritten.consistency_proof(4, 9))
+    assert _held(hub, node_id)["audit_regression"] == regression
+
+    code = nexus_cli.main(["hub", "nodes", "list", "--hub", hub.url, "--data-dir", str(hub.data_dir)])
+    out = capsys.readouterr().out
+    assert (
+        code == 0 and f"INCONSISTENT: audit log rewritten: the node reported size 9, root {heads[9].root[:12]}" in out
+    )
+    # the officer, with the head the hub held: the rewritten log is not consistent with it
+    code, _, err = _verify(
+        capsys, tmp_path / "rewritten", "--head", str(_write(tmp_path / "was.json", regression["was"]))
+    )
+    assert code == 1 and "entry 4: the log is not consistent with the tree head held elsewhere (size 4" in err
+
+
+def test_an_untouched_growing_log_is_held_at_each_proven_head(hub: RunningHub, tmp_path: Path) -> None:
+    heads = _filled(tmp_path, 9)  # sizes 1..10
+    reader = AuditReader(tmp_path)
+    node_id, auth = enroll_node(hub)
+    held = _beat(hub, auth, heads[1])
+    for size in (2, 3, 5, 8, 10, 10):
+        assert held is not None
+        proof = reader.consistency_proof(held["size"], size) if size > held["size"] else None
+        held = _beat(hub, auth, heads[size], proof)
+        assert held == {"size": size, "root": heads[size].root}
+    assert _held(hub, node_id)["audit_regression"] is None
+
+
+BAD_PROOFS = [
+    ({"first_size": 2, "proof": ["ab" * 32] * 129}, "audit_consistency.proof"),  # longer than any real proof
+    ({"first_size": 2, "proof": ["AB" * 32]}, "audit_consistency.proof.0"),
+    ({"first_size": 2, "proof": ["ab" * 31]}, "audit_consistency.proof.0"),
+    ({"first_size": 0, "proof": []}, "audit_consistency.first_size"),
+    ({"first_size": "2", "proof": []}, "audit_consistency.first_size"),
+    ({"first_size": 2, "proof": [], "note": "x"}, "audit_consistency.note"),
+    ({"first_size": 3, "proof": []}, "body"),  # not smaller than the head's size
+]
+
+
+def test_the_hub_refuses_a_malformed_proof(hub: RunningHub, tmp_path: Path) -> None:
+    head = asdict(_filled(tmp_path, 2)[3])
+    node_id, auth = enroll_node(hub)
+    for consistency, where in BAD_PROOFS:
+        body = {"health": "ok", "audit_head": head, "audit_consistency": consistency}
+        reply = hub.http.post("/v1/nodes/me/heartbeat", json=body, headers=auth)
+        assert reply.status_code == 422 and reply.json()["error"].startswith(where), (consistency, reply.text)
+    reply = hub.http.post(
+        "/v1/nodes/me/heartbeat",
+        json={"health": "ok", "audit_consistency": {"first_size": 1, "proof": []}},
+        headers=auth,
+    )
+    assert reply.status_code == 422 and "audit_consistency" in reply.json()["error"]
+    assert _held(hub, node_id) is None
 
 
 MALFORMED = [

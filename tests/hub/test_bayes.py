@@ -16,6 +16,7 @@ from hub.bayes import (
     regularized_gamma_q,
     sample_ratio_check,
     thompson_weights,
+    withheld_rule,
 )
 from hub.funnel_config import Allocation, Experiment, Funnel, FunnelConfigError, Variant
 from models.errors import NexusError
@@ -142,6 +143,13 @@ def test_small_counts_and_small_complements_are_withheld() -> None:
     assert res.step("B", "buy").prob_beat_control is None
     assert res.step("B", "buy").expected_loss is None
     assert res.step("B", "cart").prob_beat_control is not None
+
+
+def test_the_words_shown_with_the_results_cover_a_withheld_large_count() -> None:
+    """995 of 1000 is withheld although 995 is not small: the footnote must say why."""
+    rule = withheld_rule(10)
+    assert "reached it and the assigned ones who did not are each 0 or at least 10" in rule
+    assert "computed from a withheld count is withheld too" in rule
 
 
 def test_a_small_variant_is_withheld_whole_and_disables_srm() -> None:

@@ -29,8 +29,12 @@ def test_operator_commands(
         capsys, "hub", "models", "push", str(make_bundle(tmp_path, "funnel", "1", b"a")), *op, "--json"
     )
     assert code == 0 and json.loads(out)["version"] == "1"
-    _nexus(capsys, "hub", "models", "push", str(make_bundle(tmp_path, "funnel", "1", b"b")), *op)
-    assert _nexus(capsys, "hub", "models", "promote", "funnel", "1", "--stage", "stable", *op)[0] == 0
+    # tables by default: a header and one row per answer
+    code, out, _ = _nexus(capsys, "hub", "models", "push", str(make_bundle(tmp_path, "funnel", "1", b"b")), *op)
+    assert code == 0 and out.split("\n")[0].split() == ["MODEL", "VERSION", "NEW", "SHA256"]
+    assert out.split("\n")[1].split()[:3] == ["funnel", "2", "yes"]
+    code, out, _ = _nexus(capsys, "hub", "models", "promote", "funnel", "1", "--stage", "stable", *op)
+    assert code == 0 and out.split("\n")[1].split() == ["1", "stable", "1", "-", "100"]
     code, out, _ = _nexus(
         capsys, "hub", "models", "assign", "funnel", "2", "--select", "region=3", "--percent", "10", *op, "--json"
     )
@@ -39,6 +43,12 @@ def test_operator_commands(
     assert "funnel" in out and "1,2" in out
     code, out, _ = _nexus(capsys, "hub", "models", "show", "funnel", *op, "--json")
     assert [v["stage"] for v in json.loads(out)["versions"]] == ["stable", "canary"]
+    assert len(out.splitlines()) == 1  # --json: the hub's whole answer, one line
+    code, out, _ = _nexus(capsys, "hub", "models", "show", "funnel", *op)
+    lines = out.splitlines()
+    # the summary: a line per version and per rollout action, not the manifests
+    assert code == 0 and lines[0] == "model funnel: stable version 1" and len(lines) <= 10, out
+    assert [line.split()[:2] for line in lines[2:4]] == [["1", "stable"], ["2", "canary"]]
     assert _nexus(capsys, "hub", "models", "rollback", "funnel", *op)[0] == 0
 
     monkeypatch.setenv("NEXUS_HUB_TOKEN", (hub.data_dir / "admin.token").read_text().strip())

@@ -227,7 +227,8 @@ def _pipeline() -> Pipeline:
     return PIPELINE
 
 
-def _review(value: Any, limits: Mapping[str, int]) -> str:
+def _review(elements: Mapping[str, Any], limits: Mapping[str, int]) -> str:
+    value = elements["text"]
     if not isinstance(value, str) or not value.strip():
         raise DataError("a review is a non-blank string")
     if len(value) > limits["max_review_chars"]:
@@ -260,7 +261,7 @@ SENTIMENT = Family(
         answer_json=lambda p: round(p, 6),
         answer_type=float,
         answer_doc="P(positive) per review",
-        oip_input=Tensor("text", "BYTES", (-1,)),
+        oip_inputs=lambda predictor: ((Tensor("text", "BYTES", (-1,)),),),
         oip_output=lambda manifest: Tensor("probability", "FP32", (-1,)),
         oip_item=_review,
         oip_values=lambda rows: np.asarray(rows, np.float32),

@@ -7,11 +7,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from edge_worker.audit import AuditLog
 from edge_worker.store import LocalStore
+from hub.apps import sign_apps, write_signed_apps
 from hub.superlink import SuperLink
 from models.funnel.featurizer import fit_spec
 from models.task import ModelSpec
+from nexus_wire.apps import SignedApps
+from nexus_wire.datadir import EdgeDataDir
 from tests.support.sessions import synthetic_sessions
 
 
@@ -39,3 +44,13 @@ def flower_finished(link: SuperLink, run_id: int, timeout: float, where: str) ->
             return status
         time.sleep(1)
     pytest.fail(f"Flower run {run_id} still {status!r} after {timeout:.0f}s; {where}")
+
+
+def trust_hub_apps(edge_dir: Path, hub_key: Ed25519PrivateKey, apps: SignedApps | None = None) -> SignedApps:
+    """What enrollment and the federation job leave in an edge's data dir: the hub key pinned on
+    its audit log and the hub's signed app statements (by default: of the shipped Flower app)."""
+    apps = apps if apps is not None else sign_apps(hub_key)
+    with AuditLog(edge_dir) as audit:
+        audit.pin_hub_key(hub_key.public_key(), "http://hub.invalid")
+    write_signed_apps(EdgeDataDir(edge_dir).trusted_apps, apps)
+    return apps

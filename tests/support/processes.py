@@ -20,6 +20,7 @@ from models.bundle import DEFAULT_REPOSITORY
 from nexus_service.processes import end_process_tree
 from nexus_tools.processes import free_port
 from tests.support.env import need
+from tests.support.metrics import parse
 
 NEXUS = [sys.executable, "-m", "nexus_cli"]
 BIN = Path(sys.executable).parent
@@ -118,11 +119,14 @@ class EdgeProcess:
 
     def served(self) -> str | None:
         try:
-            loaded = rf'nexus_edge_model_loaded_info\{{[^}}]*model="{self.models}"[^}}]*version="(\d+)"'
-            match = re.search(loaded, httpx.get(self.url + "/metrics", timeout=2).text)
+            text = httpx.get(self.url + "/metrics", timeout=2).text
         except httpx.HTTPError:
             return None
-        return match.group(1) if match else None
+        loaded = parse(text).get("nexus_edge_model_loaded_info", {})
+        return next(
+            (dict(labels)["version"] for labels, v in loaded.items() if ("model", self.models) in labels and v == 1),
+            None,
+        )
 
     def metric(self, name: str) -> float:
         match = re.search(rf"^{name} (\S+)$", httpx.get(self.url + "/metrics", timeout=2).text, re.M)

@@ -1,0 +1,136 @@
+"""The Fleet gateway: the hub's public Flower port, which forwards the Fleet API and nothing else.
+
+Flower serves its Fleet (SuperNodes), Control (run submission, SuperNode registration) and
+Runtime (app processes) APIs on one HTTP port, and open-source Flower authenticates no Control
+API caller (``load_control_authn_plugin`` gives a no-op plugin unless Flower Enterprise is
+installed). So the hub's SuperLink listens on loopback only (hub/superlink.py) and this gateway
+stands on the address SuperNodes are told: it forwards ``POST /v1/fleet/<call>`` (the only paths
+a SuperNode calls, flwr/supernode/fleet_http_client.py) to the SuperLink with the request's
+headers, since SuperNode authentication (``--enable-supernode-auth``) signs them and the
+SuperLink checks them, and answers 404 JSON to everything else: Control, Runtime, docs, health.
+
+TLS terminates here (uvicorn's ssl options). With TLS the SuperLink behind it runs TLS as well
+(Flower refuses SuperNode authentication without), so the gateway reaches it over TLS and checks
+its certificate against the same CA. Run as ``python -m hub.fleet_gateway``; the hub starts and
+supervises it beside its SuperLink (hub/superlink_keeper.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import re
+import ssl
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from nexus_service.http import error_response
+
+log = logging.getLogger("nexus.hub.gateway")
+#: a Fleet call's path, byte for byte as received: lowercase words and dashes, no dot segment,
+#: no percent-encoding and no query a proxy or the SuperLink could read differently
+FLEET_PATH = re.compile(rb"/v1/fleet/[a-z]+(-[a-z]+){0,7}")
+#: hop-by-hop headers and those the forwarded request gets anew
+_NOT_FORWARDED = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+    }
+)
+_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+
+
+def _headers(pairs: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    return [(name, value) for name, value in pairs if name.decode("latin-1").lower() not in _NOT_FORWARDED]
+
+
+def create_app(upstream: str, verify: ssl.SSLContext | bool = True, timeout: float = 60.0) -> Starlette:
+    """The gateway in front of the SuperLink at ``upstream`` (``http[s]://127.0.0.1:PORT``)."""
+    client = httpx.AsyncClient(base_url=upstream, verify=verify, timeout=httpx.Timeout(timeout, connect=10.0))
+
+    async def forward(request: Request) -> Response:
+        raw_path: bytes = request.scope.get("raw_path") or request.scope["path"].encode()
+        if request.method != "POST" or request.scope.get("query_string") or not FLEET_PATH.fullmatch(raw_path):
+            return error_response(
+                404, f"no route {request.method} {request.url.path}: this port serves only Flower's Fleet API"
+            )
+        outgoing = client.build_request(
+            "POST", raw_path.decode("ascii"), headers=_headers(request.headers.raw), content=request.stream()
+        )
+        try:
+            answer = await client.send(outgoing, stream=True)
+        except httpx.HTTPError as exc:
+            log.warning("SuperLink %s: %s", upstream, type(exc).__name__)
+            return error_response(502, "the SuperLink behind this gateway is not reachable")
+        # raw bytes with the SuperLink's content-encoding: the gateway decodes nothing
+        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in _headers(answer.headers.raw)}
+        return StreamingResponse(
+            answer.aiter_raw(),
+            status_code=answer.status_code,
+            headers=headers,
+            background=BackgroundTask(answer.aclose),
+        )
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await client.aclose()
+
+    return Starlette(routes=[Route("/{path:path}", forward, methods=_METHODS)], lifespan=lifespan)
+
+
+def upstream_verify(ca_file: Path | None) -> ssl.SSLContext | bool:
+    """How the gateway checks the SuperLink's certificate: against ``ca_file`` (plain HTTP without one)."""
+    return ssl.create_default_context(cafile=str(ca_file)) if ca_file is not None else False
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hub.fleet_gateway", description=__doc__.split("\n")[0])
+    parser.add_argument("--host", required=True, help="the address SuperNodes connect to")
+    parser.add_argument("--port", required=True, type=int)
+    parser.add_argument("--upstream-port", required=True, type=int, help="the SuperLink's port on 127.0.0.1")
+    parser.add_argument("--ssl-certfile", type=Path, help="this gateway's certificate (TLS; with the next two)")
+    parser.add_argument("--ssl-keyfile", type=Path)
+    parser.add_argument("--ssl-ca-certfile", type=Path, help="CA that signed the gateway's and the SuperLink's")
+    args = parser.parse_args(argv)
+    tls = (args.ssl_certfile, args.ssl_keyfile, args.ssl_ca_certfile)
+    if any(tls) and not all(tls):
+        parser.error("TLS needs --ssl-certfile, --ssl-keyfile and --ssl-ca-certfile")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    scheme = "https" if all(tls) else "http"
+    app = create_app(f"{scheme}://127.0.0.1:{args.upstream_port}", upstream_verify(args.ssl_ca_certfile))
+    # uvicorn costs an import only the gateway process pays
+    import uvicorn
+
+    log.info("fleet gateway on %s:%d (%s), SuperLink on 127.0.0.1:%d", args.host, args.port, scheme, args.upstream_port)
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        ssl_certfile=None if args.ssl_certfile is None else str(args.ssl_certfile),
+        ssl_keyfile=None if args.ssl_keyfile is None else str(args.ssl_keyfile),
+        timeout_graceful_shutdown=5,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
