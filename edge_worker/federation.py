@@ -31,6 +31,7 @@ from edge_worker.supernode import SuperNode, SuperNodeConfig
 from models.errors import NexusError
 from nexus_service.keyfiles import write_private
 from nexus_wire.apps import SignedApps
+from nexus_wire.names import NODE_ID, fullmatch
 
 log = logging.getLogger("nexus.edge.supernode")
 AUTO = "auto"
@@ -95,6 +96,12 @@ async def run(state: EdgeState, link: HubLink) -> None:
             break
         await link.wait_for_change(ENROLL_POLL_S)
     tags = identity.tags
+    # an id the hub would not have assigned stays off the node config: the hub falls back to Flower's id
+    nexus_node = identity.node_id if fullmatch(NODE_ID, identity.node_id) else None
+    if nexus_node is None:
+        log.warning(
+            "node id %r is not a hub-assigned id: rounds will name this node by its Flower id", identity.node_id
+        )
 
     def supernode(address: str) -> SuperNode:
         return SuperNode(
@@ -103,6 +110,7 @@ async def run(state: EdgeState, link: HubLink) -> None:
                 data_dir.root,
                 port=settings.supernode_port or _free_port(),
                 tags=tags,
+                nexus_node=nexus_node,
                 root_certificates=settings.superlink_root_cert,
                 auth_key=settings.supernode_auth_key,
             )

@@ -1,7 +1,8 @@
 """The edge's Flower SuperNode as a managed child process, pointed at the hub's SuperLink.
 
 ``--node-config`` carries the edge's data dir (the ClientApp reads the local store from
-it) and its tags (``region`` ...), which the hub's node selection matches. Values are
+it), its tags (``region`` ...), which the hub's node selection matches, and its hub-assigned
+node id (``nexus-node``), by which the hub names a run's participants. Values are
 TOML: strings are quoted here, or the SuperNode refuses to start. Each SuperNode on a
 host needs its own ``port`` (its ClientApp runtime API, loopback only).
 
@@ -23,7 +24,8 @@ from pathlib import Path
 from models.errors import NexusError
 from nexus_service.app_guard import AppGuard, GuardConfig, superexec_secret
 from nexus_service.processes import FlowerProcess
-from nexus_wire.datadir import NODE_CONFIG_DATA_DIR, EdgeDataDir
+from nexus_wire.datadir import NODE_CONFIG_DATA_DIR, NODE_CONFIG_NEXUS_NODE, EdgeDataDir
+from nexus_wire.names import NODE_ID, fullmatch
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,7 @@ class SuperNodeConfig:
     port: int = 9094
     host: str = "127.0.0.1"
     tags: Mapping[str, str] = field(default_factory=dict)  # e.g. {"region": "3"}
+    nexus_node: str | None = None  # the node id the hub assigned at enrollment (``n-...``)
     #: CA bundle of the SuperLink's TLS certificate; None connects insecurely (loopback only)
     root_certificates: Path | None = None
     #: this SuperNode's private key file (ECDSA, OpenSSH format) when the SuperLink authenticates
@@ -44,9 +47,14 @@ class SuperNodeConfig:
         return EdgeDataDir(Path(self.data_dir)).flwr_home
 
 
-def node_config_arg(data_dir: Path, tags: Mapping[str, str]) -> str:
-    """``data-dir="..." region="3"``: TOML values, strings quoted (JSON string syntax is valid TOML)."""
+def node_config_arg(data_dir: Path, tags: Mapping[str, str], nexus_node: str | None = None) -> str:
+    """``data-dir="..." region="3" nexus-node="n-..."``: TOML values, strings quoted (JSON string
+    syntax is valid TOML)."""
+    if nexus_node is not None and not fullmatch(NODE_ID, nexus_node):
+        raise NexusError(f"node id {nexus_node!r} is not a hub-assigned id (n- and 16 hex digits)")
     items = {NODE_CONFIG_DATA_DIR: str(Path(data_dir).resolve()), **{k: str(v) for k, v in tags.items()}}
+    if nexus_node is not None:
+        items[NODE_CONFIG_NEXUS_NODE] = nexus_node  # after the tags: no tag can pose as the node's id
     for key in items:
         if not key.replace("-", "").replace("_", "").isalnum():
             raise NexusError(f"node tag {key!r} must be letters, digits, - or _")
@@ -82,7 +90,7 @@ class SuperNode(FlowerProcess):
             str(Path(sys.executable).parent / "flower-supernode"),
             "--superlink", c.superlink,
             "--host", c.host, "--port", str(c.port),
-            "--node-config", node_config_arg(c.data_dir, c.tags),
+            "--node-config", node_config_arg(c.data_dir, c.tags, c.nexus_node),
             "--isolation", "process", "--superexec-auth-secret-file", str(self.layout.superexec_secret),
         ]  # fmt: skip
         cmd += ["--insecure"] if c.root_certificates is None else ["--root-certificates", str(c.root_certificates)]

@@ -23,7 +23,7 @@ from federated.receipts import receipts_in
 from models.errors import NexusError
 from models.families import FAMILIES, Families
 from models.task import Examples, ModelSpec
-from nexus_wire.datadir import NODE_CONFIG_DATA_DIR, EdgeDataDir
+from nexus_wire.datadir import NODE_CONFIG_DATA_DIR, NODE_CONFIG_NEXUS_NODE, EdgeDataDir
 from nexus_wire.messages import (
     ARRAYS,
     CONFIG,
@@ -35,6 +35,7 @@ from nexus_wire.messages import (
     EvaluateInstruction,
     TrainInstruction,
 )
+from nexus_wire.names import NODE_ID, fullmatch
 
 #: (node config, model spec) -> the node's featurised examples
 Loader = Callable[[Mapping[str, Any], ModelSpec], Examples]
@@ -117,12 +118,14 @@ def make_client_app(loader: Loader, mods: Sequence[Mod] = (), families: Families
 
     @app.query()
     def query(msg: Message, context: Context) -> Message:
-        # tags only: the data dir is a local path and none of the hub's business
+        # tags and the hub-assigned node id only: the data dir is a local path and none of the hub's business
         tags: dict[str, ConfigRecordValues] = {
             k: v
             for k, v in context.node_config.items()
             if k != NODE_CONFIG_DATA_DIR and isinstance(v, (str, int, float, bool))
         }
+        if not fullmatch(NODE_ID, tags.get(NODE_CONFIG_NEXUS_NODE)):
+            tags.pop(NODE_CONFIG_NEXUS_NODE, None)  # not an id the hub assigned: the hub uses Flower's
         config = ConfigRecord(tags)
         return Message(RecordDict({NODE_CONFIG: config}), reply_to=msg)
 

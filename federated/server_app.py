@@ -3,9 +3,9 @@
 Run config (``flwr run ... --run-config``) names the model, the base it starts from, the
 strategy and the output path. The final arrays go to ``output-path`` (.npz) and the run
 summary with one record per round beside it (.json, rewritten after every round so the
-hub can follow a run); the hub turns them into a registered bundle. With the hub's
-signing key in ``NEXUS_RECEIPT_KEY`` every node reply gets a signed receipt
-(federated/receipts.py).
+hub can follow a run; nodes named by the id the hub assigned them, federated/selection.py);
+the hub turns them into a registered bundle. With the hub's signing key in
+``NEXUS_RECEIPT_KEY`` every node reply gets a signed receipt (federated/receipts.py).
 """
 
 from __future__ import annotations
@@ -91,16 +91,27 @@ def run_rounds(
     if metrics_path is not None:
         metrics_path.parent.mkdir(parents=True, exist_ok=True)
 
+    grid, names = select_nodes(grid, settings.select, settings.timeout_s, receipts)
+
+    def name(node: int) -> str:
+        # the hub's id for the node (``n-...``), or Flower's when the node did not say
+        return names.get(node, str(node))
+
     def record(r: RoundRecord) -> None:
         rounds.append(r)
-        summary["rounds"].append(r.to_dict())
+        summary["rounds"].append(
+            {
+                **r.to_dict(),
+                "nodes": sorted(name(n) for n in r.nodes),
+                "rejected": [{**x, "node": name(x["node"])} for x in r.rejected],
+            }
+        )
         if metrics_path is not None:
             _write_json(metrics_path, summary)
         if on_round is not None:
             on_round(r)
 
     strategy = build_strategy(settings, score_name, record, receipts)
-    grid = select_nodes(grid, settings.select, settings.timeout_s)
     # dict(): the same values, typed as Flower's wider record values
     train_config = ConfigRecord(dict(TrainInstruction.from_run(settings, spec.to_json()).to_config()))
     evaluate_config = ConfigRecord(dict(EvaluateInstruction.from_run(settings, spec.to_json()).to_config()))
@@ -116,7 +127,7 @@ def run_rounds(
         out.parent.mkdir(parents=True, exist_ok=True)
         with open(out, "wb") as fh:  # a file object: np.savez would otherwise append ".npz"
             np.savez(fh, **weights)  # type: ignore[arg-type]  # mypy matches **weights to allow_pickle: bool too
-        participants = sorted({node for r in rounds for node in r.nodes})
+        participants = sorted({name(node) for r in rounds for node in r.nodes})
         summary.update(
             status="finished",
             seconds=round(time.time() - started, 3),

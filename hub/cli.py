@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from hub import cli_tables, funnels_cli, rounds_cli
+from hub import cli_tables, flower_login, funnels_cli, rounds_cli
 from hub.client import DEFAULT_URL, OperatorClient, resolve_token
 from hub.settings import DEFAULT_PORT, HubSettings
 from models.errors import NexusError
@@ -181,3 +181,4 @@ def register(sub: argparse._SubParsersAction) -> None:
         parser.set_defaults(func=_models)
     funnels_cli.register(hsub, _operator_args)
     rounds_cli.register(hsub, _operator_args)
+    flower_login.register(hsub)

@@ -1,4 +1,4 @@
-"""The Fleet gateway: the hub's public Flower port, which forwards the Fleet API and nothing else.
+"""The Fleet gateway: the hub's public Flower port, which forwards the Fleet API (and the operator's reads).
 
 Flower serves its Fleet (SuperNodes), Control (run submission, SuperNode registration) and
 Runtime (app processes) APIs on one HTTP port, and open-source Flower authenticates no Control
@@ -8,6 +8,16 @@ stands on the address SuperNodes are told: it forwards ``POST /v1/fleet/<call>``
 a SuperNode calls, flwr/supernode/fleet_http_client.py) to the SuperLink with the request's
 headers, since SuperNode authentication (``--enable-supernode-auth``) signs them and the
 SuperLink checks them, and answers 404 JSON to everything else: Control, Runtime, docs, health.
+
+One exception, for the operator's ``flwr ls`` / ``flwr log`` / ``flwr supernode ls``: the
+read-only Control calls in :data:`READ_ONLY_CONTROL` go through when the request carries the
+hub's admin token as ``Authorization: Bearer`` (``--admin-token-file``, read per request so a
+rotated token takes effect at once; ``nexus hub flower-login`` stores it where Flower's CLI
+sends it from). Without it, with a wrong one, or for any other Control call (``start-run``,
+``stop-run``, node registration...) the answer is the same 404 as for any unknown path: a
+prober learns nothing, and Flower's CLI, which refreshes tokens only on a 401, does not try.
+The header is removed before forwarding: the SuperLink's no-op Control authentication passes
+requests without one, and the SuperLink has no business seeing the hub's admin token.
 
 TLS terminates here (uvicorn's ssl options). With TLS the SuperLink behind it runs TLS as well
 (Flower refuses SuperNode authentication without), so the gateway reaches it over TLS and checks
@@ -19,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hmac
 import logging
 import re
 import ssl
@@ -38,6 +49,9 @@ log = logging.getLogger("nexus.hub.gateway")
 #: a Fleet call's path, byte for byte as received: lowercase words and dashes, no dot segment,
 #: no percent-encoding and no query a proxy or the SuperLink could read differently
 FLEET_PATH = re.compile(rb"/v1/fleet/[a-z]+(-[a-z]+){0,7}")
+#: the Control calls ``flwr ls``, ``flwr log`` and ``flwr supernode ls`` make, none of which writes
+#: (flwr/superlink/routers/control/router.py); only with the admin token
+READ_ONLY_CONTROL = frozenset({b"/v1/control/list-runs", b"/v1/control/stream-logs", b"/v1/control/list-nodes"})
 #: hop-by-hop headers and those the forwarded request gets anew
 _NOT_FORWARDED = frozenset(
     {
@@ -56,22 +70,55 @@ _NOT_FORWARDED = frozenset(
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
 
 
-def _headers(pairs: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    return [(name, value) for name, value in pairs if name.decode("latin-1").lower() not in _NOT_FORWARDED]
+def _headers(pairs: list[tuple[bytes, bytes]], drop: frozenset[str] = _NOT_FORWARDED) -> list[tuple[bytes, bytes]]:
+    return [(name, value) for name, value in pairs if name.decode("latin-1").lower() not in drop]
 
 
-def create_app(upstream: str, verify: ssl.SSLContext | bool = True, timeout: float = 60.0) -> Starlette:
-    """The gateway in front of the SuperLink at ``upstream`` (``http[s]://127.0.0.1:PORT``)."""
+def _admin_token(path: Path | None) -> bytes | None:
+    try:
+        token = path.read_bytes().strip() if path is not None else b""
+    except OSError:
+        return None
+    return token or None
+
+
+def _is_admin(pairs: list[tuple[bytes, bytes]], token_file: Path | None) -> bool:
+    """Whether the request carries exactly one ``Authorization: Bearer <the hub's admin token>``."""
+    sent = [value for name, value in pairs if name.lower() == b"authorization"]
+    token = _admin_token(token_file)
+    if token is None or len(sent) != 1:
+        return False
+    scheme, _, credential = sent[0].partition(b" ")
+    return scheme.lower() == b"bearer" and hmac.compare_digest(credential.strip(), token)
+
+
+def create_app(
+    upstream: str, verify: ssl.SSLContext | bool = True, timeout: float = 60.0, admin_token_file: Path | None = None
+) -> Starlette:
+    """The gateway in front of the SuperLink at ``upstream`` (``http[s]://127.0.0.1:PORT``); with
+    ``admin_token_file``, the read-only Control calls for whoever holds that token too."""
     client = httpx.AsyncClient(base_url=upstream, verify=verify, timeout=httpx.Timeout(timeout, connect=10.0))
+    without_authorization = _NOT_FORWARDED | {"authorization"}
+
+    def routable(request: Request, raw_path: bytes) -> frozenset[str] | None:
+        """The headers not forwarded for this request, None when it is not forwarded at all."""
+        if request.method != "POST" or request.scope.get("query_string"):
+            return None
+        if FLEET_PATH.fullmatch(raw_path):
+            return _NOT_FORWARDED
+        if raw_path in READ_ONLY_CONTROL and _is_admin(request.headers.raw, admin_token_file):
+            return without_authorization
+        return None
 
     async def forward(request: Request) -> Response:
         raw_path: bytes = request.scope.get("raw_path") or request.scope["path"].encode()
-        if request.method != "POST" or request.scope.get("query_string") or not FLEET_PATH.fullmatch(raw_path):
+        drop = routable(request, raw_path)
+        if drop is None:
             return error_response(
                 404, f"no route {request.method} {request.url.path}: this port serves only Flower's Fleet API"
             )
         outgoing = client.build_request(
-            "POST", raw_path.decode("ascii"), headers=_headers(request.headers.raw), content=request.stream()
+            "POST", raw_path.decode("ascii"), headers=_headers(request.headers.raw, drop), content=request.stream()
         )
         try:
             answer = await client.send(outgoing, stream=True)
@@ -108,13 +155,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ssl-certfile", type=Path, help="this gateway's certificate (TLS; with the next two)")
     parser.add_argument("--ssl-keyfile", type=Path)
     parser.add_argument("--ssl-ca-certfile", type=Path, help="CA that signed the gateway's and the SuperLink's")
+    parser.add_argument(
+        "--admin-token-file", type=Path, help="the hub's admin token: its bearer may make read-only Control calls"
+    )
     args = parser.parse_args(argv)
     tls = (args.ssl_certfile, args.ssl_keyfile, args.ssl_ca_certfile)
     if any(tls) and not all(tls):
         parser.error("TLS needs --ssl-certfile, --ssl-keyfile and --ssl-ca-certfile")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     scheme = "https" if all(tls) else "http"
-    app = create_app(f"{scheme}://127.0.0.1:{args.upstream_port}", upstream_verify(args.ssl_ca_certfile))
+    upstream = f"{scheme}://127.0.0.1:{args.upstream_port}"
+    app = create_app(upstream, upstream_verify(args.ssl_ca_certfile), admin_token_file=args.admin_token_file)
     # uvicorn costs an import only the gateway process pays
     import uvicorn
 

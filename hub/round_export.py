@@ -104,7 +104,7 @@ def build_candidate(
                 "run_id": run.run_id,
                 "flower_run_id": run.flower_run_id,
                 "rounds": len(summary.get("rounds", [])),
-                "participants": sorted(int(n) for n in summary.get("participants", [])),
+                "participants": sorted(str(n) for n in summary.get("participants", [])),
                 "strategy": config["strategy"],
                 "min_nodes": config["min_nodes"],
                 "fraction": config["fraction"],

@@ -71,7 +71,8 @@ def connect(settings: HubSettings) -> SuperLink | None:
 def keeper(settings: HubSettings, link: SuperLink) -> SuperLinkKeeper:
     """The hub's own SuperLink with its app guard, behind its Fleet gateway on ``host:superlink_port``."""
     assert settings.superlink_port is not None
-    gateway = FleetGateway(GatewayConfig(settings.host, settings.superlink_port, link.config))
+    admin_token = HubDataDir(settings.data_dir).admin_token
+    gateway = FleetGateway(GatewayConfig(settings.host, settings.superlink_port, link.config, admin_token))
     return SuperLinkKeeper(link, server_app_guard(link), gateway)
 
 
@@ -347,7 +348,7 @@ class Rounds:
             self.store.put_round(run.run_id, int(r["round"]), r)
         with self._lock:
             current = self._get(run.run_id)
-            seen = sorted(set(current.participants) | {int(n) for r in rounds for n in r.get("nodes", [])})
+            seen = sorted(set(current.participants) | {str(n) for r in rounds for n in r.get("nodes", [])})
             run = replace(
                 current,
                 rounds_done=max(current.rounds_done, max(int(r["round"]) for r in rounds)),
@@ -380,5 +381,5 @@ class Rounds:
             "finished",
             None,
             version=record.version,
-            participants=sorted(int(n) for n in summary.get("participants", run.participants)),
+            participants=sorted(str(n) for n in summary.get("participants", run.participants)),
         )

@@ -42,7 +42,9 @@ def run_views(run: dict[str, Any]) -> list[View]:
             for r in run.get("rounds", [])
         ],
     )
-    return [header, rounds]
+    participants = run.get("participants") or []
+    nodes = f"participants: {', '.join(str(n) for n in participants) if participants else '-'}"
+    return [header, nodes, rounds]
 
 
 def _fixed(value: float | None, digits: int) -> str | None:

@@ -184,6 +184,8 @@ class GatewayConfig:
     host: str  # where SuperNodes connect: the hub's --host
     port: int  # ... and --superlink-port
     link: SuperLinkConfig  # the SuperLink behind it, on loopback
+    #: the hub's admin token file: its bearer may list runs, logs and nodes through the gateway
+    admin_token: Path | None = None
 
 
 class FleetGateway(FlowerProcess):
@@ -203,6 +205,8 @@ class FleetGateway(FlowerProcess):
         if c.link.tls is not None:
             ca, cert, key = c.link.tls
             cmd += ["--ssl-ca-certfile", str(ca), "--ssl-certfile", str(cert), "--ssl-keyfile", str(key)]
+        if c.admin_token is not None:
+            cmd += ["--admin-token-file", str(c.admin_token)]
         return cmd
 
     def answers(self) -> bool:

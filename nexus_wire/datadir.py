@@ -16,6 +16,9 @@ from typing import Any
 
 #: the SuperNode's ``--node-config`` key that tells its ClientApp where the edge's data dir is
 NODE_CONFIG_DATA_DIR = "data-dir"
+#: the key that carries the node's hub-assigned id (``n-...``, nexus_wire/names.py NODE_ID): the
+#: ClientApp's query reply tells it the ServerApp, which names participants by it, not by Flower's ids
+NODE_CONFIG_NEXUS_NODE = "nexus-node"
 #: what SQLite keeps beside a database file while it is open (WAL mode) or mid-transaction
 SQLITE_SIDECARS = ("-wal", "-shm", "-journal")
 

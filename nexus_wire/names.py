@@ -15,6 +15,8 @@ MODEL_NAME = r"[a-z0-9][a-z0-9_-]{0,63}"
 VERSION = r"[0-9]{1,9}"
 #: ids of the funnel config (funnels, steps, experiments, variants, salts) and node ids
 CONFIG_ID = r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}"
+#: a node's id as the hub assigns it at enrollment (hub/api/nodes.py): "n-" and 16 hex digits
+NODE_ID = r"n-[0-9a-f]{16}"
 #: an enrollment token as the hub hands it out (``nx_`` and URL-safe base64)
 TOKEN = r"[A-Za-z0-9_-]{16,128}"
 #: a file name inside a model bundle

@@ -118,8 +118,14 @@ class RunRecord:
     reason: str | None = None
     version: str | None = None  # the registered candidate once finished
     score_name: str | None = None
-    participants: list[int] = field(default_factory=list)
+    #: the nodes whose updates were aggregated, by hub node id (``n-...``); a node that did not
+    #: say its id (an older edge), and every node of a run recorded before they did, by Flower's
+    participants: list[str] = field(default_factory=list)
     rounds_done: int = 0
+
+    def __post_init__(self) -> None:
+        # older records hold Flower's ids as numbers: read them as the strings newer ones hold
+        object.__setattr__(self, "participants", sorted({str(n) for n in self.participants}))
 
 
 class Store(ABC):

@@ -105,6 +105,13 @@ def test_two_rounds_on_three_edges_survive_a_hub_kill_then_promote(federation: F
         assert r["participants"] == 3 and r["rejected"] == [] and r["eval_nodes"] == 3
         assert 0 < r["loss"] < 5 and 0 <= r["score"] <= 1 and r["bytes_in"] > 0 and r["bytes_out"] > 0
 
+    # participants by the ids the hub assigned at enrollment, as its Nodes page lists them
+    enrolled = sorted(n["node_id"] for n in admin.nodes())
+    assert len(enrolled) == 3 and run["participants"] == enrolled, (run["participants"], enrolled)
+    assert all(sorted(r["nodes"]) == enrolled for r in run["rounds"])
+    shown_run = _nexus("hub", "rounds", "show", run["run_id"], *operator, timeout=30)
+    assert f"participants: {', '.join(enrolled)}" in shown_run.stdout, shown_run.stdout
+
     listed = json.loads(_nexus("hub", "rounds", "list", "--json", *operator, timeout=30).stdout)
     assert listed[0]["run_id"] == run["run_id"]
     shown = json.loads(_nexus("hub", "models", "show", "funnel", "--json", *operator, timeout=30).stdout)

@@ -12,8 +12,9 @@ import pytest
 
 from edge_worker.federation import AUTO, _target
 from edge_worker.hub_link import HubLink
-from edge_worker.supernode import SuperNode, SuperNodeConfig
+from edge_worker.supernode import SuperNode, SuperNodeConfig, node_config_arg
 from hub.settings import HubSettings
+from models.errors import NexusError
 from nexus_wire.datadir import EdgeDataDir
 
 NO_HUB = "http://127.0.0.1:9"
@@ -105,3 +106,11 @@ def test_the_supernode_runs_no_app_itself_and_its_guard_trusts_the_pinned_key(tm
     assert guard[guard.index("--edge-data-dir") + 1] == str(tmp_path)
     assert guard[guard.index("--superexec-auth-secret-file") + 1] == flag["--superexec-auth-secret-file"]
     assert guard[guard.index("--parent-pid") + 1] == "4242"
+
+
+def test_the_node_config_names_the_hub_assigned_id_last(tmp_path: Path) -> None:
+    arg = node_config_arg(tmp_path, {"region": "3", "nexus-node": "n-ffffffffffffffff"}, "n-0123456789abcdef")
+    assert arg == f'data-dir="{tmp_path.resolve()}" region="3" nexus-node="n-0123456789abcdef"'  # no tag poses as it
+    assert "nexus-node" not in node_config_arg(tmp_path, {"region": "3"})
+    with pytest.raises(NexusError, match="hub-assigned"):
+        node_config_arg(tmp_path, {}, 'n-1" data-dir="/etc')

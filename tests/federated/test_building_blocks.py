@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -191,7 +192,8 @@ def test_round_rejects_a_bad_update_and_goes_on(poison: str, tmp_path: Any, capl
     assert all(np.all(np.isfinite(v)) for v in result.weights.values())
     summary = json.loads((tmp_path / "final.json").read_text())
     assert summary["status"] == "finished" and len(summary["rounds"]) == 2
-    assert summary["participants"] == [1, 2, 3]
+    assert summary["participants"] == ["1", "2", "3"]  # the nodes named no hub id: by Flower id
+    assert all(r["rejected"][0]["node"] == "4" for r in summary["rounds"])
     with np.load(tmp_path / "final.npz") as saved:
         assert set(saved.files) == set(initial)
 
@@ -218,6 +220,22 @@ def test_selection_by_tag_trains_only_the_matching_nodes() -> None:
     settings = RunConfig(rounds=1, min_nodes=2, select="region=1,3")
     result = run_rounds(grid, settings, spec, FAMILIES.get("funnel").task.init_weights(spec, 0))
     assert result.rounds[0].nodes == [1, 3]
+
+
+def test_participants_are_named_by_the_id_the_hub_assigned(tmp_path: Path) -> None:
+    """The selection query's replies carry each node's ``nexus-node``; a node without a valid
+    one (an older edge, or one whose config holds something else) is named by its Flower id."""
+    spec, shares = _funnel_nodes(3)
+    names = {1: "n-00000000000000a1", 2: "n-not-hex-at-all", 3: None}
+    configs = {
+        i + 1: {"partition": n, **({"nexus-node": names[i + 1]} if names[i + 1] else {})} for i, n in enumerate(shares)
+    }
+    grid = LocalGrid(make_client_app(lambda node_config, _: shares[node_config["partition"]]), configs)
+    settings = RunConfig(rounds=1, min_nodes=3, output_path=str(tmp_path / "final.npz"))
+    run_rounds(grid, settings, spec, FAMILIES.get("funnel").task.init_weights(spec, 0))
+    summary = json.loads((tmp_path / "final.json").read_text())
+    assert summary["participants"] == ["2", "3", "n-00000000000000a1"]
+    assert summary["rounds"][0]["nodes"] == summary["participants"]
 
 
 def test_emotion_round_ships_touched_rows_only() -> None:

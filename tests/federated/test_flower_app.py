@@ -28,6 +28,11 @@ from tests.support.sessions import synthetic_sessions
 BIN = Path(__import__("sys").executable).parent
 
 
+def nexus_id(region: int) -> str:
+    """The id the hub would have assigned the region's edge at enrollment."""
+    return f"n-{region:016x}"
+
+
 class Cluster:
     def __init__(self, root: Path, regions: list[int]) -> None:
         self.root = root
@@ -54,7 +59,11 @@ class Cluster:
         self.nodes = {
             region: SuperNode(
                 SuperNodeConfig(
-                    self.link.config.address, root / f"edge{region}", port=free_port(), tags={"region": str(region)}
+                    self.link.config.address,
+                    root / f"edge{region}",
+                    port=free_port(),
+                    tags={"region": str(region)},
+                    nexus_node=nexus_id(region),
                 )
             )
             for region in regions
@@ -118,7 +127,9 @@ def test_two_rounds_on_real_supernodes(cluster_factory, tmp_path: Path) -> None:
         assert r["participants"] == 2 and r["eval_nodes"] == 2 and r["rejected"] == []
         assert 0 < r["loss"] < 5 and 0 <= r["score"] <= 1
         assert r["bytes_in"] > 0 and r["bytes_out"] > r["bytes_in"]
-    assert len(summary["participants"]) == 2
+    # by the ids the hub assigned (the nodes' ``nexus-node``), not by the SuperLink's
+    assert summary["participants"] == [nexus_id(1), nexus_id(2)]
+    assert all(r["nodes"] == summary["participants"] for r in summary["rounds"])
     with np.load(out) as arrays:
         assert set(arrays.files) == {"w0", "b0", "w1", "b1"}
         assert arrays["w0"].shape == (summary["model_spec"]["featurizer"]["n_features"], 8)

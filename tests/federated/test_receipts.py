@@ -25,7 +25,7 @@ from nexus_wire.runconfig import RunConfig
 from tests.support.audit import receipt_for, tamper
 from tests.support.federated import funnel_spec, node_with_outcomes
 
-RECEIPTED = {"model-update", "evaluation-metrics", "error"}
+RECEIPTED = {"node-tags", "model-update", "evaluation-metrics", "error"}
 
 
 @pytest.fixture
@@ -54,13 +54,14 @@ def _run(tmp_path: Path, hub_key: Ed25519PrivateKey, rounds: int = 2) -> tuple[l
 
 def test_every_flower_reply_gets_a_receipt_that_verifies(tmp_path: Path, hub_key: Ed25519PrivateKey) -> None:
     dirs, book = _run(tmp_path, hub_key)
-    # 2 nodes x 2 rounds x (train + evaluate), all delivered: half with later round messages
-    assert book.issued == book.delivered == 8
+    # 2 nodes x (the node-config query + 2 rounds x (train + evaluate)), all delivered: most with later messages
+    assert book.issued == book.delivered == 10
     for d in dirs:
         reader = AuditReader(d)
         receipts = {k: json.loads(v) for k, v in reader.receipts().items()}
         sends = [e for e in reader.entries(SEND) if e.channel == "flower"]
-        assert sorted(e.kind for e in sends if e.kind in RECEIPTED) == ["evaluation-metrics"] * 2 + ["model-update"] * 2
+        kinds = sorted(e.kind for e in sends if e.kind in RECEIPTED)
+        assert kinds == ["evaluation-metrics"] * 2 + ["model-update"] * 2 + ["node-tags"]
         for entry in sends:
             if entry.kind in RECEIPTED:
                 receipt = receipts[entry.id]
@@ -76,7 +77,7 @@ def test_every_flower_reply_gets_a_receipt_that_verifies(tmp_path: Path, hub_key
                 assert entry.kind == "receipt-ack" and entry.id not in receipts
         result = verify(d)
         assert result.ok, result.message()
-        assert result.receipts == 4
+        assert result.receipts == 5
 
 
 def test_a_stored_flower_receipt_that_does_not_match_fails_verify(tmp_path: Path, hub_key: Ed25519PrivateKey) -> None:
@@ -102,10 +103,10 @@ def test_a_receipt_signed_by_another_key_is_refused(tmp_path: Path, hub_key: Ed2
         FAMILIES.get("funnel").task.init_weights(spec, 0),
         receipts=ReceiptBook(Ed25519PrivateKey.generate()),
     )
-    # neither is kept as proof: each is a refusal on the log, which stays intact
+    # none (node config, update, metrics) is kept as proof: each is a refusal on the log, which stays intact
     reader = AuditReader(nodes[0][0])
     refusals = [e for e in reader.entries(REFUSAL) if e.kind == HUB_RECEIPT]
-    assert not reader.receipts() and len(refusals) == 2 and all("signature" in e.reason for e in refusals)
+    assert not reader.receipts() and len(refusals) == 3 and all("signature" in e.reason for e in refusals)
     assert verify(nodes[0][0]).ok
 
 

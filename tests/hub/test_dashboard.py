@@ -202,7 +202,7 @@ def test_every_page_renders_the_stores_real_data(hub: RunningHub, tmp_path: Path
         flower_run_id=7,
         version="2",
         score_name="roc_auc",
-        participants=[11, 12],
+        participants=[first, 12],  # one node named by its hub id, one (an older edge) by Flower's
         rounds_done=2,
     )
     hub.store.put_run(run)
@@ -242,6 +242,10 @@ def test_every_page_renders_the_stores_real_data(hub: RunningHub, tmp_path: Path
     rounds = text["rounds"]
     assert "r-test" in rounds and "2 / 2 rounds" in rounds and "v1 → v2 (candidate)" in rounds and "2 node(s)" in rounds
     assert "0.74" in rounds and "39.1 KB to nodes" in rounds
+    assert f'href="/dashboard/nodes#node-{first}"' in pages["rounds"].text
+    assert 'hub id">12</code>' in pages["rounds"].text  # a Flower id, unlinked, says what it is
+    assert "cannot yet map" not in rounds
+    assert f'id="node-{first}"' in pages["nodes"].text  # where the Rounds page's link lands
 
     funnels = text["funnels"]
     assert "checkout" in funnels and "view → buy" in funnels and "running" in funnels

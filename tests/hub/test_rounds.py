@@ -37,6 +37,9 @@ def hub_rounds(tmp_path: Path) -> Iterator[tuple[Rounds, object]]:
     hub.store.close()
 
 
+NEXUS_ID = "n-0123456789abcdef"
+
+
 def _edges(root: Path) -> dict[int, dict[str, str]]:
     configs = {}
     for region in REGIONS:
@@ -45,6 +48,7 @@ def _edges(root: Path) -> dict[int, dict[str, str]]:
             store.add_outcome(session, bool(label))
         store.close()
         configs[region] = {"data-dir": str(root / f"edge{region}"), "region": str(region)}
+    configs[REGIONS[0]]["nexus-node"] = NEXUS_ID  # the others play edges that do not say their hub id
     return configs
 
 
@@ -84,7 +88,9 @@ def test_watch_copies_rounds_survives_a_restart_and_registers_a_candidate(hub_ro
     restarted.tick()
     done = restarted.store.get_run(run.run_id)
     assert done.status == "finished", done.reason
-    assert done.version == "2" and done.rounds_done == 2 and len(done.participants) == 3
+    assert done.version == "2" and done.rounds_done == 2
+    # by hub id where the node said it, else by Flower's (here the LocalGrid's node number)
+    assert done.participants == sorted([NEXUS_ID, *(str(r) for r in REGIONS[1:])])
 
     per_round = restarted.show(run.run_id)["rounds"]
     assert [r["round"] for r in per_round] == [1, 2]
@@ -101,7 +107,7 @@ def test_watch_copies_rounds_survives_a_restart_and_registers_a_candidate(hub_ro
         fed["run_id"] == run.run_id
         and fed["rounds"] == 2
         and fed["strategy"] == "fedavg"
-        and len(fed["participants"]) == 3
+        and fed["participants"] == done.participants
     )
     assert fed["dp"]["enabled"] is False
     assert version["metrics"]["federated_held_out"]["numpy"]["roc_auc"] == per_round[-1]["score"]
@@ -179,6 +185,7 @@ def test_an_emotion_run_exports_a_checked_candidate(tmp_path: Path) -> None:
         record = register_candidate(hub.registry, run, folder, summary, None)
         manifest = record.manifest
         assert record.version == "2" and manifest["parent_version"] == "1" and manifest["family"] == "emotion"
+        assert manifest["provenance"]["federated"]["participants"] == ["11", "12"]  # a summary of Flower ids reads
         assert manifest["thresholds"] == hub.store.get_version("emotion", "1").manifest["thresholds"]
         assert manifest["metrics"]["federated_held_out"]["numpy"]["macro_f1"] == 0.5
         measured = manifest["tolerance"]["measured_on_random_inputs"]

@@ -96,6 +96,81 @@ def test_anything_but_a_fleet_call_is_refused_unforwarded(
     assert upstream.seen == []
 
 
+ADMIN = "the-admin-token"
+
+
+@pytest.fixture
+def admin_gateway(upstream: Upstream, tmp_path: Path) -> Iterator[ServerThread]:
+    token_file = tmp_path / "admin.token"
+    token_file.write_text(ADMIN + "\n")
+    server = ServerThread(create_app(upstream.server.url, verify=False, admin_token_file=token_file)).start()
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("call", ["list-runs", "stream-logs", "list-nodes"])
+def test_the_admin_token_opens_the_read_only_control_calls(
+    upstream: Upstream, admin_gateway: ServerThread, call: str
+) -> None:
+    headers = {"Authorization": f"Bearer {ADMIN}", "content-type": "application/protobuf"}
+    answer = httpx.post(f"{admin_gateway.url}/v1/control/{call}", content=b"\x08\x01", headers=headers)
+    assert answer.status_code == 201 and answer.content == b"reply:\x08\x01"
+    ((method, path, seen_headers, _),) = upstream.seen
+    # the SuperLink never sees the hub's admin token (its no-op Control authn needs none)
+    assert (method, path) == ("POST", f"/v1/control/{call}") and "authorization" not in seen_headers
+
+
+@pytest.mark.parametrize(
+    "target, authorization",
+    [
+        ("/v1/control/list-runs", None),
+        ("/v1/control/list-runs", "Bearer wrong-token"),
+        ("/v1/control/list-runs", f"Bearer {ADMIN}x"),
+        ("/v1/control/list-runs", f"Basic {ADMIN}"),
+        ("/v1/control/list-runs", ADMIN),
+        ("/v1/control/start-run", f"Bearer {ADMIN}"),
+        ("/v1/control/stop-run", f"Bearer {ADMIN}"),
+        ("/v1/control/register-node", f"Bearer {ADMIN}"),
+        ("/v1/control/list-runs?limit=1", f"Bearer {ADMIN}"),
+        ("/v1/control/../control/start-run", f"Bearer {ADMIN}"),
+        ("/v1/runtime/acquire-task", f"Bearer {ADMIN}"),
+    ],
+)
+def test_no_token_a_wrong_one_or_a_writing_call_is_the_same_404(
+    upstream: Upstream, admin_gateway: ServerThread, target: str, authorization: str | None
+) -> None:
+    connection = http.client.HTTPConnection("127.0.0.1", admin_gateway.port, timeout=10)
+    try:
+        headers = {} if authorization is None else {"Authorization": authorization}
+        connection.request("POST", target, body=b"x", headers=headers)
+        answer = connection.getresponse()
+        status, body = answer.status, answer.read()
+    finally:
+        connection.close()
+    assert status == 404 and b"serves only Flower's Fleet API" in body and b"token" not in body
+    assert upstream.seen == []
+
+
+def test_two_authorization_headers_or_no_token_file_open_nothing(upstream: Upstream, tmp_path: Path) -> None:
+    server = ServerThread(create_app(upstream.server.url, verify=False, admin_token_file=tmp_path / "none")).start()
+    try:
+        alone = httpx.post(server.url + "/v1/control/list-runs", headers={"Authorization": f"Bearer {ADMIN}"})
+    finally:
+        server.stop()
+    assert alone.status_code == 404
+    token_file = tmp_path / "admin.token"
+    token_file.write_text(ADMIN)
+    server = ServerThread(create_app(upstream.server.url, verify=False, admin_token_file=token_file)).start()
+    try:
+        twice = httpx.post(
+            server.url + "/v1/control/list-runs",
+            headers=[("Authorization", f"Bearer {ADMIN}"), ("Authorization", f"Bearer {ADMIN}")],
+        )
+    finally:
+        server.stop()
+    assert twice.status_code == 404 and upstream.seen == []
+
+
 def test_a_superlink_that_is_down_is_a_502() -> None:
     server = ServerThread(create_app(f"http://127.0.0.1:{free_port()}", verify=False)).start()
     try:
@@ -126,6 +201,7 @@ def test_the_superlink_listens_on_loopback_whatever_the_hub_host(tmp_path: Path)
     gateway = kept.gateway.command()
     assert (_flag(gateway, "--host"), _flag(gateway, "--port")) == ("0.0.0.0", "9092")
     assert _flag(gateway, "--upstream-port") == str(link.config.port)
+    assert _flag(gateway, "--admin-token-file") == str(HubDataDir(settings.data_dir).admin_token)
     guard = kept.guard.command()
     assert guard[guard.index("-m") + 1 :][:2] == ["federated.app_guard", "serverapp"]
     assert _flag(guard, "--hub-key") == str(HubDataDir(settings.data_dir).signing_key)
