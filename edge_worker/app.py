@@ -21,9 +21,9 @@ from typing import Any
 
 from starlette.applications import Starlette
 
-from edge_worker import federation, funnels, oip_grpc, routes, sync
+from edge_worker import federation, funnels, oip_grpc, own_models, routes, sync
 from edge_worker.audit import AuditLog, PrivacyBudget
-from edge_worker.batcher import MicroBatcher
+from edge_worker.batcher import MicroBatcher, Overloaded
 from edge_worker.hub_link import HubLink
 from edge_worker.metrics import PREFIX, Registry, edge_registry, publish_forever
 from edge_worker.openapi import build_openapi
@@ -35,6 +35,7 @@ from models.errors import DataError
 from models.families import FAMILIES, Families
 from nexus_service.http import exception_handlers
 from nexus_service.keyfiles import load_or_create_token, private_dir
+from nexus_service.rate_limit import WRONG_CREDENTIALS, TokenBuckets
 from nexus_service.request_metrics import RequestMetrics, route_templates
 from nexus_wire.datadir import EdgeDataDir
 
@@ -48,6 +49,7 @@ def create_app(settings: EdgeSettings, families: Families = FAMILIES) -> Starlet
     """The node's app, serving ``settings.models`` of the families in ``families``."""
     served = {m: families.get(m) for m in settings.models}  # an unknown name: a NexusError naming the known
     private_dir(settings.data_dir)  # raw inputs, keys and the audit log: the owner's alone
+    own_models.prepare(settings)  # with a hub: its own repository, seeded before the first sync
     metrics = edge_registry(settings.max_batch)
     repository = ModelRepository(
         settings.models_dir,
@@ -70,6 +72,7 @@ def create_app(settings: EdgeSettings, families: Families = FAMILIES) -> Starlet
             enabled=settings.batching,
             max_batch=settings.max_batch,
             max_delay_s=settings.max_delay_ms / 1000,
+            max_queued=settings.max_queued_requests,
         )
         for m in settings.models
     }
@@ -123,12 +126,18 @@ def create_app(settings: EdgeSettings, families: Families = FAMILIES) -> Starlet
             if metrics.shared:
                 metrics.publish(exited=True)  # this worker's final counts outlive it
 
-    errors = exception_handlers(log, {DataError: 422, ModelNotReady: (503, {"Retry-After": "1"})}, "node")
+    errors = exception_handlers(
+        log,
+        {DataError: 422, ModelNotReady: (503, {"Retry-After": "1"}), Overloaded: (429, {"Retry-After": "1"})},
+        "node",
+    )
     app = Starlette(routes=routes.routes(table), exception_handlers=errors, lifespan=lifespan)
     app.add_middleware(RequestMetrics, metrics=metrics, prefix=PREFIX, templates=route_templates(app.routes))
     app.state.edge = state
     # the bearer token of GET /v1/privacy/audit, created on first start, never logged
     app.state.operator_token = load_or_create_token(EdgeDataDir(settings.data_dir).operator_token)
+    # wrong operator tokens per client address: the hub's default limit (nexus_service/rate_limit.py)
+    app.state.operator_failures = TokenBuckets("wrong operator tokens", WRONG_CREDENTIALS)
     if settings.privacy_epsilon is not None or settings.privacy_delta is not None:
         PrivacyBudget(
             settings.data_dir, settings.privacy_epsilon, settings.privacy_delta

@@ -5,6 +5,10 @@ pending batch holds ``max_batch`` items or the oldest has waited ``max_delay``; 
 then runs in the inference thread pool and each request gets its own slice back. While
 every inference thread is busy, requests keep gathering, so batches grow with load.
 Switched off, each request runs alone in the pool (never on the event loop).
+
+Admission is bounded: beyond ``max_queued`` requests waiting for or in inference, a request
+is refused at once (:class:`Overloaded`, answered 429 with ``Retry-After``) rather than
+queued: an unbounded queue only turns overload into latency for everyone.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from edge_worker.metrics import Registry
+from models.errors import NexusError
 
 R = TypeVar("R")
 
@@ -32,6 +37,12 @@ class BatchResult(Generic[R]):
 
 #: runs a flat list of items; must return one row per item
 BatchFn = Callable[[list[Any]], BatchResult[Any]]
+
+
+class Overloaded(NexusError):
+    def __init__(self, model: str, limit: int) -> None:
+        super().__init__(f"model {model!r} has {limit} requests in flight, its limit; retry later")
+        self.model = model
 
 
 @dataclass
@@ -52,6 +63,7 @@ class MicroBatcher:
         enabled: bool = True,
         max_batch: int = 32,
         max_delay_s: float = 0.002,
+        max_queued: int | None = None,
     ) -> None:
         self.model = model
         self._run = run
@@ -61,6 +73,8 @@ class MicroBatcher:
         self.enabled = enabled
         self.max_batch = max_batch
         self.max_delay_s = max_delay_s
+        self.max_queued = max_queued
+        self._in_flight = 0
         self._pending: deque[_Entry] = deque()
         self._pending_items = 0
         self._free_slots = slots
@@ -73,7 +87,22 @@ class MicroBatcher:
     def queue_depth(self) -> int:
         return self._pending_items
 
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
     async def submit(self, items: list[Any]) -> BatchResult[Any]:
+        """The rows for ``items``; :class:`Overloaded` when ``max_queued`` requests are already in flight."""
+        if self.max_queued is not None and self._in_flight >= self.max_queued:
+            self._metrics.inc("nexus_edge_rejected_total", self._labels)
+            raise Overloaded(self.model, self.max_queued)
+        self._in_flight += 1
+        try:
+            return await self._submit(items)
+        finally:
+            self._in_flight -= 1
+
+    async def _submit(self, items: list[Any]) -> BatchResult[Any]:
         if not self.enabled:
             loop = asyncio.get_running_loop()
             return await loop.run_in_executor(self._executor, self._timed_run, items)

@@ -39,7 +39,7 @@ def _serve(args: argparse.Namespace) -> int:
     os.environ.update(settings.to_env())
     os.umask(PRIVATE_UMASK)  # every file the node and its workers create (logs, SQLite sidecars too)
     reset_metrics_dir(settings.data_dir)  # before any worker: a new run's counters start at zero
-    run_uvicorn(APP_FACTORY, settings.host, settings.port, settings.workers, args.log_level)
+    run_uvicorn(APP_FACTORY, settings.host, settings.port, settings.workers, args.log_level, settings.server_limits())
     return 0
 
 
@@ -52,7 +52,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Serve the emotion and funnel models. Every setting also reads NEXUS_<NAME>\n"
         "(e.g. NEXUS_PORT=8000, NEXUS_EMOTION_BACKEND=tflite); arguments win over the environment.",
     )
-    serve.add_argument("--models", type=Path, help="model repository <model>/<version>/ (default: the shipped bundles)")
+    serve.add_argument(
+        "--models",
+        type=Path,
+        help="model repository <model>/<version>/ (default: the shipped bundles, read-only; with --hub: "
+        "DATA_DIR/models, a copy of them made at first start, where the hub's versions go)",
+    )
     serve.add_argument("--data-dir", type=Path, help="local store folder (default: $XDG_DATA_HOME/nexus-edge)")
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8000)")

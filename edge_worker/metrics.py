@@ -52,6 +52,9 @@ def edge_registry(max_batch: int = DEFAULT_MAX_BATCH) -> Registry:
     )
     registry.declare("nexus_edge_batch_size", "histogram", "items per executed batch", power_of_two_buckets(max_batch))
     registry.declare("nexus_edge_queue_depth", "gauge", "items waiting for a batch slot per model", merge="livesum")
+    registry.declare(
+        "nexus_edge_rejected_total", "counter", "inference requests refused per model: too many in flight (429)"
+    )
     registry.declare("nexus_edge_model_loaded_info", "gauge", "1 for the version each model serves", merge="livemax")
     registry.declare("nexus_edge_model_loads_total", "counter", "successful model (re)loads")
     registry.declare(

@@ -5,7 +5,8 @@ share the micro-batchers, the model repository and the limits with HTTP; this mo
 messages to and from the transport-neutral semantics of :mod:`edge_worker.oip`. Inputs come as
 ``raw_input_contents`` (what ``tritonclient.grpc`` sends) or as typed ``contents``; outputs are
 answered the same way the inputs came. Errors carry the HTTP answer's message with the
-matching status code (422 and 400: INVALID_ARGUMENT, 404: NOT_FOUND, 503: UNAVAILABLE).
+matching status code (422 and 400: INVALID_ARGUMENT, 404: NOT_FOUND, 503: UNAVAILABLE,
+429: RESOURCE_EXHAUSTED).
 
 The message classes are built at import from ``proto/grpc_predict_v2.pb`` (compiled from the
 ``.proto`` beside it) in a descriptor pool of their own: a client's stubs of the same
@@ -27,6 +28,7 @@ import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool, json_format, message_factory
 
 from edge_worker import oip
+from edge_worker.batcher import Overloaded
 from edge_worker.oip import OutputTensor, WireTensor
 from edge_worker.oip_tensors import to_raw
 from edge_worker.repository import ModelNotReady
@@ -160,6 +162,8 @@ def _guarded(call: Call) -> Callable[[Any, grpc.aio.ServicerContext], Awaitable[
             code, details = _CODES.get(exc.status, grpc.StatusCode.INVALID_ARGUMENT), exc.message
         except ModelNotReady as exc:
             code, details = grpc.StatusCode.UNAVAILABLE, str(exc)
+        except Overloaded as exc:
+            code, details = grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)
         except DataError as exc:
             code, details = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
         except Exception:

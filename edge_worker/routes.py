@@ -42,6 +42,7 @@ from edge_worker.state import EdgeState
 from edge_worker.store import LocalStore
 from models.family import Family
 from nexus_service.http import ApiError, describe, parse_body
+from nexus_service.rate_limit import TokenBuckets, client_address
 from nexus_service.request_metrics import metrics_response
 from nexus_wire.datadir import EdgeDataDir
 from nexus_wire.names import VISITOR_ID, anchored, fullmatch
@@ -157,9 +158,16 @@ def family_operations(family: Family, limits: Mapping[str, int]) -> list[tuple[O
 
 
 def _require_operator(request: Request) -> None:
-    """The privacy endpoints erase data or describe the node: the operator token only."""
+    """The privacy endpoints erase data or describe the node: the operator token only. A wrong
+    token spends one of its address's tokens; an address with none left gets 429 first."""
+    failures: TokenBuckets = request.app.state.operator_failures
+    address = client_address(request)
+    failures.check(address)
     expected = f"Bearer {request.app.state.operator_token}"
-    if not hmac.compare_digest(request.headers.get("authorization", "").encode(), expected.encode()):
+    authorization = request.headers.get("authorization", "")
+    if not hmac.compare_digest(authorization.encode(), expected.encode()):
+        if authorization:  # no credential at all guesses nothing
+            failures.spend(address)
         raise ApiError(
             401,
             f"this endpoint needs the edge's operator token (the {EdgeDataDir(Path()).operator_token.name} file in its "

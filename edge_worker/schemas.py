@@ -161,7 +161,7 @@ class _Parameters(BaseModel):
 
 class InputParameters(_Parameters):
     binary_data_size: (
-        Annotated[StrictInt, Field(ge=0, description="bytes of this input after the JSON header")] | None
+        Annotated[StrictInt, Field(ge=0, le=2**53 - 1, description="bytes of this input after the JSON header")] | None
     ) = None
 
 

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import copy
 
+from nexus_service.serving import ServerLimits, uvicorn_options
 
-def run_uvicorn(factory: str, host: str, port: int, workers: int, log_level: str = "info") -> None:
+
+def run_uvicorn(
+    factory: str, host: str, port: int, workers: int, log_level: str = "info", limits: ServerLimits | None = None
+) -> None:
     """Serve ``module:factory`` with the server settings the benchmark compares under."""
     import uvicorn
     from uvicorn.config import LOGGING_CONFIG
@@ -22,8 +26,6 @@ def run_uvicorn(factory: str, host: str, port: int, workers: int, log_level: str
         log_level=log_level,
         log_config=log_config,
         access_log=False,
-        # uvloop + httptools when installed (they are with uvicorn[standard])
-        loop="auto",
-        http="auto",
-        timeout_graceful_shutdown=10,
+        loop="auto",  # uvloop when installed (it is with uvicorn[standard])
+        **uvicorn_options(limits or ServerLimits()),
     )

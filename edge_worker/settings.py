@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationIn
 from models.bundle import DEFAULT_REPOSITORY
 from models.errors import NexusError
 from models.families import FAMILIES, Families
+from nexus_service.serving import ServerLimits
+from nexus_wire.datadir import EdgeDataDir
 
 ENV_PREFIX = "NEXUS_"
 # the artifact names of models.bundle.ARTIFACTS
@@ -31,6 +33,8 @@ def default_data_dir() -> Path:
 class EdgeSettings(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    #: the model repository; default: the shipped bundles (read-only), or with ``hub_url`` the data
+    #: dir's ``models`` folder, seeded with them at first start (edge_worker/own_models.py)
     models_dir: Path = DEFAULT_REPOSITORY
     data_dir: Path = Field(default_factory=default_data_dir)
     #: model names served from ``models_dir`` (a name is also the bundle's family); validated
@@ -61,6 +65,19 @@ class EdgeSettings(BaseModel):
     max_texts: int = Field(64, ge=1)
     max_sessions: int = Field(256, ge=1)
     max_body_bytes: int = Field(1_000_000, ge=256)
+    #: requests per model waiting for or in inference, per worker; beyond: 429 with ``Retry-After``
+    max_queued_requests: int = Field(128, ge=1, le=1_000_000)
+
+    #: open connections per worker process (nexus_service/serving.py); beyond: 503 with ``Retry-After``
+    max_connections: int = Field(256, ge=1, le=1_000_000)
+    #: seconds a client has to send a request's headers before the connection is closed
+    header_timeout_s: float = Field(10.0, gt=0, le=3600)
+    #: seconds a client has to send a whole request body; beyond: 408 and the connection is closed
+    body_deadline_s: float = Field(10.0, gt=0, le=3600)
+    #: seconds an idle keep-alive connection stays open
+    keep_alive_s: int = Field(5, ge=1, le=3600)
+    #: bytes of request bodies a worker holds at once (at least max_body_bytes); a body beyond: 503 + ``Retry-After``
+    body_memory_bytes: int = Field(32 << 20, ge=256, le=1 << 40)
 
     #: labelled examples older than this are deleted from the local store
     retention_days: float = Field(30, gt=0)
@@ -104,6 +121,15 @@ class EdgeSettings(BaseModel):
     #: Triton's is 8001); unset: no gRPC. 0: a free port (one worker only)
     grpc_port: int | None = Field(default=None, ge=0, le=65535)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _own_models_dir(cls, values: Any) -> Any:
+        # the hub's rollouts are written into the repository: never the package's, shared by every edge on the host
+        if isinstance(values, dict) and values.get("hub_url") and values.get("models_dir") is None:
+            data_dir = values.get("data_dir") or default_data_dir()
+            values = {**values, "models_dir": EdgeDataDir(Path(data_dir)).models}
+        return values
+
     @field_validator("models_dir", "data_dir", "enroll_token_file")
     @classmethod
     def _absolute(cls, value: Path | None) -> Path | None:
@@ -132,6 +158,15 @@ class EdgeSettings(BaseModel):
         if self.grpc_port == 0 and self.workers > 1:
             raise ValueError("grpc_port 0 (a free port) needs workers 1: the workers must share one port")
         return self
+
+    def server_limits(self) -> ServerLimits:
+        return ServerLimits(
+            max_connections=self.max_connections,
+            header_timeout_s=self.header_timeout_s,
+            body_deadline_s=self.body_deadline_s,
+            keep_alive_s=self.keep_alive_s,
+            body_memory_bytes=max(self.body_memory_bytes, self.max_body_bytes),
+        )
 
     def pool_threads(self) -> int:
         # More threads than cores per process only adds GIL hand-offs: the featurizers are Python.

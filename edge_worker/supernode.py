@@ -11,21 +11,32 @@ It runs with ``--isolation process``: Flower launches no ClientApp itself. The a
 SuperExec secret they share and launches a ClientApp only when the hub key the node pinned at
 enrollment signed its FAB; a refusal is an entry on the node's audit log. The SuperNode and
 its guard start, restart and stop together.
+
+Both run in sessions of their own, so an edge that is SIGKILLed leaves them running; their pids
+are kept in the data dir (``EdgeDataDir.supernode_pid``, ``guard_pid``) and the next start ends
+them, with the guard's ClientApps, before it starts its own: one SuperNode per data dir. It
+ends them rather than adopt them (as the hub adopts its SuperLink): the new edge may join another
+SuperLink, with other tags or another port, a process it did not start cannot be waited on or
+restarted, and a SuperNode is cheap to start and rejoins with a new node id anyway.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from models.errors import NexusError
+from nexus_service.app_guard import MARKER as GUARD_MARKER
 from nexus_service.app_guard import AppGuard, GuardConfig, superexec_secret
-from nexus_service.processes import FlowerProcess
+from nexus_service.processes import FlowerProcess, end_process_tree, recorded_pid
 from nexus_wire.datadir import NODE_CONFIG_DATA_DIR, NODE_CONFIG_NEXUS_NODE, EdgeDataDir
 from nexus_wire.names import NODE_ID, fullmatch
+
+log = logging.getLogger("nexus.edge.supernode")
 
 
 @dataclass(frozen=True)
@@ -83,6 +94,8 @@ class SuperNode(FlowerProcess):
                 config.flwr_home,
             )
         )
+        self.pid_file = data_dir.supernode_pid
+        self.guard.pid_file = data_dir.guard_pid
 
     def command(self) -> list[str]:
         c = self.config
@@ -98,8 +111,25 @@ class SuperNode(FlowerProcess):
             cmd += ["--auth-supernode-private-key", str(c.auth_key)]
         return cmd
 
+    def end_orphans(self) -> None:
+        """End the SuperNode and the app guard (with its ClientApps) an edge killed before it
+        could stop them left on this data dir; the guard first, so no ClientApp starts meanwhile."""
+        ours = {p.pid for p in (self.process, self.guard.process) if p is not None}
+        # both command lines name the data dir's SuperExec secret: a pid reused since, or another
+        # data dir's SuperNode, is left alone
+        here = str(self.layout.superexec_secret).encode()
+        for name, pid_file, marker in (
+            ("app guard", self.layout.guard_pid, GUARD_MARKER),
+            ("SuperNode", self.layout.supernode_pid, self.binary.encode()),
+        ):
+            pid = recorded_pid(pid_file, marker, here)
+            if pid is not None and pid not in ours:
+                log.warning("ending the %s (pid %d) a previous edge process left running on this data dir", name, pid)
+                end_process_tree(pid)
+
     def start(self, ready_timeout: float = 30.0) -> None:
         superexec_secret(self.layout.superexec_secret)
+        self.end_orphans()  # else it holds the port (and the node's place at the SuperLink)
         super().start(ready_timeout)
         assert self.process is not None
         self.guard.start_for(self.process.pid, ready_timeout)

@@ -44,6 +44,7 @@ from models.bundle import (
     MANIFEST,
     SIGNATURE,
     BundleError,
+    in_package,
     install_bundle,
     sha256_file,
     verify_bundle,
@@ -455,6 +456,12 @@ class SyncAgent:
         return applied
 
     async def _install(self, identity: NodeIdentity, model: str, version: str, digest: str) -> None:
+        if in_package(self.repository_dir):
+            # shared by every edge on the host (site-packages when installed): rollouts go to a folder of the node's own
+            raise Refused(
+                f"the model repository {self.repository_dir} is the package's shipped bundles: not written into; "
+                "start the node without --models (its data dir's models folder) or with a --models of its own"
+            )
         key = identity.public_key()
         target = inside(self.repository_dir / model / version, self.repository_dir)
         if target.is_dir() and await asyncio.to_thread(_verifies, target, key):

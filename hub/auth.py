@@ -29,6 +29,10 @@ class AuthError(ApiError):
     """401 (no known credential) or 403 (a credential without the role)."""
 
 
+class RevokedCredential(AuthError):
+    """401 for a node's real but revoked credential: not a guess (no rate-limit token spent)."""
+
+
 @dataclass(frozen=True)
 class Principal:
     role: Role
@@ -53,9 +57,12 @@ def node_credential(node_id: str, secret: str) -> str:
     return f"{NODE_PREFIX}{node_id}.{secret}"
 
 
+ADMIN_HASH_META = "admin_token_sha256"
+
+
 def check_store_admin(store: Store, admin_token: str) -> None:
     """Replicas of one store must share the admin token file, like the signing key."""
-    if store.claim_meta("admin_token_sha256", hash_secret(admin_token)) != hash_secret(admin_token):
+    if store.claim_meta(ADMIN_HASH_META, hash_secret(admin_token)) != hash_secret(admin_token):
         raise NexusError(
             "this store belongs to a hub with another admin token; "
             f"copy {HubDataDir(Path()).admin_token.name} from its data dir"
@@ -65,6 +72,11 @@ def check_store_admin(store: Store, admin_token: str) -> None:
 class Authenticator:
     def __init__(self, store: Store, admin_token: str) -> None:
         self.store = store
+        self.use_admin_token(admin_token)
+
+    def use_admin_token(self, admin_token: str) -> None:
+        """From now on only ``admin_token`` is the admin's (``nexus hub token rotate-admin``)."""
+        self.admin_token = admin_token  # the dashboard derives its session key from it
         self._admin_hash = hash_secret(admin_token)
 
     def identify(self, authorization: str | None) -> Principal:
@@ -77,6 +89,8 @@ class Authenticator:
             node = self.store.get_node(node_id) if node_id and secret else None
             if node is None or not hmac.compare_digest(node.secret_hash, hash_secret(secret)):
                 raise AuthError(401, "unknown node credential")
+            if node.revoked_at is not None:
+                raise RevokedCredential(401, "this node's credential was revoked; enroll it again with a new token")
             return Principal("node", node)
         if hmac.compare_digest(self._admin_hash, hash_secret(token)):
             return Principal("admin")

@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 from hub import cli_tables, flower_login, funnels_cli, rounds_cli
 from hub.client import DEFAULT_URL, OperatorClient, resolve_token
@@ -18,6 +19,7 @@ from hub.settings import DEFAULT_PORT, HubSettings
 from models.errors import NexusError
 from models.output import emit
 from nexus_service.keyfiles import PRIVATE_UMASK
+from nexus_service.serving import ServerLimits, uvicorn_options
 from nexus_wire.datadir import HubDataDir
 
 
@@ -33,6 +35,15 @@ def parse_tags(items: list[str] | None) -> dict[str, str]:
     return tags
 
 
+def _rate_limits(args: argparse.Namespace) -> dict[str, Any]:
+    """The HubSettings fields of --auth-failure-limit and --enroll-failure-limit, when given."""
+    fields: dict[str, Any] = {}
+    for flag, name in ((args.auth_failure_limit, "auth_failure"), (args.enroll_failure_limit, "enroll_failure")):
+        if flag is not None:
+            fields[f"{name}_burst"], fields[f"{name}_per_s"] = int(flag[0]), flag[1]
+    return fields
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -46,6 +57,10 @@ def _serve(args: argparse.Namespace) -> int:
         offline_after_s=args.offline_after,
         poll_interval_s=args.poll_interval,
         thompson_interval_s=args.thompson_interval,
+        body_deadline_s=args.body_deadline,
+        max_connections=args.max_connections,
+        max_upload_bytes=args.max_upload_bytes,
+        **_rate_limits(args),
         **rounds_cli.serve_settings(args),
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -58,7 +73,15 @@ def _serve(args: argparse.Namespace) -> int:
         file=sys.stderr,
         flush=True,
     )
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level="warning", access_log=False)
+    limits = ServerLimits(
+        max_connections=settings.max_connections,
+        header_timeout_s=settings.header_timeout_s,
+        body_deadline_s=settings.body_deadline_s,
+        body_memory_bytes=2 * settings.max_upload_bytes,  # two bundle uploads at once
+    )
+    uvicorn.run(
+        app, host=settings.host, port=settings.port, log_level="warning", access_log=False, **uvicorn_options(limits)
+    )
     return 0
 
 
@@ -72,6 +95,22 @@ def _token_create(args: argparse.Namespace) -> int:
     # The token alone, so `> token.txt` makes the file `edge serve --enroll-token-file` reads.
     # Printed because the operator asked for it; it is one-time and expires.
     emit(result, args.json, result["token"])
+    return 0
+
+
+def _token_rotate_admin(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        result = client.rotate_admin()
+    # the hub wrote the new token to its own data dir; printed only when asked (--json), as
+    # the operator may be on another host (NEXUS_HUB_TOKEN or --token must change too)
+    emit(result, args.json, f"admin token rotated; the new one is in {result['file']} on the hub's host")
+    return 0
+
+
+def _nodes_revoke(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        node = client.revoke_node(args.node_id)
+    emit(node, args.json, cli_tables.nodes_table([node]))
     return 0
 
 
@@ -129,10 +168,37 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     serve.add_argument("--poll-interval", type=float, default=5.0, help="heartbeat/poll interval asked of edges (s)")
     serve.add_argument(
+        "--body-deadline", type=float, default=60.0, help="seconds a client has to send a request body (408 beyond)"
+    )
+    serve.add_argument(
+        "--max-connections", type=int, default=256, help="open connections at once (503 + Retry-After beyond)"
+    )
+    serve.add_argument(
+        "--max-upload-bytes",
+        type=int,
+        default=64 << 20,
+        help="largest bundle push, archive and its extracted files alike (default 64 MiB)",
+    )
+    serve.add_argument(
         "--thompson-interval",
         type=float,
         default=60.0,
         help="seconds between Thompson weight updates of running experiments",
+    )
+    serve.add_argument(
+        "--auth-failure-limit",
+        nargs=2,
+        type=float,
+        metavar=("BURST", "PER_S"),
+        help="wrong credentials (API bearer tokens, dashboard login) per client address: BURST at once, "
+        "then PER_S a second; beyond it 429 (default 10 0.5)",
+    )
+    serve.add_argument(
+        "--enroll-failure-limit",
+        nargs=2,
+        type=float,
+        metavar=("BURST", "PER_S"),
+        help="enrollments with a bad token per client address, the same way (default 20 1)",
     )
     rounds_cli.add_serve_args(serve)
     serve.set_defaults(func=_serve)
@@ -146,12 +212,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     create.add_argument("--ttl", type=float, help="seconds until the token expires (default one day)")
     _operator_args(create)
     create.set_defaults(func=_token_create)
+    rotate = tsub.add_parser(
+        "rotate-admin",
+        help="replace the running hub's admin token (the old one is refused at once; sessions end)",
+    )
+    _operator_args(rotate)
+    rotate.set_defaults(func=_token_rotate_admin)
 
     nodes = hsub.add_parser("nodes", help="enrolled nodes")
     nsub = nodes.add_subparsers(dest="nodes_command", required=True, metavar="ACTION")
     nlist = nsub.add_parser("list", help="nodes with status, tags and loaded models")
     _operator_args(nlist)
     nlist.set_defaults(func=_nodes_list)
+    revoke = nsub.add_parser("revoke", help="end a node's credential: its next request is 401 (enroll it anew)")
+    revoke.add_argument("node_id", metavar="NODE", help="the node's id (see `nodes list`)")
+    _operator_args(revoke)
+    revoke.set_defaults(func=_nodes_revoke)
 
     models = hsub.add_parser("models", help="model registry and rollout")
     msub = models.add_subparsers(dest="models_command", required=True, metavar="ACTION")

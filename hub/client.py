@@ -77,6 +77,12 @@ class OperatorClient:
     def nodes(self) -> list[dict[str, Any]]:
         return self._request("GET", "/v1/nodes")["nodes"]
 
+    def revoke_node(self, node_id: str) -> dict[str, Any]:
+        return self._request("POST", f"/v1/nodes/{node_id}/revoke")
+
+    def rotate_admin(self) -> dict[str, Any]:
+        return self._request("POST", "/v1/admin/rotate")
+
     def push(self, bundle_dir: Path) -> dict[str, Any]:
         if not Path(bundle_dir).is_dir():
             raise NexusError(f"{bundle_dir} is not a bundle directory")

@@ -61,6 +61,19 @@ def totals(state: CounterState) -> dict[CounterKey, int]:
     return {key: sum(nodes.values()) for key, nodes in state.items()}
 
 
+def overflowing(state: CounterState, report: NodeReport, limit: int) -> CounterKey | None:
+    """The first key of ``report`` whose total would pass ``limit`` once merged into ``state``.
+
+    Each count is bounded on the wire; this bounds their sum over nodes, so a total stays
+    exact wherever it is read (hub.bayes works in floats, Redis's Lua in doubles)."""
+    for key, count in sorted(report.counts.items()):
+        nodes = state.get(key, {})
+        others = sum(c for node, c in nodes.items() if node != report.node_id)
+        if others + max(count, nodes.get(report.node_id, 0)) > limit:
+            return key
+    return None
+
+
 def experiment_totals(state: CounterState, experiment_id: str) -> dict[tuple[str, str], int]:
     """``{(variant, step): total}`` for one experiment, the input of hub.bayes."""
     return {

@@ -10,12 +10,19 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from hub.counters import NodeReport
 from hub.funnel_config import Allocation, Experiment, Funnel, Status, Variant, check_id
 from nexus_wire.assignment import ALGORITHM
+from nexus_wire.counters import MAX_COUNT
+
+#: bounded here, checked for its characters by hub/funnel_config.py (``check_id``, 1-64 of them)
+Id = Annotated[str, Field(max_length=64)]
+#: the largest weight: relative weights far past any real split, still far from overflowing a sum
+MAX_WEIGHT = 1e6
 
 
 class _In(BaseModel):
@@ -23,25 +30,25 @@ class _In(BaseModel):
 
 
 class FunnelIn(_In):
-    id: str
-    steps: list[str] = Field(min_length=1)
+    id: Id
+    steps: list[Id] = Field(min_length=1, max_length=64)
 
     def to_funnel(self) -> Funnel:
         return Funnel(id=self.id, steps=tuple(self.steps))
 
 
 class VariantIn(_In):
-    name: str
-    weight: float = 1.0
+    name: Id
+    weight: float = Field(1.0, le=MAX_WEIGHT, allow_inf_nan=False)
 
 
 class ExperimentIn(_In):
-    id: str
-    funnel_id: str
-    variants: list[VariantIn] = Field(min_length=2)
-    decision_step: str
+    id: Id
+    funnel_id: Id
+    variants: list[VariantIn] = Field(min_length=2, max_length=32)
+    decision_step: Id
     allocation: Allocation = Allocation.FIXED
-    salt: str = ""
+    salt: Id = ""
 
     def to_experiment(self, funnel: Funnel) -> Experiment:
         experiment = Experiment(
@@ -57,17 +64,18 @@ class ExperimentIn(_In):
 
 
 class CounterIn(_In):
-    experiment: str
-    variant: str
-    step: str
-    count: int = Field(ge=0)
+    experiment: Id
+    variant: Id
+    step: Id
+    #: a count past 2**63 once reached SQLite as an OverflowError (a 500)
+    count: int = Field(ge=0, le=MAX_COUNT)
 
 
 class NodeReportIn(_In):
     """An edge's absolute local counts; ``counts`` may hold only the keys changed since its last sync."""
 
-    node_id: str
-    counts: list[CounterIn]
+    node_id: Annotated[str, Field(max_length=64)]
+    counts: list[CounterIn] = Field(max_length=4096)
 
     def to_report(self) -> NodeReport:
         check_id("node id", self.node_id)  # it becomes part of a store key too

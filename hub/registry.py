@@ -19,20 +19,22 @@ from __future__ import annotations
 import hashlib
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from hub.archive import pack, read_member, unpack
-from hub.store.base import NodeRecord, RolloutAction, Store, VersionRecord
+from hub.archive import locate_member, pack, unpack
+from hub.store.base import ArchiveReader, NodeRecord, RolloutAction, Store, VersionRecord
 from models.bundle import BundleError, read_manifest, sign_bundle, verify_bundle, version_key, write_manifest
 from models.errors import NexusError
 from nexus_wire.names import MODEL_NAME, VERSION, anchored, fullmatch
 
 DEFAULT_CANARY_PERCENT = 10
+#: bytes per ranged read of a download: what one response holds in memory at a time
+FILE_CHUNK = 1 << 20
 Stage = Literal["canary", "stable"]
 
 
@@ -52,6 +54,17 @@ class Assignment:
     archive_bytes: int
 
 
+@dataclass(frozen=True)
+class BundleFile:
+    """Where one bundle file lies in its version's stored archive, and a reader open on it."""
+
+    model: str
+    version: str
+    offset: int
+    size: int
+    reader: ArchiveReader
+
+
 def bucket(node_id: str, model: str) -> int:
     """A node's stable 0..99 bucket for ``model``: canary percentages select bucket < percent."""
     return int.from_bytes(hashlib.sha256(f"{model}\0{node_id}".encode()).digest()[:8], "big") % 100
@@ -64,12 +77,13 @@ class Registry:
         self.clock = clock
 
     # -- push ---------------------------------------------------------------------------
-    def push(self, archive: bytes) -> tuple[VersionRecord, bool]:
-        """Verify, version, sign and store an uploaded bundle archive; ``(record, created)``."""
+    def push(self, archive: bytes, max_bytes: int | None = None) -> tuple[VersionRecord, bool]:
+        """Verify, version, sign and store an uploaded bundle archive; ``(record, created)``.
+        ``max_bytes`` caps the bundle's files once extracted (an upload's limit)."""
         with tempfile.TemporaryDirectory(prefix="nexus-push-") as tmp:
             bundle_dir = Path(tmp) / "bundle"
             bundle_dir.mkdir()
-            unpack(archive, bundle_dir)
+            unpack(archive, bundle_dir, max_bytes)
             manifest = verify_bundle(bundle_dir).manifest
             name = manifest["name"]
             if not fullmatch(MODEL_NAME, name):
@@ -121,15 +135,35 @@ class Registry:
             raise NotFound(f"unknown model {model!r}")
         return records
 
-    def bundle_file(self, model: str, version: str, name: str) -> bytes:
-        archive = self.store.read_archive(model, version)
-        if archive is None:
-            self.version(model, version)  # raises, naming what is unknown
+    def bundle_file(self, model: str, version: str, name: str) -> BundleFile:
+        """Find a file of a stored bundle by reading its archive's headers, never the whole
+        archive; the caller streams it with :meth:`file_chunks`, which closes the reader."""
+        record = self.version(model, version)  # raises, naming what is unknown
+        reader = self.store.open_archive(model, version)
+        if reader is None:
             raise NotFound(f"no archive for {model} {version}")
-        data = read_member(archive, name)
-        if data is None:
+        try:
+            where = locate_member(reader.read, record.archive_bytes, name)
+        except BaseException:
+            reader.close()
+            raise
+        if where is None:
+            reader.close()
             raise NotFound(f"bundle {model} {version} has no file {name!r}")
-        return data
+        return BundleFile(model, version, *where, reader)
+
+    def file_chunks(self, file: BundleFile) -> Iterator[bytes]:
+        """The file's bytes, :data:`FILE_CHUNK` at a time, each read from the store when asked for."""
+        end = file.offset + file.size
+        try:
+            for start in range(file.offset, end, FILE_CHUNK):
+                want = min(FILE_CHUNK, end - start)
+                data = file.reader.read(start, want)
+                if len(data) != want:
+                    raise NotFound(f"archive of {file.model} {file.version} is shorter than its headers say")
+                yield data
+        finally:
+            file.reader.close()
 
     def summary(self) -> list[dict[str, Any]]:
         out = []

@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from models.families import FAMILIES
+from nexus_wire.counters import MAX_COUNT
 from nexus_wire.heads import HEAD_KEY_ID, HEAD_ROOT, HEAD_SIGNATURE, HEAD_TIME
 from nexus_wire.merkle import MAX_PROOF_HASHES
 from nexus_wire.names import MODEL_NAME, TAG_KEY, TAG_VALUE, VERSION, anchored
@@ -17,6 +18,13 @@ TagValue = Annotated[str, StringConstraints(pattern=anchored(TAG_VALUE))]
 ModelName = Annotated[str, StringConstraints(pattern=anchored(MODEL_NAME))]
 Version = Annotated[str, StringConstraints(pattern=anchored(VERSION))]
 Tags = Annotated[dict[TagKey, TagValue], Field(max_length=16)]
+#: a node's non-negative count (requests, bytes, entries): exact in a float, so in every JSON reader
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+#: a Unix time a node reports: the dashboard turns it into a date, which ends at year 9999;
+#: 2100-01-01 leaves any real clock room and keeps every view's arithmetic finite
+LATEST_TIME = 4_102_444_800.0
+#: requests per second: far above what one node serves, far below where sums lose precision
+MAX_RATE = 1e9
 
 
 class _Body(BaseModel):
@@ -25,7 +33,7 @@ class _Body(BaseModel):
 
 class TokenCreate(_Body):
     tags: Tags = {}
-    ttl_s: float = Field(24 * 3600.0, gt=0, le=30 * 24 * 3600.0)
+    ttl_s: float = Field(24 * 3600.0, gt=0, le=30 * 24 * 3600.0, allow_inf_nan=False)
 
 
 class Enroll(_Body):
@@ -59,16 +67,16 @@ class Heartbeat(_Body):
 
     models: Annotated[dict[ModelName, Version], Field(max_length=64)] = {}
     health: Literal["ok", "degraded", "starting", "unhealthy"]
-    request_rate: float = Field(0.0, ge=0)
-    queue_depth: int = Field(0, ge=0)
+    request_rate: float = Field(0.0, ge=0, le=MAX_RATE, allow_inf_nan=False)
+    queue_depth: Count = 0
     #: assigned bundles this node currently refuses (failed verification)
-    bundle_refusals: int = Field(0, ge=0)
-    sync_errors: int = Field(0, ge=0)
+    bundle_refusals: Count = 0
+    sync_errors: Count = 0
     #: the node's audit log (the dashboard's Privacy page); absent until the node reports them
-    bytes_sent: int | None = Field(None, ge=0)
-    audit_entries: int | None = Field(None, ge=0)
+    bytes_sent: Count | None = None
+    audit_entries: Count | None = None
     audit_ok: bool | None = None
-    audit_verified_at: float | None = Field(None, ge=0)
+    audit_verified_at: float | None = Field(None, ge=0, le=LATEST_TIME, allow_inf_nan=False)
     #: the hub keeps the largest head per node and flags a later smaller or different one
     audit_head: AuditHead | None = None
     #: proves ``audit_head`` extends the head the hub holds (hub/audit_heads.py)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from nexus_service.rate_limit import WRONG_CREDENTIALS_BURST, WRONG_CREDENTIALS_PER_S
 from nexus_wire.datadir import HubDataDir
 
 DEFAULT_PORT = 8700
@@ -23,6 +24,23 @@ class HubSettings(BaseModel):
     poll_interval_s: float = Field(5.0, gt=0)
     max_upload_bytes: int = Field(64 << 20, gt=0)
     enroll_token_ttl_s: float = Field(24 * 3600.0, gt=0)
+
+    # -- server bounds (nexus_service/serving.py; docs/deploy.md) -------------------------
+    #: open connections at once; beyond: 503 with Retry-After
+    max_connections: int = Field(256, ge=1, le=1_000_000)
+    #: seconds a client has to send a request's headers before the connection is closed
+    header_timeout_s: float = Field(10.0, gt=0, le=3600)
+    #: seconds a client has to send a whole body (408 beyond): room for a bundle of max_upload_bytes
+    body_deadline_s: float = Field(60.0, gt=0, le=3600)
+
+    # -- rate limits per client address (nexus_service/rate_limit.py; docs/hub.md) ---------
+    #: wrong credentials (a bearer token on the API, the admin token at the dashboard login):
+    #: this many at once, then ``auth_failure_per_s`` a second; beyond it 429 with Retry-After
+    auth_failure_burst: int = Field(WRONG_CREDENTIALS_BURST, ge=1, le=1_000_000)
+    auth_failure_per_s: float = Field(WRONG_CREDENTIALS_PER_S, gt=0, le=1_000_000)
+    #: enrollments with an unknown, used or expired token, the same way
+    enroll_failure_burst: int = Field(20, ge=1, le=1_000_000)
+    enroll_failure_per_s: float = Field(1.0, gt=0, le=1_000_000)
 
     # -- funnels (hub/api/funnels.py) -----------------------------------------------------
     #: seconds between Thompson weight updates of running ``thompson`` experiments

@@ -33,10 +33,19 @@ BACKENDS = tuple(ARTIFACTS)
 #: the committed default bundles: models/bundles/<family>/<version>/
 DEFAULT_REPOSITORY = Path(__file__).resolve().parent / "bundles"
 _CHUNK = 1 << 20
+#: manifests are a few levels deep; a deeper one is refused before anything walks it
+MAX_MANIFEST_DEPTH = 32
 
 
 class BundleError(NexusError):
     """A bundle is missing, malformed, tampered with or wrongly signed."""
+
+
+def in_package(repository: Path) -> bool:
+    """Whether ``repository`` is (or lies inside) the shipped bundles: read-only for a running
+    node, since every edge on the host (and an installed package's site-packages) shares them."""
+    resolved = Path(repository).resolve()
+    return resolved == DEFAULT_REPOSITORY or resolved.is_relative_to(DEFAULT_REPOSITORY)
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,18 @@ def version_key(version: str) -> tuple[int, str]:
     return (int(version), "") if version.isdigit() else (-1, version)
 
 
+def _depth(value: Any, limit: int) -> int:
+    """How deep ``value`` nests, counting no further than ``limit + 1`` (iterative: no recursion)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (dict, list)):
+            deepest = max(deepest, depth)
+            if depth <= limit:
+                stack.extend((child, depth + 1) for child in (item.values() if isinstance(item, dict) else item))
+    return deepest
+
+
 def read_manifest(bundle_dir: Path) -> dict[str, Any]:
     path = Path(bundle_dir) / MANIFEST
     try:
@@ -79,6 +100,8 @@ def read_manifest(bundle_dir: Path) -> dict[str, Any]:
         raise BundleError(f"{bundle_dir}: no {MANIFEST}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{path}: not valid JSON ({exc})") from None
+    except RecursionError:  # nested past the parser's stack, far deeper than any real manifest
+        raise BundleError(f"{path}: manifest nests deeper than {MAX_MANIFEST_DEPTH} levels") from None
     if not isinstance(manifest, dict):
         raise BundleError(f"{path}: manifest must be a JSON object")
     for key in ("format", "name", "version", "files"):
@@ -86,8 +109,16 @@ def read_manifest(bundle_dir: Path) -> dict[str, Any]:
             raise BundleError(f"{path}: manifest lacks {key!r}")
     if manifest["format"] != FORMAT:
         raise BundleError(f"{path}: unsupported format {manifest['format']!r} (expected {FORMAT})")
+    if _depth(manifest, MAX_MANIFEST_DEPTH) > MAX_MANIFEST_DEPTH:
+        raise BundleError(f"{path}: manifest nests deeper than {MAX_MANIFEST_DEPTH} levels")
+    for key in ("name", "version"):
+        if not isinstance(manifest[key], str):
+            raise BundleError(f"{path}: manifest {key!r} must be a string")
     if not isinstance(manifest["files"], dict) or not manifest["files"]:
         raise BundleError(f"{path}: manifest 'files' must name at least one file")
+    for name, entry in manifest["files"].items():
+        if not (isinstance(entry, dict) and type(entry.get("bytes")) is int and isinstance(entry.get("sha256"), str)):
+            raise BundleError(f"{path}: manifest 'files' entry {name!r} must be an object with 'sha256' and 'bytes'")
     return manifest
 
 
@@ -156,6 +187,8 @@ def install_bundle(src: Path, repository: Path, public_key: Ed25519PublicKey | N
     The bundle is copied to a temporary sibling first and renamed into place, so a
     reader scanning the repository never sees a half-written version.
     """
+    if in_package(repository):
+        raise BundleError(f"refused to install {src} into the shipped bundles {DEFAULT_REPOSITORY}")
     bundle = verify_bundle(src, public_key)
     if not (fullmatch(MODEL_NAME, bundle.name) and fullmatch(VERSION, bundle.version)):
         raise BundleError(f"{src}: manifest name and version must match {MODEL_NAME} and {VERSION}")

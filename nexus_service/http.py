@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import anyio
 import anyio.to_thread
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from pydantic import BaseModel, ValidationError
@@ -32,6 +33,12 @@ M = TypeVar("M", bound=BaseModel)
 _MAX_LISTED = 5
 #: bodies beyond this are not drained after the app answered: the receipt then covers what was read
 DRAIN_LIMIT = 1 << 20
+#: the scope key of a request's body deadline in seconds, and its value when no server set one
+BODY_DEADLINE_KEY = "nexus.body_deadline_s"
+BODY_DEADLINE_S = 10.0
+#: the scope key of the bytes of request bodies one process holds at once, and its default
+BODY_MEMORY_KEY = "nexus.body_memory_bytes"
+BODY_MEMORY_BYTES = 32 << 20
 #: an HTTP status, or a status and the headers to answer with (``Retry-After`` on a 503)
 ErrorStatus = int | tuple[int, Mapping[str, str]]
 
@@ -39,10 +46,23 @@ ErrorStatus = int | tuple[int, Mapping[str, str]]
 class ApiError(NexusError):
     """A refusal with its HTTP status; the message is what the caller reads."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.headers = headers  # e.g. a 429's Retry-After
+
+
+class ClientAborted(ClientDisconnect):
+    """The client went away before its body was all sent: not an error of ours, one INFO line."""
+
+    def __init__(self, received: int) -> None:
+        super().__init__(f"client went away after {received} bytes of the body")
+        self.received = received
+
+
+#: what the request metrics count an abort as (nginx's "client closed request"); nobody reads it
+ABORTED = 499
 
 
 def error_response(status: int, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
@@ -60,13 +80,54 @@ def describe(exc: ValidationError) -> str:
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with 413 as soon as it passes ``limit`` bytes (before parsing)."""
+    """The request body, refused with 413 as soon as it passes ``limit`` bytes (before parsing),
+    with 408 when it has not all arrived within the server's body deadline (the scope's
+    :data:`BODY_DEADLINE_KEY`, set by :mod:`nexus_service.serving`), and with 503 +
+    ``Retry-After`` while the bodies being read already hold the process's body memory
+    (:data:`BODY_MEMORY_KEY`): clients that stall mid-body must hold neither their
+    connections nor, together, more memory than that."""
+    deadline = request.scope.get(BODY_DEADLINE_KEY, BODY_DEADLINE_S)
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
             raise ApiError(400, "Content-Length header is not a number")
         if int(declared) > limit:
             raise ApiError(413, f"body of {declared} bytes exceeds the limit of {limit} bytes")
+    reservation = _Reservation(request.scope.get(BODY_MEMORY_KEY, BODY_MEMORY_BYTES))
+    try:
+        reservation.take(int(declared) if declared is not None else 0)
+        with anyio.fail_after(deadline):
+            return await _read_body(request, limit, reservation)
+    except TimeoutError:
+        raise ApiError(408, f"body not received within {deadline:g} s", {"Connection": "close"}) from None
+    finally:
+        reservation.release()
+
+
+class _Reservation:
+    """One body's share of the process's body memory (bytes reserved as they are declared or arrive)."""
+
+    held = 0  # every body's, in this process (one event loop: no lock needed)
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.size = 0
+
+    def take(self, size: int) -> None:
+        if size <= self.size:
+            return
+        more = size - self.size
+        if _Reservation.held + more > self.budget:
+            raise ApiError(503, "server busy reading other request bodies; retry later", {"Retry-After": "1"})
+        _Reservation.held += more
+        self.size = size
+
+    def release(self) -> None:
+        _Reservation.held -= self.size
+        self.size = 0
+
+
+async def _read_body(request: Request, limit: int, reservation: _Reservation) -> bytes:
     # Reads ASGI messages directly: Request.stream() is an async generator, and asyncio's
     # bookkeeping of one generator per request cost more CPU than the rest of the parsing.
     chunks = []
@@ -74,11 +135,12 @@ async def read_body(request: Request, limit: int) -> bytes:
     while True:
         message = await request.receive()
         if message["type"] == "http.disconnect":
-            raise ClientDisconnect()
+            raise ClientAborted(size)
         chunk = message.get("body", b"")
         size += len(chunk)
         if size > limit:
             raise ApiError(413, f"body exceeds the limit of {limit} bytes")
+        reservation.take(size)
         chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
@@ -118,7 +180,7 @@ def exception_handlers(
 
     async def api_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
-        return error_response(exc.status, exc.message)
+        return error_response(exc.status, exc.message, exc.headers)
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
@@ -138,6 +200,12 @@ def exception_handlers(
 
         return handler
 
+    async def client_gone(request: Request, exc: Exception) -> Response:
+        # Starlette's own readers (request.body(), .form()) raise a bare ClientDisconnect
+        received = exc.received if isinstance(exc, ClientAborted) else "?"
+        log.info("client aborted %s %s after %s bytes of the body", request.method, request.url.path, received)
+        return Response(status_code=ABORTED)  # uvicorn drops it: the connection is gone
+
     async def internal(request: Request, exc: Exception) -> Response:
         log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
         return error_response(500, f"internal error; see the {service}'s log")
@@ -148,7 +216,9 @@ def exception_handlers(
         handlers[kind] = mapped(code, headers)
     # Starlette picks the handler of the nearest class in the exception's MRO, so these win
     # over a service mapping of NexusError as a whole
-    handlers.update({ApiError: api_error, HTTPException: http_error, Exception: internal})
+    handlers.update(
+        {ApiError: api_error, HTTPException: http_error, ClientDisconnect: client_gone, Exception: internal}
+    )
     return handlers
 
 

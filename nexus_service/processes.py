@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 from models.errors import NexusError
+from nexus_service.keyfiles import write_private
 
 
 def flower_env(flwr_home: Path) -> dict[str, str]:
@@ -69,6 +70,17 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def recorded_pid(pid_file: Path, *markers: bytes) -> int | None:
+    """The pid in ``pid_file`` when that process is alive and its command line holds every one of
+    ``markers`` (pids get reused: a bare pid may by now be someone else's process)."""
+    try:
+        pid = int(pid_file.read_text())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return None
+    return pid if cmdline and all(marker in cmdline for marker in markers) else None
+
+
 def end_process_tree(pid: int, timeout: float = 10.0, kill: bool = False) -> None:
     """SIGTERM ``pid``'s process group and every descendant; SIGKILL what is left after ``timeout``."""
     tree = [pid, *descendants(pid)]
@@ -117,6 +129,9 @@ class FlowerProcess:
         self.port = port
         self.process: subprocess.Popen[bytes] | None = None
         self.restarts = 0
+        #: where the child's pid is written as soon as it starts (before it is ready), so that a
+        #: successor finds it after this process is SIGKILLed; None: nowhere
+        self.pid_file: Path | None = None
 
     def command(self) -> list[str]:
         raise NotImplementedError
@@ -138,6 +153,8 @@ class FlowerProcess:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
+        if self.pid_file is not None:
+            write_private(self.pid_file, str(self.process.pid).encode())
         self.wait_ready(ready_timeout)
 
     @property

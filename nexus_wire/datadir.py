@@ -77,6 +77,10 @@ class EdgeDataDir:
     def privacy_budget_lock(self) -> Path:  # flock'ed by every process that reads or spends the budget
         return self.root / "privacy-budget.json.lock"
 
+    @property
+    def models(self) -> Path:  # folder: the model repository of a node with a hub (no --models): its rollouts go here
+        return self.root / "models"
+
     # -- the link to the hub
     @property
     def identity(self) -> Path:  # node id, node secret, the hub key pinned at enrollment, tags (JSON)
@@ -118,6 +122,14 @@ class EdgeDataDir:
     @property
     def guard_log(self) -> Path:  # the app guard's stdout and stderr, with its ClientApp processes'
         return self.root / "app-guard.log"
+
+    @property
+    def supernode_pid(self) -> Path:  # pid of the running SuperNode: a restarted edge ends one a killed edge left
+        return self.root / "supernode.pid"
+
+    @property
+    def guard_pid(self) -> Path:  # pid of the SuperNode's running app guard, ended with an orphaned SuperNode
+        return self.root / "app-guard.pid"
 
     # -- metrics
     @property
@@ -225,6 +237,10 @@ class HubDataDir:
     @property
     def admin_token(self) -> Path:  # the operator's bearer token for the admin API, CLI and dashboard
         return self.root / "admin.token"
+
+    @property
+    def admin_token_next(self) -> Path:  # the token a rotate-admin is installing (renamed onto admin_token)
+        return self.root / "admin.token.next"
 
     @property
     def store(self) -> Path:  # the embedded state store (SQLite), when no --store is given

@@ -84,17 +84,18 @@ class RunConfig(BaseModel):
         Key(None, api=True, flag="--deadline", help="seconds the whole run may take before it is failed"),
     ] = 1800.0
     #: 0: the family's default learning rate
-    lr: Annotated[float, Field(ge=0, allow_inf_nan=False), Key("lr")] = 0.0
-    proximal_mu: Annotated[float, Field(ge=0, allow_inf_nan=False), Key("proximal-mu")] = 0.01
-    max_update_norm: Annotated[float, Field(gt=0, allow_inf_nan=False), Key("max-update-norm")] = 1e4
-    seed: Annotated[int, Field(ge=0), Key("seed", help="seed of data splits, shuffles and noise")] = 0
+    lr: Annotated[float, Field(ge=0, le=100.0, allow_inf_nan=False), Key("lr")] = 0.0
+    proximal_mu: Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False), Key("proximal-mu")] = 0.01
+    max_update_norm: Annotated[float, Field(gt=0, le=1e12, allow_inf_nan=False), Key("max-update-norm")] = 1e4
+    #: numpy's legacy seeds end at 2**32 - 1 (and Flower's config ints at 2**63 - 1)
+    seed: Annotated[int, Field(ge=0, le=2**32 - 1), Key("seed", help="seed of data splits, shuffles and noise")] = 0
     #: a bundle folder, or a JSON model spec (weights are then initialised)
-    base: Annotated[str, Key("base")] = ""
+    base: Annotated[str, StringConstraints(max_length=4096), Key("base")] = ""
     #: the final arrays (.npz); the per-round summary goes beside it (.json)
-    output_path: Annotated[str, Key("output-path")] = ""
+    output_path: Annotated[str, StringConstraints(max_length=4096), Key("output-path")] = ""
     #: differential privacy of each node's update (federated/audit_mod.py): 0 = off
-    dp_noise_multiplier: Annotated[float, Field(ge=0, allow_inf_nan=False), Key("dp-noise-multiplier")] = 0.0
-    dp_clipping_norm: Annotated[float, Field(gt=0, allow_inf_nan=False), Key("dp-clipping-norm")] = 1.0
+    dp_noise_multiplier: Annotated[float, Field(ge=0, le=1e3, allow_inf_nan=False), Key("dp-noise-multiplier")] = 0.0
+    dp_clipping_norm: Annotated[float, Field(gt=0, le=1e12, allow_inf_nan=False), Key("dp-clipping-norm")] = 1.0
 
     @property
     def dp_enabled(self) -> bool:

@@ -21,7 +21,7 @@ from starlette.routing import Route
 
 from hub.auth import AuthError, Principal
 from hub.bayes import experiment_results, noise_seed_for, thompson_weights
-from hub.counters import experiment_totals
+from hub.counters import experiment_totals, overflowing
 from hub.funnel_config import (
     Allocation,
     Experiment,
@@ -40,7 +40,7 @@ from hub.registry import Conflict, NotFound
 from hub.state import JSON_BODY_LIMIT, Endpoint, Hub, endpoint, store_call
 from hub.store.base import ExperimentRecord, Store
 from nexus_service.http import ApiError, offload, parse_body
-from nexus_wire.counters import CounterKey, counter_keys
+from nexus_wire.counters import MAX_COUNT, CounterKey, counter_keys
 
 log = logging.getLogger("nexus.hub.funnels")
 #: a weight change smaller than this is not worth a new config version (edges re-pull on every
@@ -122,6 +122,14 @@ def merge_report(store: Store, node_id: str, body: NodeReportIn) -> int:
     unknown = [key for key in report.counts if key not in allowed]
     if unknown:
         raise ApiError(422, f"counter key {unknown[0]} is not an (experiment, variant, step) of a published experiment")
+    # Not atomic with the merge: replicas racing could pass the bound together, by at most
+    # one report each; the bound is for exactness, and every count is also bounded alone.
+    state: dict[CounterKey, dict[str, int]] = {}
+    for experiment in {key[0] for key in report.counts}:
+        state.update(store.counter_state(experiment))
+    too_large = overflowing(state, report, MAX_COUNT)
+    if too_large is not None:
+        raise ApiError(422, f"counts.count: the total of {too_large} would exceed {MAX_COUNT} (2**53 - 1)")
     store.merge_counters(report.node_id, report.counts)
     return len(report.counts)
 

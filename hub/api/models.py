@@ -7,23 +7,31 @@ Pushes and bundle downloads (megabytes hashed, signed, tarred) always run in a t
 from __future__ import annotations
 
 import logging
+import re
+import tempfile
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from hub import schemas
 from hub.auth import Principal
 from hub.state import JSON_BODY_LIMIT, Hub, endpoint, store_call
+from models.bundle import BundleError
 from nexus_service.http import offload, parse_body, read_body
 
 log = logging.getLogger("nexus.hub")
+#: where hub.registry unpacks a push: the pusher's error names its bundle, not the hub's disk
+_PUSH_DIR = re.compile(re.escape(tempfile.gettempdir()) + r"/nexus-push-[^/\s]+/?")
 
 
 @endpoint("admin")
 async def push_model(request: Request, hub: Hub, principal: Principal) -> Response:
     data = await read_body(request, hub.settings.max_upload_bytes)
-    record, created = await offload(hub.registry.push, data)
+    try:
+        record, created = await offload(hub.registry.push, data, hub.settings.max_upload_bytes)
+    except BundleError as exc:
+        raise BundleError(_PUSH_DIR.sub("", str(exc))) from None
     log.info("push %s %s (created=%s)", record.model, record.version, created)
     return JSONResponse(
         {
@@ -49,8 +57,14 @@ async def show_model(request: Request, hub: Hub, principal: Principal) -> Respon
 @endpoint("node", "admin")
 async def bundle_file(request: Request, hub: Hub, principal: Principal) -> Response:
     p = request.path_params
-    data = await offload(hub.registry.bundle_file, p["model"], p["version"], p["name"])
-    return Response(data, media_type="application/octet-stream")
+    file = await offload(hub.registry.bundle_file, p["model"], p["version"], p["name"])
+    # Streamed from the store chunk by chunk (each read in a worker thread): a large bundle
+    # to many nodes at once costs a chunk per response, not the archive per request.
+    return StreamingResponse(
+        hub.registry.file_chunks(file),
+        media_type="application/octet-stream",
+        headers={"Content-Length": str(file.size)},
+    )
 
 
 @endpoint("admin")

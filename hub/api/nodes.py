@@ -17,9 +17,11 @@ from starlette.routing import Route
 
 from hub import audit_heads, schemas
 from hub.auth import AuthError, Principal, hash_secret, new_secret
+from hub.registry import NotFound
 from hub.state import JSON_BODY_LIMIT, Hub, endpoint, public, store_call
 from hub.store.base import NodeRecord
 from nexus_service.http import parse_body, sign_receipt_for
+from nexus_service.rate_limit import client_address
 from nexus_wire.heads import canonical_json
 from nexus_wire.signed_assignments import sign_document
 
@@ -33,7 +35,8 @@ def node_view(node: NodeRecord, now: float, offline_after_s: float) -> dict[str,
         "tags": node.tags,
         "enrolled_at": node.enrolled_at,
         "last_seen": node.last_seen,
-        "status": "online" if online else "offline",
+        "status": "revoked" if node.revoked_at is not None else "online" if online else "offline",
+        "revoked_at": node.revoked_at,
         "heartbeat": node.heartbeat,
     }
 
@@ -41,8 +44,11 @@ def node_view(node: NodeRecord, now: float, offline_after_s: float) -> dict[str,
 @public
 async def enroll(request: Request, hub: Hub) -> Response:
     body = await parse_body(request, schemas.Enroll, JSON_BODY_LIMIT)
+    address = client_address(request)
+    hub.enroll_failures.check(address)  # an address that guessed too often: 429 before it guesses again
     tags = await store_call(hub.store, hub.store.take_enroll_token, hash_secret(body.token), hub.clock())
     if tags is None:
+        hub.enroll_failures.spend(address)
         raise AuthError(401, "enrollment token is unknown, used or expired")
     node_id = "n-" + uuid.uuid4().hex[:16]
     secret = new_secret()
@@ -110,10 +116,21 @@ async def list_nodes(request: Request, hub: Hub, principal: Principal) -> Respon
     return JSONResponse({"nodes": [node_view(n, now, hub.settings.offline_after_s) for n in nodes]})
 
 
+@endpoint("admin")
+async def revoke_node(request: Request, hub: Hub, principal: Principal) -> Response:
+    node_id = request.path_params["node_id"]
+    node = await store_call(hub.store, hub.store.revoke_node, node_id, hub.clock())
+    if node is None:
+        raise NotFound(f"no node {node_id}")
+    log.info("revoked node %s", node_id)
+    return JSONResponse(node_view(node, hub.clock(), hub.settings.offline_after_s))
+
+
 def routes() -> list[Route]:
     return [
         Route("/v1/enroll", enroll, methods=["POST"]),
         Route("/v1/nodes/me/heartbeat", heartbeat, methods=["POST"]),
         Route("/v1/nodes/me/assignments", my_assignments),
         Route("/v1/nodes", list_nodes),
+        Route("/v1/nodes/{node_id}/revoke", revoke_node, methods=["POST"]),
     ]

@@ -1,8 +1,10 @@
 """The operator dashboard: server-rendered pages under ``/dashboard``, behind the admin token.
 
 Login exchanges the admin token for a session cookie (HttpOnly, SameSite=Strict; see
-:mod:`hub.dashboard.session`). Each form carries the session's CSRF token, which every
-POST must echo, from the hub's own origin. Pages render with Jinja2 (autoescaping on)
+:mod:`hub.dashboard.session`); wrong tokens spend the address's wrong-credential tokens
+(``Hub.auth_failures``, shared with the API), and logout ends the session in the store.
+Each form carries the session's CSRF token, which every POST must echo, from the hub's own
+origin. Pages render with Jinja2 (autoescaping on)
 from :mod:`hub.dashboard.views`; chart data travels in ``<script type="application/json">``
 blocks, so the CSP can forbid inline scripts.
 """
@@ -22,7 +24,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from hub.auth import AuthError, load_or_create_admin_token
+from hub.auth import AuthError
 from hub.dashboard.session import SESSION_TTL_S, Session, Sessions
 from hub.dashboard.views import funnels_view, models_view, nbytes, nodes_view, number, privacy_view, rounds_view
 from hub.registry import DEFAULT_CANARY_PERCENT
@@ -30,6 +32,7 @@ from hub.schemas import StartRun
 from hub.state import Hub, store_call
 from models.errors import NexusError
 from nexus_service.http import offload, read_body
+from nexus_service.rate_limit import RateLimited, client_address
 from nexus_wire.runconfig import RunConfig
 
 HERE = Path(__file__).resolve().parent
@@ -70,9 +73,22 @@ Page = Callable[[Request, Session], Awaitable[Response]]
 class Dashboard:
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
-        self.sessions = Sessions(load_or_create_admin_token(hub.settings.data_dir), hub.clock)
+        self._sessions = Sessions(hub.auth.admin_token, hub.clock)
         self.env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(default=True))
         self.env.filters.update(number=number, bytes=nbytes)
+
+    @property
+    def sessions(self) -> Sessions:
+        """Keyed by the admin token: a rotated token ends every session."""
+        if self._sessions.admin_token != self.hub.auth.admin_token:
+            self._sessions = Sessions(self.hub.auth.admin_token, self.hub.clock)
+        return self._sessions
+
+    async def _session(self, request: Request) -> Session | None:
+        session = self.sessions.read(request.cookies.get(COOKIE))
+        if session is None or await store_call(self.hub.store, self.hub.store.session_ended, session.session_id):
+            return None
+        return session
 
     def render(
         self, request: Request, template: str, session: Session | None, status: int = 200, **context: Any
@@ -91,7 +107,7 @@ class Dashboard:
         POSTs must carry the session's CSRF token and come from our own origin."""
 
         async def run(request: Request) -> Response:
-            session = self.sessions.read(request.cookies.get(COOKIE))
+            session = await self._session(request)
             if session is None:
                 if request.method != "GET":
                     return JSONResponse(
@@ -133,12 +149,20 @@ class Dashboard:
     async def login(self, request: Request) -> Response:
         if not _same_origin(request):
             return JSONResponse({"error": "cross-origin login refused"}, status_code=403, headers=SECURITY_HEADERS)
+        address = client_address(request)
+        try:
+            self.hub.auth_failures.check(address)
+        except RateLimited as exc:
+            refused = self.render(request, "login.html", None, status=429, title="Log in", login_error=exc.message)
+            refused.headers["Retry-After"] = str(exc.retry_after_s)
+            return refused
         token = (await _form(request)).get("token", "").strip()
         try:
             principal = await store_call(self.hub.store, self.hub.auth.identify, f"Bearer {token}")
         except AuthError:
             principal = None
         if principal is None or principal.role != "admin":
+            self.hub.auth_failures.spend(address)
             return self.render(
                 request,
                 "login.html",
@@ -160,6 +184,8 @@ class Dashboard:
         return response
 
     async def logout(self, request: Request, session: Session) -> Response:
+        expires_at = self.sessions.expires_at(session)
+        await store_call(self.hub.store, self.hub.store.end_session, session.session_id, expires_at, self.hub.clock())
         response = RedirectResponse(f"{PREFIX}/login", status_code=303, headers=SECURITY_HEADERS)
         response.delete_cookie(COOKIE, path=PREFIX, httponly=True, samesite="strict")
         return response

@@ -1,7 +1,7 @@
-"""Dashboard sessions without a session store: the cookie is an HMAC under a key derived
-from the admin token, so every hub replica sharing the token accepts it and rotating the
-token ends every session. The CSRF token and the one-shot flash message are HMACs under
-the same key."""
+"""Dashboard sessions: the cookie is an HMAC under a key derived from the admin token, so
+every hub replica sharing the token accepts it and rotating the token ends every session.
+The store remembers only the sessions ended at logout, until they would have expired. The
+CSRF token and the one-shot flash message are HMACs under the same key."""
 
 from __future__ import annotations
 
@@ -31,6 +31,7 @@ class Flash:
 
 class Sessions:
     def __init__(self, admin_token: str, clock: Callable[[], float] = time.time) -> None:
+        self.admin_token = admin_token
         self._key = hmac.new(admin_token.encode(), b"nexus-dashboard-session/1", hashlib.sha256).digest()
         self.clock = clock
 
@@ -52,6 +53,11 @@ class Sessions:
         if not issued.isdigit() or self.clock() - int(issued) > SESSION_TTL_S:
             return None
         return Session(body, self._mac("csrf", body))
+
+    @staticmethod
+    def expires_at(session: Session) -> float:
+        """When its cookie stops being accepted anyway (how long a logout must be remembered)."""
+        return int(session.session_id.partition(".")[0]) + SESSION_TTL_S
 
     def sign_flash(self, message: str, ok: bool) -> str:
         body = base64.urlsafe_b64encode(json.dumps([message, ok]).encode()).decode()

@@ -34,7 +34,12 @@ def ago(then: float | None, now: float) -> str:
 
 
 def iso(t: float | None) -> str:
-    return "" if t is None else datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    if t is None:
+        return ""
+    try:
+        return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+    except (OverflowError, ValueError, OSError):  # a time stored before the hub bounded them
+        return "?"
 
 
 def _clock(t: float) -> str:
@@ -93,7 +98,8 @@ def nodes_view(hub: Hub, now: float) -> list[dict[str, Any]]:
         rows.append(
             {
                 "node": node,
-                "online": online,
+                "online": online and node.revoked_at is None,
+                "revoked": node.revoked_at is not None,
                 "health": beat.get("health", "–"),
                 "loaded": loaded,
                 "assigned": assigned,

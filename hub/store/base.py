@@ -35,6 +35,8 @@ class NodeRecord:
     enrolled_at: float
     last_seen: float | None = None
     heartbeat: dict[str, Any] | None = None
+    #: when ``nexus hub nodes revoke`` ended its credential (its requests are 401 from then on)
+    revoked_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,23 @@ class RunRecord:
         object.__setattr__(self, "participants", sorted({str(n) for n in self.participants}))
 
 
+class ArchiveReader(ABC):
+    """Ranged reads of one stored archive; close it when done (a context manager)."""
+
+    @abstractmethod
+    def read(self, offset: int, length: int) -> bytes:
+        """Up to ``length`` bytes from ``offset`` (fewer at the end)."""
+
+    def close(self) -> None:
+        return None
+
+    def __enter__(self) -> ArchiveReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class Store(ABC):
     #: True when calls may wait on the network: the HTTP layer then runs them in threads
     network_io: bool = False
@@ -144,6 +163,22 @@ class Store(ABC):
     @abstractmethod
     def claim_meta(self, key: str, value: str) -> str:
         """Set ``key`` unless it is set; return the stored value (first writer wins)."""
+
+    @abstractmethod
+    def get_meta(self, key: str) -> str | None: ...
+
+    @abstractmethod
+    def swap_meta(self, key: str, old: str, new: str) -> bool:
+        """Compare-and-set: ``key`` becomes ``new`` only if it holds ``old``; whether it did."""
+
+    # -- dashboard sessions ended before they expired (logout) --------------------------
+    @abstractmethod
+    def end_session(self, session_id: str, expires_at: float, now: float) -> None:
+        """Remember ``session_id`` as ended until ``expires_at`` (its cookie is refused by
+        then anyway); forget sessions that expired before ``now``."""
+
+    @abstractmethod
+    def session_ended(self, session_id: str) -> bool: ...
 
     # -- enrollment --------------------------------------------------------------------
     @abstractmethod
@@ -166,6 +201,10 @@ class Store(ABC):
     @abstractmethod
     def record_heartbeat(self, node_id: str, at: float, heartbeat: dict[str, Any]) -> None: ...
 
+    @abstractmethod
+    def revoke_node(self, node_id: str, at: float) -> NodeRecord | None:
+        """Mark the node revoked (the first time is kept); the record, ``None`` when unknown."""
+
     # -- registry ----------------------------------------------------------------------
     @abstractmethod
     def add_version(self, record: VersionRecord, archive: bytes) -> bool:
@@ -183,6 +222,18 @@ class Store(ABC):
 
     @abstractmethod
     def read_archive(self, model: str, version: str) -> bytes | None: ...
+
+    @abstractmethod
+    def read_archive_range(self, model: str, version: str, offset: int, length: int) -> bytes | None:
+        """Up to ``length`` bytes of a version's archive from ``offset`` (fewer at its end),
+        reading only those; ``None`` when there is no such archive."""
+
+    def open_archive(self, model: str, version: str) -> ArchiveReader | None:
+        """A reader for many ranges of one archive (a download reads one member in chunks);
+        a store whose every range read costs a fresh lookup keeps a handle open instead."""
+        if self.read_archive_range(model, version, 0, 0) is None:
+            return None
+        return _RangeArchive(self, model, version)
 
     # -- rollout log -------------------------------------------------------------------
     @abstractmethod
@@ -255,3 +306,14 @@ class Store(ABC):
     @abstractmethod
     def list_rounds(self, run_id: str) -> list[dict[str, Any]]:
         """In round order."""
+
+
+class _RangeArchive(ArchiveReader):
+    def __init__(self, store: Store, model: str, version: str) -> None:
+        self.store, self.model, self.version = store, model, version
+
+    def read(self, offset: int, length: int) -> bytes:
+        data = self.store.read_archive_range(self.model, self.version, offset, length)
+        if data is None:
+            raise StoreUnavailable(f"archive of {self.model} {self.version} vanished while being read")
+        return data

@@ -6,6 +6,7 @@ download without a shared filesystem. The cost is memory: each version's archive
 
 Keys (all under a prefix, ``nexus:hub:`` unless the URL says ``?prefix=``):
 ``meta`` hash; ``enroll:<hash>`` string with a TTL; ``nodes`` set, ``node:<id>`` hash;
+``ended_session:<id>`` string with a TTL (a dashboard session ended at logout);
 ``models`` set, ``versions:<model>`` hash version -> record JSON,
 ``archive:<model>:<version>`` bytes; ``actions:<model>`` hash id -> record JSON,
 ``action_seq`` counter; ``funnels`` hash id -> steps JSON; ``experiments`` hash id -> newest
@@ -75,6 +76,17 @@ redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
 redis.call('HSET', KEYS[3], ARGV[6], ARGV[3])
 return 'ok'
 """
+_SWAP_META_LUA = """
+if redis.call('HGET', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+return 1
+"""
+# only an enrolled node, and the first revocation is kept; returns the node's fields
+_REVOKE_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return nil end
+redis.call('HSETNX', KEYS[1], 'revoked_at', ARGV[1])
+return redis.call('HGETALL', KEYS[1])
+"""
 DEFAULT_PREFIX = "nexus:hub:"
 # The client runs without decode_responses, so every reply is bytes; redis-py types replies
 # as ``bytes | str`` (either setting), hence the casts to bytes below.
@@ -101,6 +113,8 @@ class RedisStore(Store):
         self._heartbeat = client.register_script(_HEARTBEAT_LUA)
         self._merge_max = client.register_script(_MERGE_MAX_LUA)
         self._update_experiment = client.register_script(_UPDATE_EXPERIMENT_LUA)
+        self._swap_meta = client.register_script(_SWAP_META_LUA)
+        self._revoke = client.register_script(_REVOKE_LUA)
 
     @classmethod
     def from_url(cls, url: str) -> RedisStore:
@@ -131,6 +145,24 @@ class RedisStore(Store):
     def claim_meta(self, key: str, value: str) -> str:
         self.r.hsetnx(self._k("meta"), key, value)
         return cast(bytes, self.r.hget(self._k("meta"), key)).decode()
+
+    @_unavailable
+    def get_meta(self, key: str) -> str | None:
+        value = cast(bytes | None, self.r.hget(self._k("meta"), key))
+        return value.decode() if value is not None else None
+
+    @_unavailable
+    def swap_meta(self, key: str, old: str, new: str) -> bool:
+        return bool(self._swap_meta(keys=[self._k("meta")], args=[key, old, new]))
+
+    @_unavailable
+    def end_session(self, session_id: str, expires_at: float, now: float) -> None:
+        # the TTL forgets it when its cookie would be refused anyway
+        self.r.set(self._k("ended_session", session_id), b"1", ex=max(1, int(expires_at - now) + 1))
+
+    @_unavailable
+    def session_ended(self, session_id: str) -> bool:
+        return bool(self.r.exists(self._k("ended_session", session_id)))
 
     @_unavailable
     def add_enroll_token(self, token_hash: str, tags: dict[str, str], expires_at: float) -> None:
@@ -170,6 +202,7 @@ class RedisStore(Store):
             enrolled_at=float(h[b"enrolled_at"]),
             last_seen=float(last_seen) if last_seen else None,
             heartbeat=json.loads(heartbeat) if heartbeat else None,
+            revoked_at=float(h[b"revoked_at"]) if h.get(b"revoked_at") else None,
         )
 
     @_unavailable
@@ -190,6 +223,11 @@ class RedisStore(Store):
     def record_heartbeat(self, node_id: str, at: float, heartbeat: dict[str, Any]) -> None:
         # One round trip, and only for enrolled nodes: never resurrect a deleted hash.
         self._heartbeat(keys=[self._k("node", node_id)], args=[repr(at), json.dumps(heartbeat)])
+
+    @_unavailable
+    def revoke_node(self, node_id: str, at: float) -> NodeRecord | None:
+        fields = cast(list[bytes] | None, self._revoke(keys=[self._k("node", node_id)], args=[repr(at)]))
+        return self._node(node_id, dict(zip(fields[::2], fields[1::2]))) if fields else None
 
     @_unavailable
     def add_version(self, record: VersionRecord, archive: bytes) -> bool:
@@ -219,6 +257,13 @@ class RedisStore(Store):
     @_unavailable
     def read_archive(self, model: str, version: str) -> bytes | None:
         return cast(bytes | None, self.r.get(self._k("archive", model, version)))
+
+    @_unavailable
+    def read_archive_range(self, model: str, version: str, offset: int, length: int) -> bytes | None:
+        key = self._k("archive", model, version)
+        data = cast(bytes, self.r.getrange(key, offset, offset + length - 1)) if length > 0 else b""
+        # GETRANGE answers b"" both past the end and for a missing key
+        return data if data or self.r.exists(key) else None
 
     @_unavailable
     def add_action(

@@ -20,6 +20,7 @@ from hub.counters import CounterState
 from hub.funnel_config import Experiment, Funnel, Status
 from hub.store.base import (
     ActionKind,
+    ArchiveReader,
     ExperimentRecord,
     NodeRecord,
     RolloutAction,
@@ -41,7 +42,8 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS enroll_tokens (token_hash TEXT PRIMARY KEY, tags TEXT NOT NULL, expires_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS nodes (
     node_id TEXT PRIMARY KEY, secret_hash TEXT NOT NULL, tags TEXT NOT NULL,
-    enrolled_at REAL NOT NULL, last_seen REAL, heartbeat TEXT);
+    enrolled_at REAL NOT NULL, last_seen REAL, heartbeat TEXT, revoked_at REAL);
+CREATE TABLE IF NOT EXISTS ended_sessions (session_id TEXT PRIMARY KEY, expires_at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS versions (
     model TEXT NOT NULL, version TEXT NOT NULL, record TEXT NOT NULL, archive BLOB NOT NULL,
     PRIMARY KEY (model, version));
@@ -64,6 +66,22 @@ CREATE TABLE IF NOT EXISTS fl_rounds (
 """
 
 
+class _SqliteArchive(ArchiveReader):
+    def __init__(self, path: Path, db: sqlite3.Connection, blob: sqlite3.Blob) -> None:
+        self.path, self.db, self.blob = path, db, blob
+
+    def read(self, offset: int, length: int) -> bytes:
+        try:
+            self.blob.seek(min(offset, len(self.blob)))
+            return self.blob.read(length)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"SQLite store {self.path}: {exc}") from None
+
+    def close(self) -> None:
+        self.blob.close()
+        self.db.close()
+
+
 class SqliteStore(Store):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -77,6 +95,9 @@ class SqliteStore(Store):
             # WAL + NORMAL: a crash may lose the last heartbeats, never corrupt the file.
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(_SCHEMA)
+            # stores made before revocation existed lack the column
+            if "revoked_at" not in {row[1] for row in self._db.execute("PRAGMA table_info(nodes)")}:
+                self._db.execute("ALTER TABLE nodes ADD COLUMN revoked_at REAL")
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open SQLite store {self.path}: {exc}") from None
 
@@ -98,6 +119,20 @@ class SqliteStore(Store):
         self._run("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (key, value))
         return self._run("SELECT value FROM meta WHERE key = ?", (key,))[0][0]
 
+    def get_meta(self, key: str) -> str | None:
+        rows = self._run("SELECT value FROM meta WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
+
+    def swap_meta(self, key: str, old: str, new: str) -> bool:
+        return bool(self._run("UPDATE meta SET value = ? WHERE key = ? AND value = ? RETURNING key", (new, key, old)))
+
+    def end_session(self, session_id: str, expires_at: float, now: float) -> None:
+        self._run("DELETE FROM ended_sessions WHERE expires_at < ?", (now,))
+        self._run("INSERT OR REPLACE INTO ended_sessions VALUES (?, ?)", (session_id, expires_at))
+
+    def session_ended(self, session_id: str) -> bool:
+        return bool(self._run("SELECT 1 FROM ended_sessions WHERE session_id = ?", (session_id,)))
+
     def add_enroll_token(self, token_hash: str, tags: dict[str, str], expires_at: float) -> None:
         self._run("INSERT INTO enroll_tokens VALUES (?, ?, ?)", (token_hash, json.dumps(tags), expires_at))
 
@@ -115,19 +150,31 @@ class SqliteStore(Store):
 
     @staticmethod
     def _node(row: tuple[Any, ...]) -> NodeRecord:
-        return NodeRecord(row[0], row[1], json.loads(row[2]), row[3], row[4], json.loads(row[5]) if row[5] else None)
+        return NodeRecord(
+            row[0], row[1], json.loads(row[2]), row[3], row[4], json.loads(row[5]) if row[5] else None, row[6]
+        )
+
+    _NODE_COLUMNS = "node_id, secret_hash, tags, enrolled_at, last_seen, heartbeat, revoked_at"
 
     def get_node(self, node_id: str) -> NodeRecord | None:
-        rows = self._run("SELECT * FROM nodes WHERE node_id = ?", (node_id,))
+        rows = self._run(f"SELECT {self._NODE_COLUMNS} FROM nodes WHERE node_id = ?", (node_id,))
         return self._node(rows[0]) if rows else None
 
     def list_nodes(self) -> list[NodeRecord]:
-        return [self._node(row) for row in self._run("SELECT * FROM nodes ORDER BY enrolled_at, node_id")]
+        rows = self._run(f"SELECT {self._NODE_COLUMNS} FROM nodes ORDER BY enrolled_at, node_id")
+        return [self._node(row) for row in rows]
 
     def record_heartbeat(self, node_id: str, at: float, heartbeat: dict[str, Any]) -> None:
         self._run(
             "UPDATE nodes SET last_seen = ?, heartbeat = ? WHERE node_id = ?", (at, json.dumps(heartbeat), node_id)
         )
+
+    def revoke_node(self, node_id: str, at: float) -> NodeRecord | None:
+        rows = self._run(
+            f"UPDATE nodes SET revoked_at = COALESCE(revoked_at, ?) WHERE node_id = ? RETURNING {self._NODE_COLUMNS}",
+            (at, node_id),
+        )
+        return self._node(rows[0]) if rows else None
 
     def add_version(self, record: VersionRecord, archive: bytes) -> bool:
         rows = self._run(
@@ -153,6 +200,31 @@ class SqliteStore(Store):
     def read_archive(self, model: str, version: str) -> bytes | None:
         rows = self._run("SELECT archive FROM versions WHERE model = ? AND version = ?", (model, version))
         return bytes(rows[0][0]) if rows else None
+
+    def read_archive_range(self, model: str, version: str, offset: int, length: int) -> bytes | None:
+        reader = self.open_archive(model, version)
+        if reader is None:
+            return None
+        with reader:
+            return reader.read(offset, length)
+
+    def open_archive(self, model: str, version: str) -> ArchiveReader | None:
+        # A connection of its own per reader (WAL lets it read beside writes), so a download
+        # never holds the lock heartbeats and /healthz wait on; and one blob handle for all of
+        # its reads: a fresh handle walks the blob's overflow pages from the start to seek.
+        try:
+            db = sqlite3.connect(self.path, check_same_thread=False, timeout=10.0, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"SQLite store {self.path}: {exc}") from None
+        try:
+            row = db.execute("SELECT rowid FROM versions WHERE model = ? AND version = ?", (model, version)).fetchone()
+            if row is None:
+                db.close()
+                return None
+            return _SqliteArchive(self.path, db, db.blobopen("versions", "archive", row[0], readonly=True))
+        except sqlite3.Error as exc:
+            db.close()
+            raise StoreUnavailable(f"SQLite store {self.path}: {exc}") from None
 
     def add_action(
         self, model: str, kind: ActionKind, version: str, selector: dict[str, str], percent: int, at: float

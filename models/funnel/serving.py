@@ -17,11 +17,12 @@ from models.predictor import Predictor
 DECIMALS = 6
 LIMITS = {"max_sessions": 256}
 # A session field value: numbers, booleans, or short category strings (Month, VisitorType...).
-# Integers stay within float64's exact range: the featurizer turns them into floats.
+# Integers stay within float64's exact range: the featurizer turns them into floats; floats
+# are finite and as bounded (an inf or a NaN would come back as a probability no JSON holds).
 SAFE_INT = 2**53
 SessionValue = (
     Annotated[StrictInt, Field(ge=-SAFE_INT, le=SAFE_INT)]
-    | StrictFloat
+    | Annotated[StrictFloat, Field(ge=-SAFE_INT, le=SAFE_INT, allow_inf_nan=False)]
     | StrictBool
     | Annotated[str, Field(max_length=64)]
 )

@@ -55,6 +55,13 @@ FIELDS_BUT_WEEKEND = [
     if name not in ("Weekend", "Region", "Month", "OperatingSystems", "Browser", "TrafficType", "VisitorType")
 ]
 
+
+def _raw(body: dict[str, Any], number: str) -> dict[str, Any]:
+    """``body`` as JSON text with its ``"<n>"`` replaced by ``number`` (which json.dumps cannot write)."""
+    text = json.dumps(body).replace('"<n>"', number)
+    return {"content": text, "headers": {"Content-Type": "application/json"}}
+
+
 CASES: list[tuple[str, str, dict[str, Any], int, str]] = [
     # (method, path, request kwargs, status, words the error names)
     ("POST", "/v1/emotion", {"json": {"text": ""}}, 422, "text"),
@@ -84,6 +91,9 @@ CASES: list[tuple[str, str, dict[str, Any], int, str]] = [
     ("POST", "/v1/funnel/score", {"json": {"session": {**SESSION, "PageValues": [1]}}}, 422, "PageValues"),
     ("POST", "/v1/funnel/score", {"json": {"session": "checkout"}}, 422, "session"),
     ("POST", "/v1/funnel/score", {"json": {"session": {**SESSION, "Administrative": 10**400}}}, 422, "Administrative"),
+    # floats are finite and bounded: a 1e309 parses to inf, which no answer could carry back
+    ("POST", "/v1/funnel/score", _raw({"session": {**SESSION, "BounceRates": "<n>"}}, "1e309"), 422, "BounceRates"),
+    ("POST", "/v1/funnel/score", _raw({"session": {**SESSION, "ExitRates": "<n>"}}, "-1e300"), 422, "ExitRates"),
     ("POST", "/v1/feedback", {"json": {"text": "hi", "labels": ["glee"]}}, 422, "glee"),
     ("POST", "/v1/feedback", {"json": {"text": "hi", "labels": []}}, 422, "labels"),
     ("POST", "/v1/feedback", {"json": {"text": "hi", "labels": ["joy"], "visitor_id": "a b"}}, 422, "visitor_id"),

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from edge_worker.batcher import BatchResult, MicroBatcher
+from edge_worker.batcher import BatchResult, MicroBatcher, Overloaded
 from edge_worker.metrics import edge_registry
 from models.errors import DataError
 from tests.support.metrics import sample
@@ -101,3 +101,23 @@ def test_batch_sizes_and_items_reach_metrics() -> None:
     assert sample(text, "nexus_edge_inference_items_total", model="m") == 8
     assert sample(text, "nexus_edge_batch_size_count", model="m") == len(fn.batches)
     assert sample(text, "nexus_edge_batch_size_sum", model="m") == 8
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_requests_beyond_the_in_flight_cap_are_refused_not_queued(enabled: bool) -> None:
+    metrics = edge_registry()
+
+    async def main() -> list[Any]:
+        with ThreadPoolExecutor(1) as pool:
+            batcher = MicroBatcher("m", Doubler(), pool, 1, metrics, enabled=enabled, max_queued=3)
+            results = await asyncio.gather(*(batcher.submit([i]) for i in range(10)), return_exceptions=True)
+            assert batcher.in_flight == 0
+            after = await batcher.submit([7])  # the cap frees as requests finish
+            return [*results, after]
+
+    results = asyncio.run(main())
+    answered = [r for r in results if isinstance(r, BatchResult)]
+    refused = [r for r in results if isinstance(r, Overloaded)]
+    assert len(answered) == 4 and len(refused) == 7
+    assert answered[-1].rows == [14]
+    assert sample(metrics.render(), "nexus_edge_rejected_total", model="m") == 7

@@ -65,6 +65,7 @@ def test_the_layouts_keep_the_file_names_on_disk(tmp_path: Path) -> None:
         "operator_token": "operator.token",
         "privacy_budget": "privacy-budget.json",
         "privacy_budget_lock": "privacy-budget.json.lock",
+        "models": "models",
         "identity": "hub-identity.json",
         "sync_state": "hub-sync.json",
         "staging": "hub-staging",
@@ -75,12 +76,15 @@ def test_the_layouts_keep_the_file_names_on_disk(tmp_path: Path) -> None:
         "trusted_apps": "hub-apps.json",
         "superexec_secret": "superexec.secret",
         "guard_log": "app-guard.log",
+        "supernode_pid": "supernode.pid",
+        "guard_pid": "app-guard.pid",
         "metrics": "metrics",
     }
     hub = HubDataDir(tmp_path)
     assert {name: str(path.relative_to(tmp_path)) for name, path in hub.paths().items()} == {
         "signing_key": "hub-signing-key.pem",
         "admin_token": "admin.token",
+        "admin_token_next": "admin.token.next",
         "store": "hub.sqlite3",
         "rounds": "rounds",
         "flower": "flower",

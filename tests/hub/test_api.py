@@ -136,6 +136,8 @@ def test_enrollment_token_is_one_time(hub: RunningHub) -> None:
 
 
 @pytest.mark.parametrize("store_kind", ["sqlite"])
+# more wrong credentials than the default burst: this test is about answers, not the rate limit
+@pytest.mark.hub_settings(max_upload_bytes=256 << 10, offline_after_s=0.5, auth_failure_burst=100)
 def test_auth_missing_wrong_and_wrong_role_change_nothing(hub: RunningHub, tmp_path: Path) -> None:
     hub.admin.push(make_bundle(tmp_path, "funnel", "1"))
     node = enroll_node(hub)
@@ -189,6 +191,13 @@ def _tar(files: dict[str, bytes], dirs: tuple[str, ...] = ()) -> bytes:
     return buf.getvalue()
 
 
+def _claims(size: int) -> bytes:
+    """A tar whose one header claims ``size`` bytes it does not carry."""
+    info = tarfile.TarInfo("model.onnx")
+    info.size = size
+    return info.tobuf(format=tarfile.GNU_FORMAT) + b"\0" * 1024
+
+
 @pytest.mark.parametrize("store_kind", ["sqlite"])
 def test_bad_input_is_4xx_json_naming_the_problem(hub: RunningHub, tmp_path: Path) -> None:
     good = make_bundle(tmp_path, "funnel", "1")
@@ -204,6 +213,9 @@ def test_bad_input_is_4xx_json_naming_the_problem(hub: RunningHub, tmp_path: Pat
         (tampered, 422, "sha256 mismatch"),
         (_tar({"../evil": b"x"}), 422, "not a plain top-level file"),
         (_tar({}, dirs=("sub",)), 422, "not a plain top-level file"),
+        (_tar({"x" * 129: b"x"}), 422, "not a plain top-level file"),
+        (_tar({f"f{i}": b"" for i in range(65)}), 422, "more than 64 members"),
+        (_claims(1 << 30), 422, "exceed max_upload_bytes=262144 once extracted"),
         (b"\0" * (300 << 10), 413, "exceeds the limit"),
     ]
     for body, status, words in cases:

@@ -18,6 +18,7 @@ from hub.counters import (
     as_state,
     experiment_totals,
     merge,
+    overflowing,
     totals,
 )
 from hub.funnel_config import Allocation, Experiment, Funnel, FunnelConfigError, Status, Variant
@@ -351,3 +352,32 @@ def test_config_document_lists_live_experiments_and_its_etag_follows_content() -
     assert config_etag(doc) == config_etag(config_document([SHOP], [running, draft]))
     reweighted = running.with_weights({"A": 1, "B": 2})
     assert config_etag(doc) != config_etag(config_document([SHOP], [draft, reweighted]))
+
+
+def test_overflowing_names_the_key_whose_total_over_nodes_would_pass_the_limit() -> None:
+    key: CounterKey = ("exp1", "A", "buy")
+    state: CounterState = {key: {"n-a": 90, "n-b": 5}}
+    assert overflowing(state, NodeReport("n-b", {key: 10}), 100) is None  # 90 + 10
+    assert overflowing(state, NodeReport("n-b", {key: 11}), 100) == key
+    assert overflowing(state, NodeReport("n-a", {key: 3}), 100) is None  # the merge keeps 90: a retry is fine
+    assert overflowing(state, NodeReport("n-c", {("exp1", "B", "buy"): 100}), 100) is None
+
+
+@pytest.mark.parametrize("count", [2**53, 2**62, 2**63, -1])
+def test_a_count_past_53_bits_is_refused_at_the_schema(count: int) -> None:
+    row = {"experiment": "e", "variant": "A", "step": "buy", "count": count}
+    with pytest.raises(ValidationError, match="count"):
+        NodeReportIn.model_validate({"node_id": "n-1", "counts": [row]})
+
+
+@pytest.mark.parametrize("weight", [float("inf"), float("nan"), 1e7])
+def test_a_weight_must_be_finite_and_bounded_at_the_schema(weight: float) -> None:
+    with pytest.raises(ValidationError, match="weight"):
+        ExperimentIn.model_validate(
+            {
+                "id": "e",
+                "funnel_id": "f",
+                "decision_step": "buy",
+                "variants": [{"name": "A", "weight": weight}, {"name": "B"}],
+            }
+        )

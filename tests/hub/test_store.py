@@ -65,6 +65,23 @@ def test_versions_insert_once_and_sort_numerically(any_store: Store) -> None:
     assert any_store.list_models() == ["emotion", "funnel"]
 
 
+def test_archive_ranges_read_only_what_is_asked(any_store: Store) -> None:
+    archive = bytes(range(256)) * 4096  # 1 MiB
+    assert any_store.add_version(_version("funnel", "1"), archive)
+    assert any_store.read_archive_range("funnel", "1", 0, 10) == archive[:10]
+    assert any_store.read_archive_range("funnel", "1", 500_000, 70_000) == archive[500_000:570_000]
+    assert any_store.read_archive_range("funnel", "1", len(archive) - 5, 100) == archive[-5:]
+    assert any_store.read_archive_range("funnel", "1", len(archive) + 7, 100) == b""
+    assert any_store.read_archive_range("funnel", "2", 0, 10) is None
+    assert any_store.read_archive_range("emotion", "1", 0, 10) is None
+    assert any_store.open_archive("funnel", "2") is None
+    reader = any_store.open_archive("funnel", "1")
+    assert reader is not None
+    with reader:  # one reader, many ranges, in any order
+        assert b"".join(reader.read(o, 1 << 16) for o in range(0, len(archive), 1 << 16)) == archive
+        assert reader.read(3, 4) == archive[3:7]
+
+
 def test_rollout_log(any_store: Store) -> None:
     a = any_store.add_action("funnel", "stable", "1", {}, 100, 1.0)
     b = any_store.add_action("funnel", "assign", "2", {"region": "2"}, 10, 2.0)

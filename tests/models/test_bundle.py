@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -64,6 +65,31 @@ def test_manifest_cannot_point_outside_the_bundle(tmp_path: Path) -> None:
     manifest["files"]["../secret"] = {"sha256": "0" * 64, "bytes": 1}
     (path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(BundleError, match="invalid file"):
+        verify_bundle(path)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda m: m["files"].update({"model.onnx": "x"}), "must be an object"),
+        (lambda m: m["files"]["model.onnx"].update(bytes="80"), "must be an object with 'sha256' and 'bytes'"),
+        (lambda m: m.update(name=7), "'name' must be a string"),
+        (lambda m: m.update(deep=json.loads("[" * 40 + "]" * 40)), "nests deeper than 32"),
+    ],
+)
+def test_a_malformed_manifest_is_a_bundle_error(tmp_path: Path, change: Any, message: str) -> None:
+    path = make_bundle(tmp_path / "b")
+    manifest = json.loads((path / "manifest.json").read_text())
+    change(manifest)
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match=message):
+        verify_bundle(path)
+
+
+def test_a_manifest_nested_past_the_parsers_stack_is_a_bundle_error(tmp_path: Path) -> None:
+    path = make_bundle(tmp_path / "b")
+    (path / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(BundleError, match="nests deeper"):
         verify_bundle(path)
 
 
