@@ -52,7 +52,7 @@ def hub(tmp_path: Path) -> Iterator[Hub]:
         yield running
     finally:
         running.close()
-        process.stop()
+        running.process.stop()  # a test may have restarted it: stop the one running now
 
 
 def _nexus(hub: Hub, *args: str) -> subprocess.CompletedProcess[str]:
