@@ -290,9 +290,13 @@ class HubGateway:
         rows = [{"experiment": e, "variant": v, "step": s, "count": c} for (e, v, s), c in sorted(counts.items())]
         await self._send(COUNTERS, "POST", "/v1/nodes/me/counters", {"node_id": node_id, "counts": rows})
 
-    async def download_file(self, model: str, version: str, name: str, dest: Path, max_bytes: int) -> str:
+    async def download_file(
+        self, model: str, version: str, name: str, dest: Path, max_bytes: int, sha256: str | None = None
+    ) -> str:
         """Stream one bundle file to ``dest`` (via ``dest.part``); return its sha256. The
-        request carries no body: its path is checked and logged like one."""
+        request carries no body: its path is checked and logged like one. Given the file's
+        ``sha256``, a ``.part`` left by a broken download is resumed (``Range``; the hub answers
+        206 with the rest), and a resumed file that does not hash to it is fetched once more whole."""
         path = f"/v1/models/{model}/versions/{version}/files/{name}"
         headers = self._headers(True)
         assert self.identity is not None  # _headers refused an unenrolled node
@@ -305,16 +309,30 @@ class HubGateway:
             node=self.identity.node_id,
         )
         part = dest.with_name(dest.name + ".part")
-        digest, size = hashlib.sha256(), 0
+        have = part.stat().st_size if sha256 is not None and part.is_file() else 0
+        if 0 < have < max_bytes:
+            headers["Range"] = f"bytes={have}-"
+        else:
+            have = 0
+        digest, size, resumed = hashlib.sha256(), 0, False
         try:
             async with self._http.stream("GET", path, headers=headers) as response:
                 await self._receipt(entry, response)
+                if have and response.status_code == 416:
+                    part.unlink()  # nothing left to fetch past the part: it is not this file
+                    return await self.download_file(model, version, name, dest, max_bytes, sha256)
                 if response.status_code >= 400:
                     error = await _read_capped(response, MAX_ANSWER_BYTES)
                     _raise_for_status(httpx.Response(response.status_code, content=error or b""))
                 if _encoded(response):
                     raise HubAnswerRefused(f"{name} download", "content-encoded (this node reads only identity)")
-                with open(part, "wb") as fh:
+                if response.status_code == 206:
+                    if not (have and _resumes_at(response, have)):
+                        raise HubAnswerRefused(f"{name} download", "a part of the file this node did not ask for")
+                    resumed = True
+                    digest = await asyncio.to_thread(_hash_file, part)
+                    size = have
+                with open(part, "ab" if resumed else "wb") as fh:
                     async for chunk in response.aiter_raw(_CHUNK):
                         size += len(chunk)
                         if size > max_bytes:
@@ -326,9 +344,26 @@ class HubGateway:
                 f"{self.hub_url}: download of {model}/{version}/{name} broke off: {type(exc).__name__}"
             ) from None
         finally:
-            self._count(BUNDLE_DOWNLOAD, 0, size)
+            self._count(BUNDLE_DOWNLOAD, 0, size - have if resumed else size)
+        if resumed and digest.hexdigest() != sha256:
+            part.unlink()  # the part was not a prefix of this file after all: once more, whole
+            return await self.download_file(model, version, name, dest, max_bytes, sha256)
         os.replace(part, dest)
         return digest.hexdigest()
+
+
+def _resumes_at(response: httpx.Response, offset: int) -> bool:
+    """Whether a 206 is the rest of the file from ``offset`` (a 200 is the whole file, which
+    replaces the part)."""
+    return response.headers.get("Content-Range", "").startswith(f"bytes {offset}-")
+
+
+def _hash_file(path: Path) -> Any:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest
 
 
 def _encoded(response: httpx.Response) -> bool:

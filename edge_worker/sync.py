@@ -484,7 +484,7 @@ class SyncAgent:
                 path = inside(staging / name, staging)
                 if path.is_file() and path.stat().st_size == entry.bytes and sha256_file(path) == entry.sha256:
                     continue  # finished before an interruption
-                got = await self.link.gateway.download_file(model, version, name, path, entry.bytes)
+                got = await self.link.gateway.download_file(model, version, name, path, entry.bytes, entry.sha256)
                 if got != entry.sha256:
                     raise Refused(f"{model} {version}: {name} sha256 mismatch (corrupt or tampered)")
             await asyncio.to_thread(install_bundle, staging, self.repository_dir, key)

@@ -1,5 +1,5 @@
 """The hub's Starlette app, assembled: the :class:`~hub.state.Hub`, the routes of every API
-module (hub/api/) and the dashboard, the lifespan (Thompson updater, rounds watcher), the
+module (hub/api/) and the dashboard, the lifespan (Thompson updater, replica sync, rounds driver), the
 receipt middleware and the shared error handlers (errors are JSON ``{"error": ...}``).
 """
 
@@ -13,9 +13,12 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute
 
+from hub import replicas
 from hub.api import federation, funnels, info, models, nodes, rounds, tokens
 from hub.auth import NODE_PREFIX
+from hub.blobs import BlobUnavailable
 from hub.dashboard import routes as dashboard_routes
+from hub.driver import RoundsDriver
 from hub.registry import Conflict, NotFound
 from hub.settings import HubSettings
 from hub.state import build_hub
@@ -34,6 +37,7 @@ STATUSES: dict[type[Exception], int] = {
     Conflict: 409,
     BundleError: 422,
     StoreUnavailable: 503,
+    BlobUnavailable: 503,
 }
 _NODE_BEARER = f"Bearer {NODE_PREFIX}".encode()
 METRICS_PREFIX = "nexus_hub"
@@ -63,11 +67,16 @@ def create_app(settings: HubSettings, store: Store | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         stop_thompson = funnels.start_thompson(hub)
-        stop_rounds = await rounds.start_watcher(hub.rounds)  # the SuperLink child and the run watcher
+        stop_sync = replicas.start_sync(hub)  # what another replica may have changed
+        # the lease for driving rounds; its holder runs the SuperLink child and the run watcher
+        stop_rounds = await RoundsDriver(hub).start()
         yield
         await stop_rounds()
+        stop_sync()
         stop_thompson()
+        await hub.store.aclose()  # its clients on this event loop
         hub.store.close()
+        hub.registry.blobs.close()
 
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers=exception_handlers(log, STATUSES, "hub"))
     # inside the receipt middleware, which copies the scope (the router's endpoint would not

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from hub.store.base import NodeRecord, Store
+from hub.store.base import NodeCheck, NodeRecord, Store, check_credential
 from models.errors import NexusError
 from nexus_service.http import ApiError
 from nexus_service.keyfiles import load_or_create_token
@@ -37,6 +37,14 @@ class RevokedCredential(AuthError):
 class Principal:
     role: Role
     node: NodeRecord | None = None
+
+
+@dataclass(frozen=True)
+class NodeCredential:
+    """A node credential as a request shows it, not yet checked: the id and the secret's sha256."""
+
+    node_id: str
+    secret_hash: str
 
 
 def new_secret() -> str:
@@ -74,30 +82,61 @@ class Authenticator:
         self.store = store
         self.use_admin_token(admin_token)
 
-    def use_admin_token(self, admin_token: str) -> None:
-        """From now on only ``admin_token`` is the admin's (``nexus hub token rotate-admin``)."""
+    def use_admin_token(self, admin_token: str, admin_hash: str | None = None) -> None:
+        """From now on only ``admin_token`` is the admin's (``nexus hub token rotate-admin``);
+        or, given ``admin_hash``, the token of that hash (another replica rotated it, and this
+        one cannot read the new token: hub/replicas.py)."""
         self.admin_token = admin_token  # the dashboard derives its session key from it
-        self._admin_hash = hash_secret(admin_token)
+        self._admin_hash = admin_hash or hash_secret(admin_token)
 
-    def identify(self, authorization: str | None) -> Principal:
-        """Blocking (reads the store for node credentials); raise 401 when unknown."""
+    @property
+    def admin_hash(self) -> str:
+        return self._admin_hash
+
+    def parse(self, authorization: str | None) -> Principal | NodeCredential:
+        """The admin's ``Principal``, or the node credential the store still has to check;
+        401 for no bearer token, a malformed node credential or a wrong admin token."""
         if not authorization or not authorization.startswith("Bearer "):
             raise AuthError(401, "missing bearer token")
         token = authorization.removeprefix("Bearer ").strip()
         if token.startswith(NODE_PREFIX):
             node_id, _, secret = token.removeprefix(NODE_PREFIX).partition(".")
-            node = self.store.get_node(node_id) if node_id and secret else None
-            if node is None or not hmac.compare_digest(node.secret_hash, hash_secret(secret)):
+            if not node_id or not secret:
                 raise AuthError(401, "unknown node credential")
-            if node.revoked_at is not None:
-                raise RevokedCredential(401, "this node's credential was revoked; enroll it again with a new token")
-            return Principal("node", node)
+            return NodeCredential(node_id, hash_secret(secret))
         if hmac.compare_digest(self._admin_hash, hash_secret(token)):
             return Principal("admin")
         raise AuthError(401, "invalid token")
 
+    @staticmethod
+    def node_principal(check: NodeCheck) -> Principal:
+        """The node's ``Principal`` for a checked credential; 401 otherwise."""
+        if check.status == "revoked":
+            raise RevokedCredential(401, "this node's credential was revoked; enroll it again with a new token")
+        if check.node is None:
+            raise AuthError(401, "unknown node credential")
+        return Principal("node", check.node)
+
+    def identify(self, authorization: str | None) -> Principal:
+        """Blocking (reads the store for node credentials); raise 401 when unknown."""
+        found = self.parse(authorization)
+        if isinstance(found, Principal):
+            return found
+        return self.node_principal(check_credential(self.store.get_node(found.node_id), found.secret_hash))
+
+    async def identify_async(self, authorization: str | None) -> Principal:
+        """:meth:`identify` on the event loop: the store's one-round-trip check (hub/store/base.py)."""
+        found = self.parse(authorization)
+        if isinstance(found, Principal):
+            return found
+        return self.node_principal(await self.store.check_node(found.node_id, found.secret_hash))
+
     def require(self, authorization: str | None, *roles: Role) -> Principal:
-        principal = self.identify(authorization)
-        if principal.role not in roles:
-            raise AuthError(403, f"this endpoint needs the {' or '.join(roles)} role")
-        return principal
+        return has_role(self.identify(authorization), *roles)
+
+
+def has_role(principal: Principal, *roles: Role) -> Principal:
+    """``principal`` when it has one of ``roles``; 403 otherwise."""
+    if principal.role not in roles:
+        raise AuthError(403, f"this endpoint needs the {' or '.join(roles)} role")
+    return principal

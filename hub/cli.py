@@ -14,11 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from hub import cli_tables, flower_login, funnels_cli, rounds_cli
+from hub.auth import load_or_create_admin_token
 from hub.client import DEFAULT_URL, OperatorClient, resolve_token
 from hub.settings import DEFAULT_PORT, HubSettings
 from models.errors import NexusError
 from models.output import emit
-from nexus_service.keyfiles import PRIVATE_UMASK
+from nexus_service.keyfiles import PRIVATE_UMASK, load_or_create_key, private_dir
 from nexus_service.serving import ServerLimits, uvicorn_options
 from nexus_wire.datadir import HubDataDir
 
@@ -52,6 +53,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings = HubSettings(
         data_dir=Path(args.data_dir),
         store=args.store,
+        blobs=args.blobs,
         host=args.host,
         port=args.port,
         offline_after_s=args.offline_after,
@@ -60,6 +62,8 @@ def _serve(args: argparse.Namespace) -> int:
         body_deadline_s=args.body_deadline,
         max_connections=args.max_connections,
         max_upload_bytes=args.max_upload_bytes,
+        advertise_url=args.advertise_url,
+        lease_ttl_s=args.lease_ttl,
         **_rate_limits(args),
         **rounds_cli.serve_settings(args),
     )
@@ -82,6 +86,17 @@ def _serve(args: argparse.Namespace) -> int:
     uvicorn.run(
         app, host=settings.host, port=settings.port, log_level="warning", access_log=False, **uvicorn_options(limits)
     )
+    return 0
+
+
+def _init(args: argparse.Namespace) -> int:
+    """Make a data dir's signing key and admin token (what every replica of one store shares)."""
+    os.umask(PRIVATE_UMASK)
+    layout = HubDataDir(private_dir(Path(args.data_dir)))
+    load_or_create_key(layout.signing_key)
+    load_or_create_admin_token(layout.root)
+    result = {"signing_key": str(layout.signing_key), "admin_token": str(layout.admin_token)}
+    emit(result, args.json, f"signing key {layout.signing_key}, admin token {layout.admin_token}")
     return 0
 
 
@@ -134,8 +149,8 @@ def _models(args: argparse.Namespace) -> int:
             shown = client.show(args.model)
             emit(shown, args.json, *cli_tables.model_views(shown))
         elif action == "promote":
-            done = client.promote(args.model, args.version, args.stage, args.percent)
-            emit(done, args.json, cli_tables.action_table(done))
+            done = client.promote(args.model, args.version, args.stage, args.percent, args.force)
+            emit(done, args.json, *cli_tables.gate_lines(args.model, done), cli_tables.action_table(done))
         elif action == "assign":
             done = client.assign(args.model, args.version, parse_tags(args.select), args.percent)
             emit(done, args.json, cli_tables.action_table(done))
@@ -158,9 +173,22 @@ def register(sub: argparse._SubParsersAction) -> None:
     hub = sub.add_parser("hub", help="run the hub and manage nodes, tokens and the model registry")
     hsub = hub.add_subparsers(dest="hub_command", required=True, metavar="ACTION")
 
+    init = hsub.add_parser(
+        "init", help="make a data dir's signing key and admin token, and exit (replicas share them: docs/deploy.md)"
+    )
+    init.add_argument("--data-dir", required=True, help="the data dir to make them in (kept when they exist)")
+    init.add_argument("--json", action="store_true", help="print the two paths as one line of JSON")
+    init.set_defaults(func=_init)
+
     serve = hsub.add_parser("serve", help="run the hub")
     serve.add_argument("--data-dir", required=True, help="keys, admin token and the default SQLite store")
     serve.add_argument("--store", help="sqlite:///PATH (default: DATA_DIR/hub.sqlite3) or redis://HOST:PORT/DB")
+    serve.add_argument(
+        "--blobs",
+        metavar="URL",
+        help="where bundle archives go: file:///PATH (default: DATA_DIR/blobs) or "
+        "s3://BUCKET/PREFIX?endpoint_url=URL (replicas on several hosts; credentials from the AWS_* environment)",
+    )
     serve.add_argument("--host", default="127.0.0.1", help="bind address of the HTTP API and the dashboard")
     serve.add_argument("--port", type=int, default=DEFAULT_PORT, help="port of the HTTP API and the dashboard")
     serve.add_argument(
@@ -199,6 +227,20 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=float,
         metavar=("BURST", "PER_S"),
         help="enrollments with a bad token per client address, the same way (default 20 1)",
+    )
+    serve.add_argument(
+        "--advertise-url",
+        metavar="URL",
+        help="where the other replicas of this store reach this one: they forward round commands to the "
+        "replica that drives rounds (default http://HOST:PORT, this host's address for a wildcard --host)",
+    )
+    serve.add_argument(
+        "--lease-ttl",
+        type=float,
+        default=15.0,
+        metavar="SECONDS",
+        help="how long the rounds driver's lease lasts unless renewed: the longest the replicas go without "
+        "a driver after one dies elsewhere (default 15)",
     )
     rounds_cli.add_serve_args(serve)
     serve.set_defaults(func=_serve)
@@ -243,6 +285,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--stage", required=True, choices=("canary", "stable"), help="canary: a share of all nodes; stable: every node"
     )
     promote.add_argument("--percent", type=int, help="canary share of nodes, 1..100 (default 10)")
+    promote.add_argument(
+        "--force",
+        action="store_true",
+        help="promote a federated candidate the promotion gate found worse than the stable version",
+    )
     assign = msub.add_parser("assign", help="send a version to the nodes whose tags match")
     assign.add_argument("model", help="model name")
     assign.add_argument("version", help="a version the hub holds (see `models show`)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
 from pydantic import BaseModel, Field, field_validator, model_validator
@@ -16,6 +17,9 @@ class HubSettings(BaseModel):
     data_dir: Path
     #: ``sqlite:///PATH`` or ``redis://HOST:PORT/DB``; default: ``hub.sqlite3`` in the data dir
     store: str | None = None
+    #: where bundle archives go (hub/blobs/): ``file:///PATH`` or ``s3://BUCKET/PREFIX?endpoint_url=URL``;
+    #: default: ``blobs`` in the data dir
+    blobs: str | None = Field(None, min_length=1, max_length=2000)
     host: str = "127.0.0.1"
     port: int = Field(DEFAULT_PORT, ge=0, le=65535)
     #: a node is shown offline after this much silence
@@ -74,6 +78,14 @@ class HubSettings(BaseModel):
     eval_data: dict[str, Path] = {}
     rounds_watch_interval_s: float = Field(2.0, gt=0)
 
+    # -- replicas (hub/lease.py, hub/driver.py; docs/deploy.md) ---------------------------
+    #: where the other replicas reach this one (they forward round commands to the replica that
+    #: drives rounds); default ``http://HOST:PORT``, this host's address for a wildcard --host
+    advertise_url: str | None = Field(None, pattern=r"^https?://[^\s/]+$")
+    #: seconds the rounds driver's lease lasts unless renewed (every third of it): how long the
+    #: replicas wait for a driver that stopped answering before another takes over
+    lease_ttl_s: float = Field(15.0, ge=1, le=600)
+
     @field_validator(
         "data_dir",
         "rounds_dir",
@@ -119,5 +131,20 @@ class HubSettings(BaseModel):
             return self.superlink_public or self.superlink
         return f"{self.host}:{self.superlink_port}" if self.superlink_port is not None else None
 
+    def replica_url(self) -> str:
+        """Where the other replicas reach this one (``advertise_url``)."""
+        if self.advertise_url:
+            return self.advertise_url
+        host = self.host
+        if host in ("", "0.0.0.0", "::", "[::]"):
+            try:
+                host = socket.gethostbyname(socket.gethostname())
+            except OSError:
+                host = "127.0.0.1"
+        return f"http://{host}:{self.port}"
+
     def store_url(self) -> str:
         return self.store or f"sqlite:///{HubDataDir(self.data_dir).store}"
+
+    def blobs_url(self) -> str:
+        return self.blobs or HubDataDir(self.data_dir).blobs.as_uri()

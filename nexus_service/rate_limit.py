@@ -3,9 +3,11 @@ tokens, enrollment guesses.
 
 Each address holds up to ``burst`` tokens and regains ``per_s`` a second; a request that
 finds its bucket empty is answered 429 with ``Retry-After`` (seconds until one token is
-back) before any work is done. The buckets live in this process's memory: replicas behind
-a load balancer each keep their own (a client gets ``burst`` per replica), and a client's
-address is the TCP peer's, so behind a proxy every client shares the proxy's bucket.
+back) before any work is done. The buckets live in this process's memory; the hub's
+replicas also spend each failure in a bucket the store shares and lower their own to it
+(``observe``; hub/state.py), so a client spreading guesses over replicas gets about one
+bucket. A client's address is the TCP peer's, so behind a proxy every client shares the
+proxy's bucket.
 The table is bounded: past ``max_clients`` addresses the least recently seen is dropped
 (it comes back with a full bucket, which bounds memory at the cost of forgetting).
 """
@@ -73,6 +75,14 @@ class TokenBuckets:
             level = self._level(address, now)
         if level < 1.0:
             raise RateLimited(self.what, max(1, math.ceil((1.0 - level) / self.rate.per_s)))
+
+    def observe(self, address: str, level: float) -> None:
+        """Lower ``address``'s bucket to ``level``, what a bucket shared with other processes
+        holds (the hub's replicas share theirs through the store); never raises it."""
+        with self._lock:
+            now = self.clock()
+            self._buckets[address] = (min(self._level(address, now), max(0.0, level)), now)
+            self._buckets.move_to_end(address)
 
     def spend(self, address: str) -> None:
         """Take one token from ``address`` (a failure it caused, or an attempt)."""

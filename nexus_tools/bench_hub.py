@@ -15,7 +15,6 @@ import asyncio
 import json
 import os
 import statistics
-import sys
 import tempfile
 import time
 import uuid
@@ -30,9 +29,10 @@ from hub.client import OperatorClient
 from models.bundle import write_manifest
 from models.errors import NexusError
 from models.progress import Progress
+from nexus_tools import bench_fleet
 from nexus_tools.bench_edge import echo_server
 from nexus_tools.bench_rule import check_headroom
-from nexus_tools.processes import ServerProcess, free_port
+from nexus_tools.processes import ServerProcess, free_port, nexus_argv
 from nexus_wire.datadir import HubDataDir
 
 HEARTBEAT = {"models": {"funnel": "1"}, "health": "ok", "request_rate": 12.5, "queue_depth": 0}
@@ -43,8 +43,8 @@ EDGE_POLL_S = 1.0
 class _HubProcess:
     def __init__(self, data_dir: Path, store: str) -> None:
         port = free_port()
-        argv = [sys.executable, "-m", "nexus_cli", "hub", "serve", "--data-dir", str(data_dir), "--store", store,
-                "--port", str(port), "--poll-interval", str(EDGE_POLL_S), "--no-superlink"]  # fmt: skip
+        argv = nexus_argv("hub", "serve", "--data-dir", str(data_dir), "--store", store, "--port", str(port),
+                          "--poll-interval", str(EDGE_POLL_S), "--no-superlink")  # fmt: skip
         self.process = ServerProcess(f"hub for the benchmark (store {store})", argv, port, ready_path="/healthz")
         self.process.start(timeout=60)
         self.url = self.process.url
@@ -86,10 +86,19 @@ def _bundle(root: Path, version: str) -> Path:
     return folder
 
 
-async def _enroll(url: str, tokens: list[str]) -> list[str]:
+async def _enroll(url: str, tokens: list[str], at_once: int = 20) -> list[str]:
+    # a bounded number at a time: a thousand at once wait on the client's pool past its timeout
+    gate = asyncio.Semaphore(at_once)
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
-        replies = await asyncio.gather(*(client.post("/v1/enroll", json={"token": t}) for t in tokens))
-    return [f"Bearer node.{r.json()['node_id']}.{r.json()['node_secret']}" for r in replies]
+
+        async def one(token: str) -> str:
+            async with gate:
+                reply = await client.post("/v1/enroll", json={"token": token})
+            if reply.status_code != 201:
+                raise NexusError(f"benchmark enrollment failed: {reply.status_code} {reply.text[:200]}")
+            return f"Bearer node.{reply.json()['node_id']}.{reply.json()['node_secret']}"
+
+        return list(await asyncio.gather(*(one(t) for t in tokens)))
 
 
 async def _heartbeats(
@@ -250,10 +259,17 @@ def register(bench_sub: argparse._SubParsersAction) -> None:
     bench.add_argument("--seconds", type=float, default=5.0, help="heartbeat phase length per store")
     bench.add_argument("--redis", default="redis://127.0.0.1:6379/15", help="Redis URL for the Redis run ('' to skip)")
     bench.add_argument("--json", action="store_true", help="one line of JSON")
+    bench_fleet.add_fleet_args(bench)
     bench.set_defaults(func=_bench)
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.fleet:
+        fleet = bench_fleet.run_from_args(args)
+        print(json.dumps(fleet, indent=None if args.json else 2), flush=True)
+        if not fleet["valid"]:  # the figures are printed, for what they show, but not a result
+            raise NexusError("the fleet run is not valid: " + "; ".join(fleet["problems"]))
+        return 0
     result = run_bench(
         nodes=args.nodes,
         edges=args.edges,

@@ -147,8 +147,12 @@ def _pod_specs() -> Iterator[tuple[str, dict[str, Any]]]:
             yield doc["metadata"]["name"], doc["spec"]["template"]["spec"]
 
 
+def _resource(kind: str, name: str) -> dict[str, Any]:
+    return next(doc for _, doc in _all_resources() if doc["kind"] == kind and doc["metadata"]["name"] == name)
+
+
 def _deployment(name: str) -> dict[str, Any]:
-    return next(doc for _, doc in _all_resources() if doc["kind"] == "Deployment" and doc["metadata"]["name"] == name)
+    return _resource("Deployment", name)
 
 
 @pytest.mark.parametrize("path", _manifest_files(), ids=lambda p: p.name)
@@ -172,7 +176,7 @@ def test_kustomization_lists_every_manifest_but_the_secret_templates() -> None:
 
 def test_every_pod_is_non_root_read_only_and_bounded() -> None:
     pods = dict(_pod_specs())
-    assert {"nexus-hub", "nexus-redis", "nexus-edge-region-1"} <= pods.keys()
+    assert {"nexus-hub", "nexus-hub-driver", "nexus-redis", "nexus-edge-region-1"} <= pods.keys()
     for name, spec in pods.items():
         pod_ctx = spec["securityContext"]
         assert pod_ctx["runAsNonRoot"] is True and pod_ctx["runAsUser"] != 0, name
@@ -208,8 +212,9 @@ def test_edge_pod_runs_its_supernode_over_tls_with_oip_probes() -> None:
     assert _flags(edge["args"])["--data-dir"] == "/var/lib/nexus" and _mounted(edge, "/var/lib/nexus")
 
 
-def _hub_pod() -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    spec = _deployment("nexus-hub")["spec"]["template"]["spec"]
+def _hub_pod(kind: str = "StatefulSet", name: str = "nexus-hub-driver") -> tuple[dict[str, Any], dict[str, Any]]:
+    """The pod spec of a hub workload and its containers by name (default: the rounds driver's)."""
+    spec = _resource(kind, name)["spec"]["template"]["spec"]
     return spec, {c["name"]: c for c in spec["containers"]}
 
 
@@ -238,7 +243,9 @@ def test_hub_runs_its_superlink_behind_a_tls_fleet_gateway_in_k8s() -> None:
     service = next(
         doc for _, doc in _all_resources() if doc["kind"] == "Service" and doc["metadata"]["name"] == "nexus-superlink"
     )
-    assert service["spec"]["selector"] == _deployment("nexus-hub")["spec"]["selector"]["matchLabels"]
+    assert (
+        service["spec"]["selector"] == _resource("StatefulSet", "nexus-hub-driver")["spec"]["selector"]["matchLabels"]
+    )
     assert any(
         p["name"] == service["spec"]["ports"][0]["targetPort"] and p["containerPort"] == 9092 for p in hub["ports"]
     )
@@ -311,6 +318,66 @@ def test_secret_templates_hold_placeholders_and_cover_every_secret_the_pods_moun
         assert set(keys) <= secrets[name][1]["stringData"].keys(), f"{name} template lacks {keys}"
 
 
+def _hub_args(kind: str, name: str) -> dict[str, str]:
+    return _flags(_hub_pod(kind, name)[1]["hub"]["args"])
+
+
+def test_k8s_runs_autoscaled_api_replicas_and_one_rounds_driver_on_one_store() -> None:
+    """docs/deploy.md "Replicas": a Deployment of stateless API replicas under a
+    HorizontalPodAutoscaler, and the SuperLink singleton as a StatefulSet of one on its own
+    volume claim, all on one Redis and one bucket, with the same key and admin token."""
+    api, driver = _hub_args("Deployment", "nexus-hub"), _hub_args("StatefulSet", "nexus-hub-driver")
+    assert "--no-superlink" in api and not any(flag.startswith("--superlink") for flag in api)
+    assert "--no-superlink" not in driver and driver["--superlink-port"] == "9092"
+    for flag in ("--store", "--blobs", "--data-dir"):
+        assert api[flag] == driver[flag], flag
+    assert api["--store"] == "redis://nexus-redis:6379/0"
+    # the API replicas forward round commands to the driver by its stable pod name
+    statefulset = _resource("StatefulSet", "nexus-hub-driver")
+    assert statefulset["spec"]["replicas"] == 1
+    headless = _resource("Service", statefulset["spec"]["serviceName"])
+    assert headless["spec"]["clusterIP"] == "None"
+    assert headless["spec"]["selector"] == statefulset["spec"]["selector"]["matchLabels"]
+    pod = f"{statefulset['metadata']['name']}-0.{headless['metadata']['name']}"
+    assert driver["--advertise-url"] == f"http://{pod}:8080"
+
+    hpa = _resource("HorizontalPodAutoscaler", "nexus-hub")
+    assert hpa["spec"]["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "nexus-hub"}
+    assert 2 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
+    assert {m["resource"]["name"] for m in hpa["spec"]["metrics"]} == {"cpu"}
+    # an HPA scales on utilization of a request: the API container must request CPU
+    assert _hub_pod("Deployment", "nexus-hub")[1]["hub"]["resources"]["requests"]["cpu"]
+
+    # stateful where: the driver's data dir (SuperLink database) on its claim, the API's in an emptyDir
+    api_spec, _ = _hub_pod("Deployment", "nexus-hub")
+    driver_spec, _ = _hub_pod()
+    assert next(v for v in api_spec["volumes"] if v["name"] == "data") == {
+        "name": "data",
+        "emptyDir": {"sizeLimit": "64Mi"},
+    }
+    assert not any("persistentVolumeClaim" in v for v in api_spec["volumes"])
+    assert [t["metadata"]["name"] for t in statefulset["spec"]["volumeClaimTemplates"]] == ["data"]
+    assert not any(v["name"] == "data" for v in driver_spec["volumes"])  # from the claim template
+    # the same key and token on every replica, copied into the data dir before the hub starts
+    for spec in (api_spec, driver_spec):
+        keys = next(v for v in spec["volumes"] if v["name"] == "keys")
+        assert keys["secret"]["secretName"] == "nexus-hub-keys"
+        assert {i["path"] for i in keys["secret"]["items"]} == {
+            HUB_LAYOUT.signing_key.name,
+            HUB_LAYOUT.admin_token.name,
+        }
+        (init,) = spec["initContainers"]
+        assert str(HUB_LAYOUT.signing_key) in init["command"][-1] and str(HUB_LAYOUT.admin_token) in init["command"][-1]
+        assert {m["mountPath"] for m in init["volumeMounts"]} >= {HUB_DATA}
+    # every replica answers the HTTP Service; only the driver the SuperNodes' one
+    http = _resource("Service", "nexus-hub")["spec"]["selector"]
+    for workload in (_deployment("nexus-hub"), statefulset):
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        assert http.items() <= labels.items()
+    superlink = _resource("Service", "nexus-superlink")["spec"]["selector"]
+    assert not superlink.items() <= _deployment("nexus-hub")["spec"]["template"]["metadata"]["labels"].items()
+
+
 # -- compose --------------------------------------------------------------------------------
 
 
@@ -328,7 +395,7 @@ def _volume_source(entry: str | dict[str, Any]) -> tuple[str, str]:
 
 def test_compose_has_the_whole_system(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    expected = {"hub", "redis"} | {f"edge-{r}" for r in EDGE_REGIONS}
+    expected = {"hub", "hub-api", "redis"} | {f"edge-{r}" for r in EDGE_REGIONS}
     assert expected <= services.keys()
     _no_flower_of_its_own([list(s.get("entrypoint", [])) + list(s.get("command", [])) for s in services.values()])
     assert "--store=redis://redis:6379/0" in services["hub"]["command"]
@@ -376,7 +443,7 @@ def test_every_edge_has_a_unique_region_matching_its_supernode_key(compose: dict
         if not re.fullmatch(r"edge-\d+", name):
             continue
         edge_flags = _flags(service["command"])
-        assert edge_flags["--hub"] == "http://hub:8080"
+        assert edge_flags["--hub"] == "http://hub-http:8080"  # any replica (test_compose_runs_hub_replicas...)
         assert any("/v2/health/ready" in part for part in service["healthcheck"]["test"])
         token = re.fullmatch(r"/run/secrets/enroll-token-region-(\d+)", edge_flags["--enroll-token-file"])
         assert token, f"{name}: enrollment token is not a per-region secret"
@@ -409,6 +476,22 @@ def test_hub_runs_its_superlink_behind_a_tls_fleet_gateway_in_compose(compose: d
             assert host in aliases and f"DNS:{host}" in certificate_names.group(1).split(), name
     used = {_volume_source(v)[0] for s in services.values() for v in s.get("volumes", [])}
     assert set(compose["volumes"]) <= used, "a declared volume is not used"
+
+
+def test_compose_runs_hub_replicas_on_one_store_and_volume(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    driver, api = _flags(services["hub"]["command"]), _flags(services["hub-api"]["command"])
+    assert "--no-superlink" in api and "--no-superlink" not in driver
+    assert api["--store"] == driver["--store"] and api["--data-dir"] == driver["--data-dir"] == HUB_DATA
+    assert driver["--advertise-url"] == "http://hub:8080"
+    assert services["hub-api"]["deploy"]["replicas"] >= 2
+    # one data volume: the shared key and token, and the default blob store (DATA_DIR/blobs)
+    for name in ("hub", "hub-api"):
+        assert "--blobs" not in _flags(services[name]["command"])
+        assert [_volume_source(v) for v in services[name]["volumes"]] == [("hub-data", HUB_DATA)]
+        assert "hub-http" in services[name]["networks"]["federation"]["aliases"], name
+        assert "backend" in services[name]["networks"], name
+    assert services["hub-api"]["depends_on"]["hub"]["condition"] == "service_healthy"
 
 
 def test_flower_runs_with_tls_and_auth_in_compose(compose: dict[str, Any]) -> None:

@@ -4,7 +4,7 @@
 # Registration is a Control API call, and the hub's SuperLink serves its Control API on
 # loopback inside the hub's container only (its public port, the Fleet gateway, refuses it):
 # so `flwr` runs there, through EXEC (e.g. `docker compose -f deploy/compose.yaml exec -T hub`
-# or `kubectl -n nexus exec -i deploy/nexus-hub -c hub --`; none: a hub on this machine),
+# or `kubectl -n nexus exec -i statefulset/nexus-hub-driver -c hub --`; none: a hub on this machine),
 # with the hub's own connection ("hub" in its SuperLink's FLWR_HOME). Keys travel on stdin.
 #
 # usage: register-supernodes.sh [--exec 'EXEC'] [--flwr-home DIR] [KEY_DIR]

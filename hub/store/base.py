@@ -3,24 +3,36 @@ implement it and one test suite runs against both.
 
 Records are plain dataclasses. Everything that must stay consistent across several hub
 replicas lives here (never in a replica's memory): nodes, one-time enrollment tokens,
-the registry (version records and their signed bundle archives) and the rollout log.
+the registry (version records; their signed bundle archives are in the blob store,
+hub/blobs/, named by the digest the record holds) and the rollout log. A node's own
+requests (its credential, its heartbeat) are coroutines, so a network store can answer
+them on the event loop in one round trip.
 Later features add their own small groups of methods (funnel config and counters,
 federated rounds) rather than widening these.
 """
 
 from __future__ import annotations
 
+import functools
+import hmac
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
+import anyio
+
+from hub.blobs.base import ArchiveReader
 from hub.counters import CounterState
 from hub.funnel_config import Experiment, Funnel, Variant
 from models.errors import NexusError
 from nexus_wire.counters import CounterKey
 
 ActionKind = Literal["stable", "assign"]
+T = TypeVar("T")
+R = TypeVar("R")
+#: a node credential checked against the store: the node's, a revoked one, or nobody's
+NodeStatus = Literal["ok", "unknown", "revoked"]
 
 
 class StoreUnavailable(NexusError):
@@ -37,6 +49,21 @@ class NodeRecord:
     heartbeat: dict[str, Any] | None = None
     #: when ``nexus hub nodes revoke`` ended its credential (its requests are 401 from then on)
     revoked_at: float | None = None
+
+
+@dataclass(frozen=True)
+class NodeCheck:
+    """A node's credential checked against the store; ``node`` is its record when ``status`` is ok."""
+
+    status: NodeStatus
+    node: NodeRecord | None = None
+
+
+def check_credential(node: NodeRecord | None, secret_hash: str) -> NodeCheck:
+    """Whether ``secret_hash`` (the sha256 of the secret a request shows) is ``node``'s."""
+    if node is None or not hmac.compare_digest(node.secret_hash, secret_hash):
+        return NodeCheck("unknown")
+    return NodeCheck("revoked") if node.revoked_at is not None else NodeCheck("ok", node)
 
 
 @dataclass(frozen=True)
@@ -130,26 +157,39 @@ class RunRecord:
         object.__setattr__(self, "participants", sorted({str(n) for n in self.participants}))
 
 
-class ArchiveReader(ABC):
-    """Ranged reads of one stored archive; close it when done (a context manager)."""
+@dataclass(frozen=True)
+class LeaseRecord:
+    """A lease as the store holds it: who, with which fencing token, for how much longer."""
 
-    @abstractmethod
-    def read(self, offset: int, length: int) -> bytes:
-        """Up to ``length`` bytes from ``offset`` (fewer at the end)."""
+    name: str
+    holder: str
+    token: int
+    ttl_s: float
 
-    def close(self) -> None:
-        return None
 
-    def __enter__(self) -> ArchiveReader:
-        return self
+@dataclass(frozen=True)
+class Fence:
+    """What a lease holder's guarded writes carry: accepted only while ``token`` is the lease's newest."""
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    lease: str
+    token: int
 
 
 class Store(ABC):
     #: True when calls may wait on the network: the HTTP layer then runs them in threads
     network_io: bool = False
+
+    async def blocking(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` from the event loop: in a worker thread for a network store (an outage
+        stalls a request, not the loop), inline otherwise (a thread hop costs more than a local
+        query); hub.state.store_call is this."""
+        if self.network_io:
+            return await anyio.to_thread.run_sync(functools.partial(fn, *args))
+        return fn(*args)
+
+    async def aclose(self) -> None:
+        """Close what the store opened on the event loop (the app's lifespan ends with it)."""
+        return None
 
     # -- lifecycle ---------------------------------------------------------------------
     @abstractmethod
@@ -205,10 +245,34 @@ class Store(ABC):
     def revoke_node(self, node_id: str, at: float) -> NodeRecord | None:
         """Mark the node revoked (the first time is kept); the record, ``None`` when unknown."""
 
-    # -- registry ----------------------------------------------------------------------
+    # -- a node's own requests, on the event loop: one round trip each where the store can
+    async def check_node(self, node_id: str, secret_hash: str) -> NodeCheck:
+        """The lookup behind every node request (hub.auth): whose credential this is."""
+        return check_credential(await self.blocking(self.get_node, node_id), secret_hash)
+
+    async def heartbeat_node(
+        self,
+        node_id: str,
+        secret_hash: str,
+        at: float,
+        update: Callable[[dict[str, Any] | None], tuple[dict[str, Any], R]],
+    ) -> tuple[NodeStatus, R | None]:
+        """Check the credential and record a heartbeat: ``update(previous heartbeat)`` gives the
+        one to store and what the caller wants back (``None`` unless the credential is ok). A
+        store may call ``update`` more than once (it retries when another write came in between);
+        what it returns is from the call whose heartbeat was stored."""
+        check = await self.check_node(node_id, secret_hash)
+        if check.node is None:
+            return check.status, None
+        beat, result = update(check.node.heartbeat)
+        await self.blocking(self.record_heartbeat, node_id, at, beat)
+        return check.status, result
+
+    # -- registry: version records; their archives are in the blob store (hub/blobs/) --
     @abstractmethod
-    def add_version(self, record: VersionRecord, archive: bytes) -> bool:
-        """Store a version and its archive; ``False`` (and nothing written) if it exists."""
+    def add_version(self, record: VersionRecord) -> bool:
+        """Store a version's record (its archive is already in the blob store, under
+        ``record.archive_sha256``); ``False`` (and nothing written) if it exists."""
 
     @abstractmethod
     def get_version(self, model: str, version: str) -> VersionRecord | None: ...
@@ -221,19 +285,9 @@ class Store(ABC):
     def list_models(self) -> list[str]: ...
 
     @abstractmethod
-    def read_archive(self, model: str, version: str) -> bytes | None: ...
-
-    @abstractmethod
-    def read_archive_range(self, model: str, version: str, offset: int, length: int) -> bytes | None:
-        """Up to ``length`` bytes of a version's archive from ``offset`` (fewer at its end),
-        reading only those; ``None`` when there is no such archive."""
-
-    def open_archive(self, model: str, version: str) -> ArchiveReader | None:
-        """A reader for many ranges of one archive (a download reads one member in chunks);
-        a store whose every range read costs a fresh lookup keeps a handle open instead."""
-        if self.read_archive_range(model, version, 0, 0) is None:
-            return None
-        return _RangeArchive(self, model, version)
+    def open_inline_archive(self, model: str, version: str) -> ArchiveReader | None:
+        """The archive of a version pushed before the blob store, which the store holds beside
+        its record (read old, write new: no push writes one any more); ``None`` when it has none."""
 
     # -- rollout log -------------------------------------------------------------------
     @abstractmethod
@@ -307,13 +361,35 @@ class Store(ABC):
     def list_rounds(self, run_id: str) -> list[dict[str, Any]]:
         """In round order."""
 
+    # -- replicas: the rounds driver's lease, its fenced writes, shared rate limits ------
+    # (hub/lease.py; implemented in hub/store/sqlite_replicas.py and redis_replicas.py)
+    @abstractmethod
+    def acquire_lease(self, name: str, holder: str, ttl_s: float, replace: str | None = None) -> int | None:
+        """Take ``name`` for ``ttl_s`` seconds if nobody holds it, or ``replace`` does (a holder
+        known to be dead); the new fencing token (one more than any before), else ``None``."""
 
-class _RangeArchive(ArchiveReader):
-    def __init__(self, store: Store, model: str, version: str) -> None:
-        self.store, self.model, self.version = store, model, version
+    @abstractmethod
+    def renew_lease(self, name: str, holder: str, token: int, ttl_s: float) -> bool:
+        """Extend the lease by ``ttl_s`` from now only while ``holder`` still holds it with ``token``."""
 
-    def read(self, offset: int, length: int) -> bytes:
-        data = self.store.read_archive_range(self.model, self.version, offset, length)
-        if data is None:
-            raise StoreUnavailable(f"archive of {self.model} {self.version} vanished while being read")
-        return data
+    @abstractmethod
+    def release_lease(self, name: str, holder: str, token: int) -> bool:
+        """Give the lease up (only the holder with that token can); whether it did."""
+
+    @abstractmethod
+    def get_lease(self, name: str) -> LeaseRecord | None:
+        """Who holds the lease now (``None``: nobody, or it expired)."""
+
+    @abstractmethod
+    def put_run_fenced(self, run: RunRecord, fence: Fence) -> bool:
+        """``put_run`` only while ``fence.token`` is the newest token of its lease (no other
+        replica took the lease since); ``False`` and nothing written otherwise."""
+
+    @abstractmethod
+    def put_round_fenced(self, run_id: str, round_no: int, metrics: dict[str, Any], fence: Fence) -> bool:
+        """``put_round`` under the same fence."""
+
+    @abstractmethod
+    def spend_rate_token(self, bucket: str, address: str, burst: int, per_s: float) -> float:
+        """Take one token from the shared bucket ``bucket`` of ``address`` (``burst`` full,
+        refilled at ``per_s``); the tokens left, which may be below 1 (then it is empty)."""

@@ -32,6 +32,7 @@ from hub.store.base import (
     experiment_from_json,
     experiment_to_json,
 )
+from hub.store.sqlite_replicas import SqliteReplicas
 from models.bundle import version_key
 from nexus_service.keyfiles import private_file
 from nexus_wire.counters import CounterKey
@@ -82,7 +83,7 @@ class _SqliteArchive(ArchiveReader):
         self.db.close()
 
 
-class SqliteStore(Store):
+class SqliteStore(SqliteReplicas, Store):
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -176,10 +177,11 @@ class SqliteStore(Store):
         )
         return self._node(rows[0]) if rows else None
 
-    def add_version(self, record: VersionRecord, archive: bytes) -> bool:
+    def add_version(self, record: VersionRecord) -> bool:
+        # a zero-length archive column: the bytes are in the blob store (older rows hold theirs)
         rows = self._run(
-            "INSERT OR IGNORE INTO versions VALUES (?, ?, ?, ?) RETURNING model",
-            (record.model, record.version, json.dumps(asdict(record)), archive),
+            "INSERT OR IGNORE INTO versions VALUES (?, ?, ?, x'') RETURNING model",
+            (record.model, record.version, json.dumps(asdict(record))),
         )
         return bool(rows)
 
@@ -197,18 +199,7 @@ class SqliteStore(Store):
     def list_models(self) -> list[str]:
         return [r[0] for r in self._run("SELECT DISTINCT model FROM versions ORDER BY model")]
 
-    def read_archive(self, model: str, version: str) -> bytes | None:
-        rows = self._run("SELECT archive FROM versions WHERE model = ? AND version = ?", (model, version))
-        return bytes(rows[0][0]) if rows else None
-
-    def read_archive_range(self, model: str, version: str, offset: int, length: int) -> bytes | None:
-        reader = self.open_archive(model, version)
-        if reader is None:
-            return None
-        with reader:
-            return reader.read(offset, length)
-
-    def open_archive(self, model: str, version: str) -> ArchiveReader | None:
+    def open_inline_archive(self, model: str, version: str) -> ArchiveReader | None:
         # A connection of its own per reader (WAL lets it read beside writes), so a download
         # never holds the lock heartbeats and /healthz wait on; and one blob handle for all of
         # its reads: a fresh handle walks the blob's overflow pages from the start to seek.
@@ -217,7 +208,9 @@ class SqliteStore(Store):
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"SQLite store {self.path}: {exc}") from None
         try:
-            row = db.execute("SELECT rowid FROM versions WHERE model = ? AND version = ?", (model, version)).fetchone()
+            row = db.execute(
+                "SELECT rowid FROM versions WHERE model = ? AND version = ? AND length(archive) > 0", (model, version)
+            ).fetchone()
             if row is None:
                 db.close()
                 return None

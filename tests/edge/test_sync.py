@@ -88,9 +88,10 @@ def test_tampered_or_wrongly_signed_bundle_is_refused_old_model_kept(
     agent = sync_agent(hub.url, edge, repo, hub.admin.create_token({"region": "1"})["token"])
     _sync(agent)
     if fault == "flipped-byte":
-        store_forged(hub.store, tmp_path, "2", load_signing_key(HubDataDir(hub.data_dir).signing_key), flip=True)
+        key = load_signing_key(HubDataDir(hub.data_dir).signing_key)
+        store_forged(hub.store, hub.data_dir, tmp_path, "2", key, flip=True)
     else:
-        store_forged(hub.store, tmp_path, "2", Ed25519PrivateKey.generate(), flip=False)
+        store_forged(hub.store, hub.data_dir, tmp_path, "2", Ed25519PrivateKey.generate(), flip=False)
     hub.admin.promote("funnel", "2", "stable")
 
     agent = sync_agent(hub.url, edge, repo)

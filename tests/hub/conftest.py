@@ -10,6 +10,7 @@ import pytest
 from hub.store.base import Store
 from tests.support.env import need, port_open
 from tests.support.hub import cleanup, store_for
+from tests.support.s3 import CREDENTIALS, moto_server, new_bucket
 
 
 @pytest.fixture
@@ -35,3 +36,18 @@ def any_store(store_kind: str, tmp_path: Path, request: pytest.FixtureRequest) -
 def hub_store(any_store: Store) -> Store:
     """The ``hub`` fixture's store: every store (a test parametrized with ``store_kind`` picks one)."""
     return any_store
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3-compatible server (moto) on loopback, and the credentials boto3 reads."""
+    with pytest.MonkeyPatch.context() as env, moto_server() as endpoint:
+        for name, value in CREDENTIALS.items():
+            env.setenv(name, value)
+        yield endpoint
+
+
+@pytest.fixture
+def s3_blobs(s3_endpoint: str) -> str:
+    """The blob store URL of a fresh bucket on that server."""
+    return f"s3://{new_bucket(s3_endpoint)}/bundles?endpoint_url={s3_endpoint}&region=us-east-1"

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
+from collections.abc import Callable
+from typing import Any
 
-from hub.store.base import NodeRecord, Store, VersionRecord
+import anyio.to_thread
+
+from hub.store.base import NodeCheck, NodeRecord, Store, VersionRecord
 
 
 def _version(model: str, version: str) -> VersionRecord:
@@ -55,31 +60,74 @@ def test_nodes_and_heartbeats(any_store: Store) -> None:
 
 def test_versions_insert_once_and_sort_numerically(any_store: Store) -> None:
     for v in ("1", "10", "2"):
-        assert any_store.add_version(_version("funnel", v), f"archive-{v}".encode())
-    assert not any_store.add_version(_version("funnel", "2"), b"other")
-    assert any_store.read_archive("funnel", "2") == b"archive-2"
+        assert any_store.add_version(_version("funnel", v))
+    assert not any_store.add_version(_version("funnel", "2"))
     assert [r.version for r in any_store.list_versions("funnel")] == ["1", "2", "10"]
     assert any_store.get_version("funnel", "10") == _version("funnel", "10")
-    assert any_store.get_version("funnel", "3") is None and any_store.read_archive("funnel", "3") is None
-    any_store.add_version(_version("emotion", "1"), b"e")
+    assert any_store.get_version("funnel", "3") is None
+    # the store holds records only: a new version's archive is in the blob store
+    assert any_store.open_inline_archive("funnel", "2") is None
+    any_store.add_version(_version("emotion", "1"))
     assert any_store.list_models() == ["emotion", "funnel"]
 
 
-def test_archive_ranges_read_only_what_is_asked(any_store: Store) -> None:
-    archive = bytes(range(256)) * 4096  # 1 MiB
-    assert any_store.add_version(_version("funnel", "1"), archive)
-    assert any_store.read_archive_range("funnel", "1", 0, 10) == archive[:10]
-    assert any_store.read_archive_range("funnel", "1", 500_000, 70_000) == archive[500_000:570_000]
-    assert any_store.read_archive_range("funnel", "1", len(archive) - 5, 100) == archive[-5:]
-    assert any_store.read_archive_range("funnel", "1", len(archive) + 7, 100) == b""
-    assert any_store.read_archive_range("funnel", "2", 0, 10) is None
-    assert any_store.read_archive_range("emotion", "1", 0, 10) is None
-    assert any_store.open_archive("funnel", "2") is None
-    reader = any_store.open_archive("funnel", "1")
-    assert reader is not None
-    with reader:  # one reader, many ranges, in any order
-        assert b"".join(reader.read(o, 1 << 16) for o in range(0, len(archive), 1 << 16)) == archive
-        assert reader.read(3, 4) == archive[3:7]
+def test_a_node_credential_is_checked_in_one_call(any_store: Store) -> None:
+    any_store.add_node(NodeRecord("n-1", "s1", {"region": "1"}, 1.0))
+    any_store.add_node(NodeRecord("n-2", "s2", {}, 2.0))
+    any_store.revoke_node("n-2", 3.0)
+
+    async def checks() -> list[NodeCheck]:
+        try:
+            return [
+                await any_store.check_node(n, s) for n, s in (("n-1", "s1"), ("n-1", "s2"), ("n-2", "s2"), ("x", "s"))
+            ]
+        finally:
+            await any_store.aclose()
+
+    ok, wrong, revoked, nobody = asyncio.run(checks())
+    assert ok.status == "ok" and ok.node is not None and ok.node.tags == {"region": "1"}
+    assert (wrong, revoked, nobody) == (NodeCheck("unknown"), NodeCheck("revoked"), NodeCheck("unknown"))
+
+
+def _beat(seen: list[object], count: int) -> Callable[[dict[str, Any] | None], tuple[dict[str, Any], int]]:
+    def update(previous: dict[str, Any] | None) -> tuple[dict[str, Any], int]:
+        seen.append((count, previous))  # a store may call it more than once: the last call counts
+        return {"count": count}, count
+
+    return update
+
+
+def test_heartbeats_build_on_the_stored_one_even_after_another_writer(any_store: Store) -> None:
+    any_store.add_node(NodeRecord("n-1", "s1", {}, 1.0))
+    seen: list[object] = []
+
+    async def beats() -> list[object]:
+        try:
+            out: list[object] = [await any_store.heartbeat_node("n-1", "s1", 5.0, _beat(seen, 1))]
+            out.append(await any_store.heartbeat_node("n-1", "s1", 6.0, _beat(seen, 2)))
+            # another replica (or an older hub) writes in between: the next one builds on that
+            await anyio.to_thread.run_sync(any_store.record_heartbeat, "n-1", 7.0, {"count": 30})
+            out.append(await any_store.heartbeat_node("n-1", "s1", 8.0, _beat(seen, 4)))
+            out.append(await any_store.heartbeat_node("n-1", "bad", 9.0, _beat(seen, 5)))
+            out.append(await any_store.heartbeat_node("ghost", "s1", 9.0, _beat(seen, 6)))
+            return out
+        finally:
+            await any_store.aclose()
+
+    assert asyncio.run(beats()) == [("ok", 1), ("ok", 2), ("ok", 4), ("unknown", None), ("unknown", None)]
+    built_on = dict(seen)  # the last call of each heartbeat: the one stored
+    assert built_on[1] is None and built_on[2] == {"count": 1} and built_on[4] == {"count": 30}
+    node = any_store.get_node("n-1")
+    assert node is not None and node.heartbeat == {"count": 4} and node.last_seen == 8.0
+    any_store.revoke_node("n-1", 10.0)
+    assert asyncio.run(_one_beat(any_store)) == ("revoked", None)
+
+
+async def _one_beat(store: Store) -> tuple[str, object]:
+    try:
+        return await store.heartbeat_node("n-1", "s1", 11.0, _beat([], 9))
+    finally:
+        await store.aclose()
 
 
 def test_rollout_log(any_store: Store) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sqlite3
 import uuid
 from pathlib import Path
 from typing import NamedTuple, Protocol
@@ -13,11 +14,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from hub.app import create_app
 from hub.archive import pack
+from hub.blobs import FileBlobStore
 from hub.client import OperatorClient
 from hub.settings import HubSettings
 from hub.store import open_store
 from hub.store.base import Store, VersionRecord
 from hub.store.redis import RedisStore
+from hub.store.sqlite import SqliteStore
 from models.bundle import read_manifest, sign_bundle, write_manifest
 from nexus_tools.processes import ServerThread
 from nexus_wire.datadir import HubDataDir
@@ -89,8 +92,11 @@ def enroll_node(hub: HubClients, **tags: str) -> EnrolledNode:
     return EnrolledNode(node["node_id"], {"Authorization": f"Bearer node.{node['node_id']}.{node['node_secret']}"})
 
 
-def store_forged(store: Store, tmp_path: Path, version: str, key: Ed25519PrivateKey, flip: bool) -> None:
-    """A bundle the hub's storage holds but did not produce (a compromised store or disk)."""
+def store_forged(
+    store: Store, data_dir: Path, tmp_path: Path, version: str, key: Ed25519PrivateKey, flip: bool
+) -> None:
+    """A bundle the hub's storage (its store, and the blob store in ``data_dir``) holds but did
+    not produce (a compromised store or disk)."""
     folder = make_bundle(tmp_path, "funnel", version, b"forged-" + version.encode(), size=1000)
     sign_bundle(folder, key)
     if flip:
@@ -102,4 +108,16 @@ def store_forged(store: Store, tmp_path: Path, version: str, key: Ed25519Private
     record = VersionRecord(
         "funnel", version, read_manifest(folder), signature, hashlib.sha256(archive).hexdigest(), len(archive), 0.0
     )
-    assert store.add_version(record, archive)
+    FileBlobStore(HubDataDir(data_dir).blobs).put(record.archive_sha256, archive)
+    assert store.add_version(record)
+
+
+def inline_archive(store: Store, model: str, version: str, archive: bytes) -> None:
+    """Put a version's archive where stores written before the blob store kept it: the SQLite
+    ``versions.archive`` column, the Redis ``archive:<model>:<version>`` string."""
+    if isinstance(store, RedisStore):
+        store.r.set(store._k("archive", model, version), archive)
+        return
+    assert isinstance(store, SqliteStore)
+    with sqlite3.connect(store.path) as db:
+        db.execute("UPDATE versions SET archive = ? WHERE model = ? AND version = ?", (archive, model, version))

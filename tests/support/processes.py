@@ -54,8 +54,12 @@ class HubProcess:
                 stdout=log,
                 stderr=log,
             )
-        wait_for(lambda: _healthy(self.url) or self.proc.poll() is not None, timeout=30, what="hub start")
-        assert self.proc.poll() is None, self.log.read_text()
+        try:
+            wait_for(lambda: _healthy(self.url) or self.proc.poll() is not None, timeout=30, what="hub start")
+            assert self.proc.poll() is None, self.log.read_text()
+        except AssertionError:
+            self.stop()  # no fixture tears down an object that was never made: leave no SuperLink running
+            raise
 
     def kill(self) -> None:
         """SIGKILL, as a crash would: a SuperLink it started outlives it (the next hub adopts it)."""
