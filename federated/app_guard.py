@@ -17,9 +17,14 @@ Why not Flower's SuperNode ``--trusted-entities``: it verifies only FABs that ca
 Flower platform's verifications (``fab.verifications["valid_license"]``), which a FAB
 submitted from a folder with ``flwr run`` never has, so it would refuse the hub's app too.
 
-The loop is Flower's (flwr/supercore/superexec/run_superexec.py) with only its task types
-and the check added; the app processes are Flower's (``flwr-clientapp`` / ``flwr-serverapp``)
-started by Flower's executor, and they exit when this process does.
+The loop is Flower's (flwr/supercore/superexec/run_superexec.py) with its task types and the
+check added, and two changes for round latency: it polls every :data:`FAST_POLL_S` while a run
+is sending tasks (Flower: every second), and a ClientApp task goes to a warm process that has
+imported Flower and the app already and forks the task's process (federated/warm_app.py), which
+runs Flower's own ClientApp runtime; a ServerApp is Flower's ``flwr-serverapp``, started by
+Flower's executor. Both reach the Runtime API through a relay that waits out objects still on
+their way instead of letting Flower back off a second (federated/runtime_relay.py). The app
+processes exit when this process does.
 """
 
 from __future__ import annotations
@@ -47,13 +52,15 @@ from flwr.supercore.interceptors import (
 )
 from flwr.supercore.retry import make_simple_http_retry_invoker
 from flwr.supercore.runtime import RuntimeHttpClient
-from flwr.supercore.superexec.executor import LaunchResultStatus, SubprocessExecutor
+from flwr.supercore.superexec.executor import LaunchResultStatus
 from flwr.supercore.superexec.plugin import AutoExecPlugin
 from flwr.supercore.telemetry import EventType
 from flwr.supercore.tls import validate_and_resolve_root_certificates
 from pydantic import ValidationError
 
 from edge_worker.audit import AuditLog
+from federated.runtime_relay import Relay
+from federated.warm_app import WarmExecutor
 from nexus_service.keyfiles import load_public_key, public_key_from_b64
 from nexus_wire.apps import FAB_SHA256, SignedApps
 from nexus_wire.datadir import EdgeDataDir
@@ -66,8 +73,11 @@ log = logging.getLogger("nexus.federated.guard")
 TASK_TYPES = {"clientapp": TaskType.CLIENT_APP, "serverapp": TaskType.SERVER_APP}
 #: what the task's owner is told: fixed, so a refusal leaks nothing about the node
 REFUSED = "refused by the node's app guard: the app is not signed by the hub"
-#: Flower's own SuperExec polls once a second; the same here, so the guard adds no wait
-POLL_S = 1.0
+#: seconds between two task polls while idle (Flower's own SuperExec: 1 s) ...
+POLL_S = 0.5
+#: ... and while a run is sending this node messages: within ACTIVE_S of the last task
+FAST_POLL_S = 0.05
+ACTIVE_S = 60.0
 #: the one Runtime API call the SuperExec secret signs (flwr run_superexec._SUPEREXEC_AUTH_METHODS)
 _SECRET_SIGNED = frozenset({"/flwr.proto.Runtime/AcquireTask"})
 #: where a refusal entry says the app came from (the audit mod names the SuperLink so too)
@@ -169,8 +179,20 @@ class Runtime:
 
 
 def serve(runtime: Runtime, guard: Guard, stop: Callable[[], bool] = lambda: False) -> None:
-    """Flower's SuperExec loop, launching only what ``guard`` lets through (until ``stop()``)."""
-    executor = SubprocessExecutor()
+    """Flower's SuperExec loop, launching only what ``guard`` lets through (until ``stop()``):
+    ClientApps through a warm process (federated/warm_app.py), others as Flower does; both
+    reach a plain-HTTP Runtime API through the relay (federated/runtime_relay.py)."""
+    relay = Relay(runtime.address).start() if runtime.insecure else None
+    executor = WarmExecutor(relay=None if relay is None else relay.address, warm=guard.task_type == TaskType.CLIENT_APP)
+    try:
+        _loop(runtime, guard, executor, stop)
+    finally:
+        executor.close()
+        if relay is not None:
+            relay.stop()
+
+
+def _loop(runtime: Runtime, guard: Guard, executor: WarmExecutor, stop: Callable[[], bool]) -> None:
     plugin = AutoExecPlugin(
         runtime_api_address=runtime.address,
         insecure=runtime.insecure,
@@ -178,13 +200,16 @@ def serve(runtime: Runtime, guard: Guard, stop: Callable[[], bool] = lambda: Fal
         runtime_dependency_install=False,
         executor=executor,
     )
+    last_task = float("-inf")
     while not stop():
+        executor.reconcile()
         try:
             acquired = runtime.acquire(guard.task_type)
         except httpx.HTTPError as exc:  # the SuperNode/SuperLink restarting: Flower's client retried already
             log.warning("runtime API %s: %s", runtime.address, exc)
             acquired = None
         if acquired is not None:
+            last_task = time.monotonic()
             task, token = acquired
             reason = guard.refusal(task)
             if reason is None:
@@ -198,7 +223,8 @@ def serve(runtime: Runtime, guard: Guard, stop: Callable[[], bool] = lambda: Fal
                     runtime.fail(token, REFUSED)
                 except httpx.HTTPError as exc:  # it expires instead and comes back: refused again
                     log.warning("could not end refused task %d: %s", task.task_id, exc)
-        time.sleep(POLL_S)
+        # a run's next message follows within seconds: poll fast then, gently when idle
+        time.sleep(FAST_POLL_S if time.monotonic() - last_task < ACTIVE_S else POLL_S)
 
 
 def main(argv: list[str] | None = None) -> int:

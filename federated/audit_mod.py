@@ -15,21 +15,23 @@ DP (run config ``dp-noise-multiplier`` > 0 and ``dp-clipping-norm``): the update
 (returned weights minus the round's global weights) is clipped to L2 norm C and Gaussian
 noise of std sigma*C is added to every weight: Flower's fixed-clipping scheme, applied
 here because our updates travel as sparse int8 deltas that Flower's mods cannot read.
-The noise covers every weight, so a private reply is dense fp32. Its metrics keep only
+The noise covers every weight, so a private reply is dense fp32. Under secure aggregation
+(federated/secure_aggregation.py, the next mod) the noise goes on before the update is
+masked; this mod checks the budget at the setup stage and charges it for the masked update. Its metrics keep only
 ``num-examples`` (the training loss is not private). The node's budget lives in its
 data dir (``privacy-budget.json``, set with the edge's ``privacy_epsilon`` setting) and is
 charged per round by the RDP accountant (edge_worker/audit/dp_budget.py). A round that would
 exceed it, or any un-noised round on a node that has a budget, is refused before training:
 a ``refusal`` entry, an error reply to the server.
 
-Error replies carry a fixed text (a budget refusal, or the exception's class and, for our
-own one-line errors, their message): Flower's default would send any exception's text.
+Error replies carry a fixed text, ``"<kind>: <detail>"`` (nexus_wire/outcomes.py): a budget
+refusal, or the exception's class and, for our own one-line errors, their message
+(federated/failures.py); Flower's default would send any exception's text.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +39,17 @@ import numpy as np
 from flwr.app import Context, Error, Message, MetricRecord, RecordDict
 from flwr.clientapp.typing import ClientAppCallable
 from flwr.common.constant import ErrorCode
+from flwr.common.secure_aggregation.secaggplus_constants import Stage
 
 from edge_worker.audit import AuditError, AuditLog, BudgetExhausted, PrivacyBudget
 from federated import codec
 from federated.digest import describe, reply_body
+from federated.dp import clip_and_noise
+from federated.failures import reason_of
 from federated.receipts import receipts_in
+from federated.secure_aggregation import STAGE_KINDS, audit_summary, stage_of
 from federated.settings import read_run_config
-from models.errors import NexusError
+from nexus_wire import outcomes
 from nexus_wire.datadir import EdgeDataDir
 from nexus_wire.messages import ARRAYS, CONFIG, METRICS, NUM_EXAMPLES, RECEIPTS_MESSAGE, TrainInstruction
 from nexus_wire.payloads import ERROR, EVALUATION_METRICS, FLOWER_CHANNEL, MODEL_UPDATE, NODE_TAGS, RECEIPT_ACK
@@ -53,6 +59,8 @@ log = logging.getLogger("nexus.federated.audit")
 DESTINATION = "superlink"
 KINDS = {"train": MODEL_UPDATE, "evaluate": EVALUATION_METRICS, "query": NODE_TAGS, RECEIPTS_MESSAGE: RECEIPT_ACK}
 _NUMERIC = "fiub"
+#: the messages whose privacy budget this mod checks: a plain train step, a secure round's setup and masked update
+_BUDGET_STAGES = (None, Stage.SETUP, Stage.COLLECT_MASKED_VECTORS)
 
 
 def audit_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
@@ -60,16 +68,18 @@ def audit_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> M
     if layout is None:
         return call_next(msg, context)
     category = msg.metadata.message_type.split(".")[0]
-    kind = KINDS.get(msg.metadata.message_type) or KINDS.get(category, category)
+    # read before the SecAgg+ mod consumes the stage from the message
+    stage, secure = stage_of(msg), audit_summary(msg)
+    kind = STAGE_KINDS.get(stage or "") or KINDS.get(msg.metadata.message_type) or KINDS.get(category, category)
     with AuditLog(layout.root) as audit:
         _keep_receipts(audit, msg)
         try:
-            reply, dp = _handle(msg, context, call_next, layout.root, category)
+            reply, dp = _handle(msg, context, call_next, layout.root, category, stage)
             _check_numeric(reply)
         except _Refused as refused:
             audit.record_refusal(FLOWER_CHANNEL, DESTINATION, kind, refused.reason, summary=refused.summary)
-            reply, dp = _error_reply(msg, refused.reason), None
-        _record(audit, msg, reply, kind, dp)
+            reply, dp = _error_reply(msg, outcomes.failure_reason(refused.kind, refused.reason)), None
+        _record(audit, msg, reply, kind, dp, secure)
     return reply
 
 
@@ -92,29 +102,30 @@ def _keep_receipts(audit: AuditLog, msg: Message) -> None:
 
 
 class _Refused(Exception):
-    def __init__(self, reason: str, summary: dict[str, Any]) -> None:
+    def __init__(self, reason: str, summary: dict[str, Any], kind: str = outcomes.ERROR) -> None:
         super().__init__(reason)
         self.reason = reason
         self.summary = summary
+        self.kind = kind  # of the error reply (nexus_wire/outcomes.py)
 
 
 def _handle(
-    msg: Message, context: Context, call_next: ClientAppCallable, data_dir: Path, category: str
+    msg: Message, context: Context, call_next: ClientAppCallable, data_dir: Path, category: str, stage: str | None
 ) -> tuple[Message, dict[str, Any] | None]:
-    dp = read_run_config(context.run_config) if category == "train" else None
+    # a secure round trains in its masked-vector stage; the setup stage only checks the budget
+    dp = read_run_config(context.run_config) if category == "train" and stage in _BUDGET_STAGES else None
     budget = _budget(data_dir, dp) if dp is not None else None
     if dp is not None and budget is not None and not budget.can_spend(dp.dp_noise_multiplier):
-        raise _Refused(_over_budget(budget, dp), _dp_summary(dp, budget))
+        raise _Refused(_over_budget(budget, dp), _dp_summary(dp, budget), outcomes.DP_BUDGET)
     try:
         reply = call_next(msg, context)
     except Exception as exc:
         log.exception("the ClientApp failed on a %s message", category)
-        return _error_reply(
-            msg, f"{type(exc).__name__}: {exc}" if isinstance(exc, NexusError) else type(exc).__name__
-        ), None
-    if dp is None or reply.has_error() or not dp.dp_enabled:
+        return _error_reply(msg, reason_of(exc)), None
+    if dp is None or reply.has_error() or not dp.dp_enabled or stage == Stage.SETUP:
         return reply, None
-    _privatize(msg, reply, dp, np.random.default_rng())
+    if stage is None:  # a masked update was noised before it was masked
+        _privatize(msg, reply, dp, np.random.default_rng())
     if budget is None:
         return reply, _dp_summary(dp, None)
     # the ClientApp has read this instruction already: a bad one never gets here
@@ -122,7 +133,7 @@ def _handle(
     try:
         epsilon = budget.spend(dp.dp_noise_multiplier, label=f"run {context.run_id} round {round_}")
     except BudgetExhausted as exc:  # another process of this node spent it meanwhile
-        raise _Refused(str(exc), _dp_summary(dp, budget)) from None
+        raise _Refused(str(exc), _dp_summary(dp, budget), outcomes.DP_BUDGET) from None
     return reply, {**_dp_summary(dp, budget), "epsilon": epsilon}
 
 
@@ -161,12 +172,8 @@ def _privatize(msg: Message, reply: Message, dp: RunConfig, rng: np.random.Gener
     base = codec.from_record(msg.content.array_records[ARRAYS])
     new = codec.decode(reply.content.array_records[ARRAYS], base)
     delta = {name: new[name].astype(np.float64) - base[name] for name in base}
-    norm = math.sqrt(sum(float(np.sum(d * d)) for d in delta.values()))
-    scale = min(1.0, dp.dp_clipping_norm / norm) if norm > 0 else 1.0
-    std = dp.dp_noise_multiplier * dp.dp_clipping_norm
-    noisy = {
-        name: (base[name] + d * scale + rng.normal(0.0, std, d.shape)).astype(np.float32) for name, d in delta.items()
-    }
+    private = clip_and_noise(delta, dp.dp_clipping_norm, dp.dp_noise_multiplier, rng)
+    noisy = {name: (base[name] + d).astype(np.float32) for name, d in private.items()}
     examples = reply.content.metric_records[METRICS][NUM_EXAMPLES]
     reply.content = RecordDict({ARRAYS: codec.to_record(noisy), METRICS: MetricRecord({NUM_EXAMPLES: examples})})
 
@@ -189,7 +196,14 @@ def _error_reply(msg: Message, reason: str) -> Message:
     return Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason), reply_to=msg)
 
 
-def _record(audit: AuditLog, msg: Message, reply: Message, kind: str, dp: dict[str, Any] | None) -> None:
+def _record(
+    audit: AuditLog,
+    msg: Message,
+    reply: Message,
+    kind: str,
+    dp: dict[str, Any] | None,
+    secure: dict[str, Any] | None = None,
+) -> None:
     # what the hub's receipt binds: this node's Flower id, the type and the instruction replied to
     summary: dict[str, Any] = {
         "message_type": msg.metadata.message_type,
@@ -197,6 +211,8 @@ def _record(audit: AuditLog, msg: Message, reply: Message, kind: str, dp: dict[s
         "message": msg.metadata.message_id,
         "node": msg.metadata.dst_node_id,
     }
+    if secure is not None:
+        summary["secure_aggregation"] = secure
     if reply.has_error():
         audit.record_send(
             FLOWER_CHANNEL,

@@ -10,7 +10,7 @@ from models.families import FAMILIES
 from nexus_wire.runconfig import add_flags
 
 #: the run-config keys a simulation takes; it sets the others itself
-_RUN_KEYS = ("rounds", "local_epochs", "strategy", "compression")
+_RUN_KEYS = ("rounds", "local_epochs", "strategy", "server_momentum", "compression")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,8 +38,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_flags(
         sim,
         _RUN_KEYS,
-        rounds={"default": None, "help": "federated rounds (default: 20 funnel, 5 emotion)"},
-        local_epochs={"default": 2},
+        rounds={"default": None, "help": "federated rounds (default: 20 funnel, 10 emotion)"},
+        local_epochs={"help": "local epochs per round (default: the model family's)"},
         compression={"help": "emotion update encoding"},
     )
     sim.add_argument(
@@ -65,6 +65,7 @@ def _simulate(args: argparse.Namespace) -> int:
         rounds=args.rounds or task.simulation_rounds,
         local_epochs=args.local_epochs,
         strategy=args.strategy,
+        server_momentum=args.server_momentum,
         compression=args.compression,
         seed=args.seed,
         compare_dense=args.compare_dense,
@@ -81,6 +82,11 @@ def _simulate(args: argparse.Namespace) -> int:
             f"{arm:11s} {metric} pooled {scores['pooled']:.4f}"
             + (f"  partition mean {mean:.4f}" if mean is not None else "")
         )
+    gap = report["gap"]
+    print(
+        f"gap        central - federated {gap['gap']:+.4f} ({metric}, {report['rounds']} rounds, {report['strategy']},"
+        f" {report['local_epochs']} local epochs)"
+    )
     b = report["bytes_per_update"]
     print(
         f"bytes per update: {b['mean']:.0f} ({b['compression']}), dense fp32 {b['dense_fp32']}, "

@@ -12,20 +12,24 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
-from flwr.app import ConfigRecord, ConfigRecordValues, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, ConfigRecordValues, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
 from edge_worker.store import LocalStore
 from federated import codec
 from federated.audit_mod import audit_mod
+from federated.failures import NoLocalData
 from federated.receipts import receipts_in
+from federated.secure_aggregation import secure_aggregation_mod
 from models.errors import NexusError
 from models.families import FAMILIES, Families
 from models.task import Examples, ModelSpec
 from nexus_wire.datadir import NODE_CONFIG_DATA_DIR, NODE_CONFIG_NEXUS_NODE, EdgeDataDir
 from nexus_wire.messages import (
     ARRAYS,
+    BASELINE_ARRAYS,
+    BASELINE_PREFIX,
     CONFIG,
     METRICS,
     NODE_CONFIG,
@@ -53,7 +57,8 @@ def store_examples(node_config: Mapping[str, Any], spec: ModelSpec, families: Fa
     finally:
         store.close()
     if not raw:
-        raise NexusError(f"the local store in {layout.root} holds no labelled {spec.family} examples")
+        # no path: the reason goes to the hub (federated/failures.py)
+        raise NoLocalData(f"the local store holds no labelled {spec.family} examples")
     return task.featurize(spec, raw, labels)
 
 
@@ -90,11 +95,12 @@ def make_client_app(loader: Loader, mods: Sequence[Mod] = (), families: Families
         instruction = _instruction(TrainInstruction, msg)
         data, _, spec = local_split(context, instruction)
         if len(data) == 0:
-            raise NexusError("no local training examples")
+            raise NoLocalData("no local training examples")
         task = families.get(spec.family).task
         base = codec.from_record(msg.content.array_records[ARRAYS])
-        lr = instruction.lr or task.default_lr
-        out = task.train(base, data, instruction.local_epochs, _round_seed(instruction), lr, instruction.proximal_mu)
+        # 0 in the run config: the family's defaults
+        lr, epochs = instruction.lr or task.federated_lr, instruction.local_epochs or task.federated_local_epochs
+        out = task.train(base, data, epochs, _round_seed(instruction), lr, instruction.proximal_mu)
         arrays = codec.encode(out.weights, base, out.touched_rows, instruction.compression)
         metrics = MetricRecord({NUM_EXAMPLES: len(data), TRAIN_LOSS: out.loss})
         return Message(RecordDict({ARRAYS: arrays, METRICS: metrics}), reply_to=msg)
@@ -104,11 +110,17 @@ def make_client_app(loader: Loader, mods: Sequence[Mod] = (), families: Families
         instruction = _instruction(EvaluateInstruction, msg)
         _, held_out, spec = local_split(context, instruction)
         if len(held_out) == 0:
-            raise NexusError("too few local examples to hold any out for evaluation")
+            raise NoLocalData("too few local examples to hold any out for evaluation")
         task = families.get(spec.family).task
-        scores = task.scores(codec.from_record(msg.content.array_records[ARRAYS]), held_out)
-        metrics = task.metrics(scores, held_out.labels, instruction.seed)
-        record = MetricRecord({NUM_EXAMPLES: len(held_out), **{k: float(v) for k, v in metrics.items()}})
+
+        def measured(arrays: ArrayRecord, prefix: str = "") -> dict[str, float]:
+            scores = task.scores(codec.from_record(arrays), held_out)
+            return {prefix + k: float(v) for k, v in task.metrics(scores, held_out.labels, instruction.seed).items()}
+
+        metrics = measured(msg.content.array_records[ARRAYS])
+        if BASELINE_ARRAYS in msg.content.array_records:  # the promotion gate: the stable version on the same rows
+            metrics.update(measured(msg.content.array_records[BASELINE_ARRAYS], BASELINE_PREFIX))
+        record = MetricRecord({NUM_EXAMPLES: len(held_out), **metrics})
         return Message(RecordDict({METRICS: record}), reply_to=msg)
 
     @app.query(RECEIPTS_ACTION)
@@ -132,5 +144,6 @@ def make_client_app(loader: Loader, mods: Sequence[Mod] = (), families: Families
     return app
 
 
-# every reply is recorded in the node's audit log; updates get DP within its budget
-app = make_client_app(store_examples, mods=[audit_mod])
+# every reply is recorded in the node's audit log; updates get DP within its budget. The
+# SecAgg+ mod runs inside the audit mod, so the log records what leaves: the masked update
+app = make_client_app(store_examples, mods=[audit_mod, secure_aggregation_mod])

@@ -83,7 +83,8 @@ def decode(record: ArrayRecord, base: Weights) -> Weights:
     full = table.copy()
     full[rows] += delta
     arrays[SPARSE_KEY] = full
-    return arrays
+    # in the global model's order: strategies such as Flower's FedAvgM pair arrays by position
+    return {**{k: arrays.pop(k) for k in base if k in arrays}, **arrays}
 
 
 def dense_bytes(weights: Weights) -> int:

@@ -3,8 +3,9 @@
 The node's audit mod hashes these bytes into its log entry, and the hub's ServerApp hashes
 the same bytes of the reply it received to sign a receipt; the two agree only if both
 build them here. They are the arrays' serialized data (``Array.data``, what Flower puts in
-its protobuf) in record and name order, then the canonical JSON of the metric and config
-records; an error reply is its reason text. Flower's own framing (message metadata,
+its protobuf) in record and name order, then the bytes values of the config records (in record
+and key order; the JSON names each by its length and sha256), then the canonical JSON of the
+metric and config records; an error reply is its reason text. Flower's own framing (message metadata,
 protobuf and HTTP headers) is not part of them.
 """
 
@@ -26,6 +27,12 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _blobs(value: Any) -> list[bytes]:
+    if isinstance(value, bytes):
+        return [value]
+    return [v for v in value if isinstance(v, bytes)] if isinstance(value, list) else []
+
+
 def describe(content: RecordDict) -> tuple[bytes, dict[str, Any]]:
     """The bytes a reply's content is hashed as, and its summary (shapes, dtypes, values)."""
     parts, arrays = [], {}
@@ -43,6 +50,8 @@ def describe(content: RecordDict) -> tuple[bytes, dict[str, Any]]:
         *content.config_records.items(),
     ]
     records = {name: {k: _plain(v) for k, v in record.items()} for name, record in sorted(named)}
+    # bytes values (SecAgg+ keys, encrypted shares, masked vectors) count as sent, like arrays
+    parts += [blob for _, record in sorted(named) for _, v in sorted(record.items()) for blob in _blobs(v)]
     parts.append(canonical_json(records).encode("utf-8"))
     return b"".join(parts), {"arrays": arrays, "records": records}
 

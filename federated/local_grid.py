@@ -12,12 +12,14 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from flwr.app import Context, Error, Message, RecordDict
+from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
+
+from federated.failures import reason_of
 
 
 class LocalGrid(Grid):
@@ -53,12 +55,15 @@ class LocalGrid(Grid):
             # the SuperLink assigns message ids; Metadata offers no public setter for it
             msg.metadata.__dict__["_message_id"] = message_id
             context = self.contexts[msg.metadata.dst_node_id]
+            # each node gets its own config records, as over the network: strategies and Flower's
+            # workflows send one content object to every node, and Flower's SecAgg+ mod edits its own
+            msg.content = RecordDict(
+                {**msg.content, **{k: ConfigRecord(dict(v)) for k, v in msg.content.config_records.items()}}
+            )
             try:
                 reply = self.app(msg, context)
             except Exception as exc:
-                reply = Message(
-                    Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, f"{type(exc).__name__}: {exc}"), reply_to=msg
-                )
+                reply = Message(Error(ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason_of(exc)), reply_to=msg)
             self._replies[message_id] = reply
             ids.append(message_id)
         return ids

@@ -55,6 +55,8 @@ class ReceiptBook:
     def take(self, replies: Iterable[Message]) -> None:
         """Sign a receipt for every reply, before anything decodes or rewrites it."""
         for reply in replies:
+            if not reply.metadata.reply_to_message_id:
+                continue  # made by the ServerApp itself (federated/secure_grid.py): no node sent it
             body, meta = reply_body(reply), reply.metadata
             binding = flower_binding(
                 meta.src_node_id,

@@ -10,20 +10,26 @@ the hub turns them into a registered bundle. With the hub's signing key in
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from logging import WARNING
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
+from flwr.supercore import log
 
 from federated import codec
+from federated.polling_grid import PollingGrid, trace_path
 from federated.receipts import FLUSH_TIMEOUT_S, ReceiptBook
+from federated.round_outcome import RunFailed
+from federated.secure_grid import SecureGrid
 from federated.selection import select_nodes
 from federated.settings import read_run_config
 from federated.strategy import RoundRecord, build_strategy
@@ -48,10 +54,15 @@ def load_base(settings: RunConfig, families: Families = FAMILIES) -> tuple[Model
         raise NexusError(f"run config base={settings.base!r}: expected a bundle folder or a model spec JSON file")
     if path.is_dir():
         manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
-        weights = read_initializers(path / "model.onnx")
-        labels = tuple(manifest.get("labels", ()))
         task = families.get(manifest["family"]).task
-        spec = ModelSpec(manifest["family"], manifest["featurizer"], labels, task.shape_of(weights, labels))
+        # a task that trains part of a bundle (emotion-accurate: the head) says what a run from it starts with
+        starting_point = getattr(task, "starting_point", None)
+        if starting_point is not None:
+            spec, weights = starting_point(path)
+        else:
+            weights = read_initializers(path / "model.onnx")
+            labels = tuple(manifest.get("labels", ()))
+            spec = ModelSpec(manifest["family"], manifest["featurizer"], labels, task.shape_of(weights, labels))
     else:
         spec = ModelSpec.from_json(path.read_text(encoding="utf-8"))
         weights = families.get(spec.family).task.init_weights(spec, settings.seed)
@@ -92,6 +103,9 @@ def run_rounds(
         metrics_path.parent.mkdir(parents=True, exist_ok=True)
 
     grid, names = select_nodes(grid, settings.select, settings.timeout_s, receipts)
+    secure = SecureGrid(grid, settings, receipts) if settings.secure_aggregation else None
+    if secure is not None:
+        grid = secure
 
     def name(node: int) -> str:
         # the hub's id for the node (``n-...``), or Flower's when the node did not say
@@ -99,11 +113,14 @@ def run_rounds(
 
     def record(r: RoundRecord) -> None:
         rounds.append(r)
+        protocol = secure.amend(r, name) if secure is not None else {}
         summary["rounds"].append(
             {
                 **r.to_dict(),
                 "nodes": sorted(name(n) for n in r.nodes),
                 "rejected": [{**x, "node": name(x["node"])} for x in r.rejected],
+                "failures": [{**x, "node": name(x["node"])} for x in r.failures],
+                **protocol,
             }
         )
         if metrics_path is not None:
@@ -111,14 +128,29 @@ def run_rounds(
         if on_round is not None:
             on_round(r)
 
-    strategy = build_strategy(settings, score_name, record, receipts)
+    # the promotion gate: the last round evaluates the base (the stable version) beside the candidate
+    strategy = build_strategy(settings, score_name, record, receipts, baseline=codec.to_record(initial))
     # dict(): the same values, typed as Flower's wider record values
     train_config = ConfigRecord(dict(TrainInstruction.from_run(settings, spec.to_json()).to_config()))
     evaluate_config = ConfigRecord(dict(EvaluateInstruction.from_run(settings, spec.to_json()).to_config()))
     started = time.time()
-    result = strategy.start(
-        grid, codec.to_record(initial), settings.rounds, settings.timeout_s, train_config, evaluate_config
-    )
+    try:
+        result = strategy.start(
+            grid, codec.to_record(initial), settings.rounds, settings.timeout_s, train_config, evaluate_config
+        )
+    except RunFailed as failed:
+        # an honest end: the summary says why, and without arrays the hub registers nothing
+        if receipts is not None:
+            receipts.flush(grid, min(settings.timeout_s, FLUSH_TIMEOUT_S))
+        summary.update(
+            status="failed",
+            reason=str(failed),
+            failed_round=failed.server_round,
+            seconds=round(time.time() - started, 3),
+        )
+        if metrics_path is not None:
+            _write_json(metrics_path, summary)
+        raise
     weights = codec.from_record(result.arrays) if result.arrays is not None and len(result.arrays) else initial
     if receipts is not None:
         receipts.flush(grid, min(settings.timeout_s, FLUSH_TIMEOUT_S))
@@ -145,4 +177,13 @@ app = ServerApp()
 def main(grid: Grid, context: Context) -> None:
     settings = read_run_config(context.run_config)
     spec, initial = load_base(settings)
-    run_rounds(grid, settings, spec, initial, receipts=ReceiptBook.from_env())
+    # replies seen within POLL_S instead of at Flower's 3 s polls; the trace says where the time went
+    polling = PollingGrid(grid)
+    try:
+        run_rounds(polling, settings, spec, initial, receipts=ReceiptBook.from_env())
+    except RunFailed as failed:  # the summary says so; the ServerApp itself ended as it should
+        log(WARNING, "the run failed: %s", failed)
+    finally:
+        if settings.output_path:
+            with contextlib.suppress(OSError):  # never hide why the run failed
+                polling.trace.write(trace_path(settings.output_path))

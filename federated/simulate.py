@@ -44,8 +44,10 @@ class SimConfig:
     partition: str = "region"
     nodes: int = 10
     rounds: int = 10
-    local_epochs: int = 2
-    strategy: Strategy = "fedavg"
+    #: 0: the family's default (its task's ``federated_local_epochs``), as in a hub run
+    local_epochs: int = 0
+    strategy: Strategy = "fedavgm"
+    server_momentum: float = 0.5
     compression: Compression = "int8"
     seed: int = 0
     compare_dense: bool = False  # emotion: also run federated with dense fp32 updates
@@ -145,6 +147,7 @@ def _federated(
         rounds=cfg.rounds,
         local_epochs=cfg.local_epochs,
         strategy=cfg.strategy,
+        server_momentum=cfg.server_momentum,
         min_nodes=len(part.names),
         compression=compression,
         seed=cfg.seed,
@@ -193,7 +196,10 @@ def simulate(cfg: SimConfig, families: Families = FAMILIES) -> dict[str, Any]:
         "partition": cfg.partition,
         "strategy": cfg.strategy,
         "rounds": cfg.rounds,
-        "local_epochs": cfg.local_epochs,
+        "local_epochs": cfg.local_epochs or task.federated_local_epochs,
+        "server_momentum": cfg.server_momentum if cfg.strategy == "fedavgm" else None,
+        "central_lr": lr,
+        "lr": task.federated_lr,
         "central_epochs": epochs,
         "nodes": [
             {"name": n, "train_rows": int(len(train_rows[n])), "rows": int(len(r))}
@@ -221,6 +227,9 @@ def simulate(cfg: SimConfig, families: Families = FAMILIES) -> dict[str, Any]:
             "ratio": dense / float(np.mean(update_bytes)) if update_bytes else None,
         },
     }
+    scores = {arm: report[arm]["pooled"] for arm in ("central", "federated", "local_only")}
+    # what federation costs against pooling the rows centrally (> 0: federated trails), pooled over the eval rows
+    report["gap"] = {**scores, "gap": scores["central"] - scores["federated"]}
     if cfg.compare_dense and cfg.compression != "none":
         dense_weights, _ = _federated(cfg, ds, part, initial, "none", families)
         dense_score = _arm_scores(family, ds, part.names, {"*": dense_weights}, cfg.seed)["pooled"]

@@ -64,6 +64,19 @@ def model_views(show: dict[str, Any]) -> list[View]:
     return views
 
 
+def gate_lines(model: str, done: Mapping[str, Any]) -> list[str]:
+    """What the promotion gate said of a promoted version (hub/promotion_gate.py); none for a pushed one."""
+    gate = done.get("gate")
+    if not gate:
+        return []
+    line = (
+        f"promotion gate: {model} v{done['version']} {gate['candidate']:.4f} vs v{gate['baseline_version']} "
+        f"{gate['baseline']:.4f} ({gate['delta']:+.4f}, {gate['verdict']}) on {gate['nodes']} node(s)' "
+        f"evaluation data, round {gate['round']}"
+    )
+    return [line + (" - promoted with --force" if done.get("forced") else "")]
+
+
 def action_table(action: Mapping[str, Any]) -> Table:
     """The rollout action a promote, assign or rollback made or undid."""
     return Table(

@@ -96,10 +96,14 @@ class OperatorClient:
     def show(self, model: str) -> dict[str, Any]:
         return self._request("GET", f"/v1/models/{model}")
 
-    def promote(self, model: str, version: str, stage: str, percent: int | None = None) -> dict[str, Any]:
+    def promote(
+        self, model: str, version: str, stage: str, percent: int | None = None, force: bool = False
+    ) -> dict[str, Any]:
         body: dict[str, Any] = {"version": version, "stage": stage}
         if percent is not None:
             body["percent"] = percent
+        if force:
+            body["force"] = True
         return self._request("POST", f"/v1/models/{model}/promote", json=body)
 
     def assign(self, model: str, version: str, select: dict[str, str], percent: int = 100) -> dict[str, Any]:

@@ -19,6 +19,19 @@ prober learns nothing, and Flower's CLI, which refreshes tokens only on a 401, d
 The header is removed before forwarding: the SuperLink's no-op Control authentication passes
 requests without one, and the SuperLink has no business seeing the hub's admin token.
 
+A SuperNode that pulls and finds nothing sleeps 3 s before it asks again
+(flwr/supernode/start_client_internal.py), so a message the ServerApp sends waits 1.5 s on
+average, and a round of train + evaluate twice that, before any node even sees it. The gateway
+*holds* an empty ``pull-messages`` answer instead (a long poll, :class:`PullHold`): it asks the
+SuperLink again every :data:`FAST_CHECK_S` while a run is exchanging messages (every
+:data:`IDLE_CHECK_S` when none has for :data:`ACTIVE_S`) and answers as soon as there is a
+message, or with the empty answer after :data:`HOLD_S`, well inside the SuperNode's 30 s read
+timeout. A node that now sees a message at once may ask for its arrays (``pull-object``) before
+the ServerApp has finished uploading them, and Flower's client then backs off a whole second (and
+doubles it); the gateway holds an answer "found but not available yet" the same way, for up to
+:data:`OBJECT_HOLD_S`. The SuperNode's request and its signed headers are sent as they came, each
+time.
+
 TLS terminates here (uvicorn's ssl options). With TLS the SuperLink behind it runs TLS as well
 (Flower refuses SuperNode authentication without), so the gateway reaches it over TLS and checks
 its certificate against the same CA. Run as ``python -m hub.fleet_gateway``; the hub starts and
@@ -33,6 +46,7 @@ import hmac
 import logging
 import re
 import ssl
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -44,6 +58,18 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from nexus_service.http import error_response
+from nexus_service.long_poll import (
+    FAST_CHECK_S,
+    HOP_BY_HOP,
+    IDLE_CHECK_S,
+    Waiting,
+    answer_headers,
+    ask_until,
+    forwarded_headers,
+    no_message_yet,
+    object_on_its_way,
+    send_raw,
+)
 
 log = logging.getLogger("nexus.hub.gateway")
 #: a Fleet call's path, byte for byte as received: lowercase words and dashes, no dot segment,
@@ -52,26 +78,32 @@ FLEET_PATH = re.compile(rb"/v1/fleet/[a-z]+(-[a-z]+){0,7}")
 #: the Control calls ``flwr ls``, ``flwr log`` and ``flwr supernode ls`` make, none of which writes
 #: (flwr/superlink/routers/control/router.py); only with the admin token
 READ_ONLY_CONTROL = frozenset({b"/v1/control/list-runs", b"/v1/control/stream-logs", b"/v1/control/list-nodes"})
-#: hop-by-hop headers and those the forwarded request gets anew
-_NOT_FORWARDED = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "host",
-        "content-length",
-    }
-)
+#: what is not forwarded: hop-by-hop headers and those the forwarded request gets anew
+_NOT_FORWARDED = HOP_BY_HOP
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"]
+#: the call an idle SuperNode makes, the one for a message's arrays, and one that says a run is under way
+PULL_PATH, OBJECT_PATH, PUSH_PATH = b"/v1/fleet/pull-messages", b"/v1/fleet/pull-object", b"/v1/fleet/push-messages"
+#: how long an empty pull is held (the SuperNode's read timeout is 30 s), and an object still on its way
+HOLD_S, OBJECT_HOLD_S = 20.0, 5.0
+#: a run is "under way" this long after the last message went to or came from a node
+ACTIVE_S = 60.0
+#: a pull request is a node id; anything bigger is forwarded once, as it came
+_MAX_PULL_BODY = 64 * 1024
 
 
-def _headers(pairs: list[tuple[bytes, bytes]], drop: frozenset[str] = _NOT_FORWARDED) -> list[tuple[bytes, bytes]]:
-    return [(name, value) for name, value in pairs if name.decode("latin-1").lower() not in drop]
+class PullHold:
+    """When a held pull asks again: fast while messages flow, gently when none has for a while."""
+
+    def __init__(self, hold_s: float = HOLD_S, object_hold_s: float = OBJECT_HOLD_S) -> None:
+        self.hold_s = hold_s
+        self.object_hold_s = object_hold_s
+        self.last_activity = float("-inf")
+
+    def saw_activity(self) -> None:
+        self.last_activity = time.monotonic()
+
+    def check_every(self) -> float:
+        return FAST_CHECK_S if time.monotonic() - self.last_activity < ACTIVE_S else IDLE_CHECK_S
 
 
 def _admin_token(path: Path | None) -> bytes | None:
@@ -93,11 +125,17 @@ def _is_admin(pairs: list[tuple[bytes, bytes]], token_file: Path | None) -> bool
 
 
 def create_app(
-    upstream: str, verify: ssl.SSLContext | bool = True, timeout: float = 60.0, admin_token_file: Path | None = None
+    upstream: str,
+    verify: ssl.SSLContext | bool = True,
+    timeout: float = 60.0,
+    admin_token_file: Path | None = None,
+    hold: PullHold | None = None,
 ) -> Starlette:
     """The gateway in front of the SuperLink at ``upstream`` (``http[s]://127.0.0.1:PORT``); with
-    ``admin_token_file``, the read-only Control calls for whoever holds that token too."""
+    ``admin_token_file``, the read-only Control calls for whoever holds that token too. ``hold``:
+    how empty pulls are held (a ``PullHold(0)`` answers them at once)."""
     client = httpx.AsyncClient(base_url=upstream, verify=verify, timeout=httpx.Timeout(timeout, connect=10.0))
+    hold = hold if hold is not None else PullHold()
     without_authorization = _NOT_FORWARDED | {"authorization"}
 
     def routable(request: Request, raw_path: bytes) -> frozenset[str] | None:
@@ -117,22 +155,51 @@ def create_app(
             return error_response(
                 404, f"no route {request.method} {request.url.path}: this port serves only Flower's Fleet API"
             )
-        outgoing = client.build_request(
-            "POST", raw_path.decode("ascii"), headers=_headers(request.headers.raw, drop), content=request.stream()
-        )
+        forwarded = forwarded_headers(request.headers.raw, drop)
+        if raw_path == PUSH_PATH:
+            hold.saw_activity()
+        small = int(request.headers.get("content-length") or _MAX_PULL_BODY + 1) <= _MAX_PULL_BODY
+        if raw_path == PULL_PATH and small:
+            return await held(request, raw_path, forwarded, no_message_yet, hold.hold_s)
+        if raw_path == OBJECT_PATH and small:
+            return await held(request, raw_path, forwarded, object_on_its_way, hold.object_hold_s)
+        outgoing = client.build_request("POST", raw_path.decode("ascii"), headers=forwarded, content=request.stream())
         try:
             answer = await client.send(outgoing, stream=True)
         except httpx.HTTPError as exc:
             log.warning("SuperLink %s: %s", upstream, type(exc).__name__)
             return error_response(502, "the SuperLink behind this gateway is not reachable")
         # raw bytes with the SuperLink's content-encoding: the gateway decodes nothing
-        headers = {name.decode("latin-1"): value.decode("latin-1") for name, value in _headers(answer.headers.raw)}
         return StreamingResponse(
             answer.aiter_raw(),
             status_code=answer.status_code,
-            headers=headers,
+            headers=answer_headers(answer),
             background=BackgroundTask(answer.aclose),
         )
+
+    async def held(
+        request: Request,
+        raw_path: bytes,
+        headers: list[tuple[bytes, bytes]],
+        waiting: Waiting,
+        hold_s: float,
+    ) -> Response:
+        """The call asked again while the answer is one to wait out, until the hold ends or the node hangs up."""
+        body = await request.body()
+        try:
+            answer, raw, worth = await ask_until(
+                lambda: send_raw(client, raw_path.decode("ascii"), headers, body),
+                waiting,
+                hold_s,
+                hold.check_every,
+                request.is_disconnected,
+            )
+        except httpx.HTTPError as exc:
+            log.warning("SuperLink %s: %s", upstream, type(exc).__name__)
+            return error_response(502, "the SuperLink behind this gateway is not reachable")
+        if worth:
+            hold.saw_activity()
+        return Response(raw, status_code=answer.status_code, headers=answer_headers(answer))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -8,6 +8,10 @@ version gets the next free number, and the hub rewrites the manifest's ``version
 before signing (the signature covers the rewritten manifest, so edges see one
 consistent bundle).
 
+Archives go to the blob store (hub/blobs/) under their sha256 before the record naming them is
+written; the state store holds records only. An archive a store written before the blob store
+holds inline is read from there (read old, write new).
+
 Rollout is an append-only log per model (``RolloutAction``): ``stable`` actions set the
 default version, ``assign`` actions (``promote --stage canary`` is an assign to every
 node) send a version to nodes matching a tag selector and a hash-bucket percentage.
@@ -26,8 +30,10 @@ from typing import Any, Literal
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from hub import promotion_gate
 from hub.archive import locate_member, pack, unpack
-from hub.store.base import ArchiveReader, NodeRecord, RolloutAction, Store, VersionRecord
+from hub.blobs.base import ArchiveReader, BlobStore
+from hub.store.base import NodeRecord, RolloutAction, Store, VersionRecord
 from models.bundle import BundleError, read_manifest, sign_bundle, verify_bundle, version_key, write_manifest
 from models.errors import NexusError
 from nexus_wire.names import MODEL_NAME, VERSION, anchored, fullmatch
@@ -63,6 +69,8 @@ class BundleFile:
     offset: int
     size: int
     reader: ArchiveReader
+    #: what names this file's bytes for ``If-Range`` (its archive's digest and its name)
+    etag: str = ""
 
 
 def bucket(node_id: str, model: str) -> int:
@@ -71,9 +79,12 @@ def bucket(node_id: str, model: str) -> int:
 
 
 class Registry:
-    def __init__(self, store: Store, key: Ed25519PrivateKey, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, store: Store, key: Ed25519PrivateKey, blobs: BlobStore, clock: Callable[[], float] = time.time
+    ) -> None:
         self.store = store
         self.key = key
+        self.blobs = blobs
         self.clock = clock
 
     # -- push ---------------------------------------------------------------------------
@@ -118,7 +129,9 @@ class Registry:
             archive_bytes=len(data),
             pushed_at=self.clock(),
         )
-        return record if self.store.add_version(record, data) else None
+        # the bytes first: a record is only visible once its archive is downloadable
+        self.blobs.put(record.archive_sha256, data)
+        return record if self.store.add_version(record) else None
 
     # -- queries ------------------------------------------------------------------------
     def version(self, model: str, version: str) -> VersionRecord:
@@ -139,9 +152,7 @@ class Registry:
         """Find a file of a stored bundle by reading its archive's headers, never the whole
         archive; the caller streams it with :meth:`file_chunks`, which closes the reader."""
         record = self.version(model, version)  # raises, naming what is unknown
-        reader = self.store.open_archive(model, version)
-        if reader is None:
-            raise NotFound(f"no archive for {model} {version}")
+        reader = self.open_archive(record)
         try:
             where = locate_member(reader.read, record.archive_bytes, name)
         except BaseException:
@@ -150,18 +161,36 @@ class Registry:
         if where is None:
             reader.close()
             raise NotFound(f"bundle {model} {version} has no file {name!r}")
-        return BundleFile(model, version, *where, reader)
+        return BundleFile(model, version, *where, reader, etag=f'"{record.archive_sha256[:32]}-{name}"')
 
-    def file_chunks(self, file: BundleFile) -> Iterator[bytes]:
-        """The file's bytes, :data:`FILE_CHUNK` at a time, each read from the store when asked for."""
-        end = file.offset + file.size
+    def open_archive(self, record: VersionRecord) -> ArchiveReader:
+        """A reader of a version's archive: from the blob store, or inline in an older store."""
+        reader = self.blobs.open(record.archive_sha256) or self.store.open_inline_archive(record.model, record.version)
+        if reader is None:
+            raise NotFound(f"no archive for {record.model} {record.version}")
+        return reader
+
+    def read_archive(self, model: str, version: str) -> bytes:
+        """A whole archive (the base bundle of a federated run)."""
+        record = self.version(model, version)
+        with self.open_archive(record) as reader:
+            data = b"".join(reader.chunks(0, record.archive_bytes, FILE_CHUNK))
+        if hashlib.sha256(data).hexdigest() != record.archive_sha256:
+            raise NotFound(f"archive of {model} {version} does not match its digest")
+        return data
+
+    def file_chunks(self, file: BundleFile, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        """Bytes ``start`` to ``end`` (exclusive; default: all) of the file, streamed from the
+        blob store :data:`FILE_CHUNK` at a time as the response asks for them."""
+        end = file.size if end is None else end
+        want = end - start
         try:
-            for start in range(file.offset, end, FILE_CHUNK):
-                want = min(FILE_CHUNK, end - start)
-                data = file.reader.read(start, want)
-                if len(data) != want:
-                    raise NotFound(f"archive of {file.model} {file.version} is shorter than its headers say")
+            got = 0
+            for data in file.reader.chunks(file.offset + start, want, FILE_CHUNK):
+                got += len(data)
                 yield data
+            if got != want:
+                raise NotFound(f"archive of {file.model} {file.version} is shorter than its headers say")
         finally:
             file.reader.close()
 
@@ -209,6 +238,8 @@ class Registry:
                     "parent_version": r.manifest.get("parent_version"),
                     "metrics": r.manifest.get("metrics", {}),
                     "provenance": r.manifest.get("provenance", {}),
+                    # a federated candidate against the stable version it started from (hub/promotion_gate.py)
+                    "gate": promotion_gate.gate_of(r.manifest),
                     "key_id": r.signature.get("key_id"),
                 }
                 for r in records
@@ -217,11 +248,22 @@ class Registry:
         }
 
     # -- rollout ------------------------------------------------------------------------
-    def promote(self, model: str, version: str, stage: Stage, percent: int | None = None) -> RolloutAction:
+    def promote(
+        self, model: str, version: str, stage: Stage, percent: int | None = None, force: bool = False
+    ) -> RolloutAction:
+        """Make ``version`` stable or canary; a federated candidate the promotion gate found worse than
+        the version it would replace is refused (:class:`Conflict`) unless ``force`` (hub/promotion_gate.py)."""
+        record = self.version(model, version)
+        refused = promotion_gate.refusal(model, version, promotion_gate.gate_of(record.manifest))
+        if refused is not None and not force:
+            raise Conflict(refused)
         if stage == "stable":
-            self.version(model, version)
             return self.store.add_action(model, "stable", version, {}, 100, self.clock())
         return self.assign(model, version, {}, DEFAULT_CANARY_PERCENT if percent is None else percent)
+
+    def gate(self, model: str, version: str) -> dict[str, Any] | None:
+        """The promotion gate's verdict on ``version``: None for a version no federated run made."""
+        return promotion_gate.gate_of(self.version(model, version).manifest)
 
     def assign(self, model: str, version: str, selector: dict[str, str], percent: int = 100) -> RolloutAction:
         self.version(model, version)

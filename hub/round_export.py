@@ -20,10 +20,12 @@ from typing import Any
 import numpy as np
 
 from hub.archive import pack
+from hub.promotion_gate import compare
 from hub.registry import Registry
 from hub.store.base import RunRecord, VersionRecord
 from models.build import git_revision
 from models.bundle import (
+    ARTIFACTS,
     BACKENDS,
     BundleError,
     read_manifest,
@@ -37,17 +39,24 @@ from nexus_wire.datadir import RunDir
 
 #: manifest keys a federated candidate takes over from its base unchanged
 _INHERITED = ("name", "family", "labels", "inputs", "outputs", "featurizer", "thresholds", "architecture")
+#: and these, where the base has them (tiers, and bundles that ship a subset of the backends)
+_INHERITED_IF_SET = ("tier", "default_backend")
 
 
 def backend_agreement(
     folder: Path, tolerance: dict[str, float], weights: dict[str, np.ndarray], family: Family
 ) -> dict[str, float]:
-    """Max |backend - onnx| over the family's random inputs; refuses a bundle beyond its stated tolerance."""
+    """Max |backend - onnx| over the family's random inputs; refuses a bundle beyond its stated tolerance.
+
+    Only the backends the candidate ships; none is measured without an fp32 ONNX to compare to.
+    """
     bundle = verify_bundle(folder)
+    if "onnx" not in bundle.backends:
+        return {}
     inputs = family.probe_inputs(bundle.manifest, weights, np.random.default_rng(0))
     reference = next(iter(open_runner(bundle, "onnx").run(inputs).values()))
     measured = {}
-    for backend in BACKENDS:
+    for backend in bundle.backends:
         if backend == "onnx":
             continue
         got = next(iter(open_runner(bundle, backend).run(inputs).values()))
@@ -92,10 +101,11 @@ def build_candidate(
     folder = RunDir(run_dir).candidate
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
-    family.pipeline().export(weights, folder)
+    # a family whose update is part of the model (emotion-accurate: the head) takes the rest from the base
+    family.pipeline().export(weights, folder, base=RunDir(run_dir).base)
     config = run.config
     manifest: dict[str, Any] = {
-        **{k: base[k] for k in _INHERITED if k in base},
+        **{k: base[k] for k in (*_INHERITED, *_INHERITED_IF_SET) if k in base},
         "version": version,
         "parent_version": run.base_version,
         "created_at": datetime.fromtimestamp(npz.stat().st_mtime, UTC).isoformat(timespec="seconds"),
@@ -111,6 +121,10 @@ def build_candidate(
                 "select": config["select"],
                 "local_epochs": config["local_epochs"],
                 "compression": config["compression"],
+                # SecAgg+: the hub aggregated masked updates and saw only their sum
+                "secure_aggregation": bool(config.get("secure_aggregation", False)),
+                # candidate vs the base (stable) version on the same nodes' rows (hub/promotion_gate.py)
+                "gate": compare(summary.get("rounds", []), run.base_version),
                 "seconds": summary.get("seconds"),
                 # updates are validated and norm-capped, not clipped and noised for DP
                 "dp": {"enabled": False, "max_update_norm": summary.get("settings", {}).get("max_update_norm")},
@@ -123,6 +137,15 @@ def build_candidate(
             "git_revision": git_revision(),
         },
     }
+    shipped = [b for b, name in ARTIFACTS.items() if (folder / name).is_file()]
+    if len(shipped) < len(BACKENDS):  # a subset (the accurate tier ships ONNX only): say why the rest is absent
+        why = base.get("missing_backends", {})
+        manifest["backends"] = shipped
+        manifest["missing_backends"] = {
+            b: why.get(b) or f"not exported from a federated update by the {family.name} exporter"
+            for b in BACKENDS
+            if b not in shipped
+        }
     write_manifest(folder, manifest)  # the artifacts only load once the manifest lists them
     stated = dict(base.get("tolerance", {}).get("max_abs_diff", {}))
     manifest["tolerance"] = {
@@ -134,7 +157,7 @@ def build_candidate(
     if eval_file is not None:
         evaluate = family.pipeline().evaluate
         # only the numbers: the report also names the version, which a re-export renumbers
-        reports = {b: evaluate(folder, Path(eval_file), b, show_progress=False) for b in BACKENDS}
+        reports = {b: evaluate(folder, Path(eval_file), b, show_progress=False) for b in shipped}
         metrics["hub_eval"] = {
             b: {k: v for k, v in r.items() if k not in ("model", "model_version", "backend")}
             for b, r in reports.items()

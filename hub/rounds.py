@@ -25,11 +25,12 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
+from hub import promotion_gate
 from hub.apps import sign_apps, write_signed_apps
 from hub.archive import unpack
 from hub.registry import Conflict, NotFound, Registry
 from hub.settings import HubSettings
-from hub.store.base import ACTIVE_RUN_STATUSES, RunRecord, Store
+from hub.store.base import ACTIVE_RUN_STATUSES, RunRecord, Store, VersionRecord
 from hub.superlink import CONNECTION, FleetGateway, GatewayConfig, SuperLink, SuperLinkConfig, server_app_guard
 from hub.superlink_keeper import SuperLinkKeeper, loopback_port
 from models.errors import NexusError
@@ -209,7 +210,7 @@ class Rounds:
         run_id = "r-" + uuid.uuid4().hex[:12]
         folder = RunDir(self.run_dir(run_id))
         folder.base.mkdir(parents=True)
-        archive = self.store.read_archive(model, base_version)
+        archive = self.registry.read_archive(model, base_version)
         if archive is None:
             raise NotFound(f"no archive for {model} {base_version}")
         unpack(archive, folder.base)
@@ -266,7 +267,9 @@ class Rounds:
         return [run_view(r) for r in reversed(self.store.list_runs())]
 
     def show(self, run_id: str) -> dict[str, Any]:
-        return {**run_view(self._get(run_id)), "rounds": self.store.list_rounds(run_id)}
+        run, rounds = self._get(run_id), self.store.list_rounds(run_id)
+        # the candidate against the stable version it started from, on the last round's nodes
+        return {**run_view(run), "rounds": rounds, "gate": promotion_gate.compare(rounds, run.base_version)}
 
     def _finish(self, run: RunRecord, status: str, reason: str | None, **fields: Any) -> RunRecord:
         with self._lock:
@@ -305,6 +308,8 @@ class Rounds:
         run = self._copy_rounds(run, summary)
         if summary.get("status") == "finished" and folder.arrays.exists():
             return self._export(run, summary)
+        if summary.get("status") == "failed":  # too few nodes trained: the ServerApp said why, nothing to register
+            return self._finish(run, "failed", str(summary.get("reason") or "the ServerApp failed the run"))
         now = self.clock()
         if now > run.deadline_at:
             return self._end(
@@ -323,6 +328,8 @@ class Rounds:
             if status.startswith("finished"):
                 summary = read_summary(folder.summary)  # the last round may have landed meanwhile
                 run = self._copy_rounds(run, summary)
+                if summary.get("status") == "failed":
+                    return self._finish(run, "failed", str(summary.get("reason") or "the ServerApp failed the run"))
                 if summary.get("status") != "finished":
                     return self._finish(
                         run,
@@ -358,6 +365,26 @@ class Rounds:
             self.store.put_run(run)
         return run
 
+    def _auto_promote(self, run: RunRecord, record: VersionRecord) -> str | None:
+        """With ``--auto-promote``: promote the candidate when the gate found it better by the margin;
+        what was decided, for the run's reason (None without the option)."""
+        if not run.config.get("auto_promote"):
+            return None
+        gate = promotion_gate.gate_of(record.manifest)
+        margin = float(run.config.get("promote_margin") or 0.0)
+        if gate is None:
+            return "not auto-promoted: no round compared the candidate with the stable version"
+        compared = (
+            f"{gate['candidate']:.4f} vs v{gate['baseline_version']} {gate['baseline']:.4f} ({gate['delta']:+.4f})"
+        )
+        if not promotion_gate.auto_promotes(gate, margin):
+            return f"not auto-promoted: {compared}, needs +{margin:g}"
+        try:
+            self.registry.promote(record.model, record.version, "stable")
+        except NexusError as exc:
+            return f"not auto-promoted: {exc}"
+        return f"auto-promoted to stable: {compared}"
+
     def _export(self, run: RunRecord, summary: dict[str, Any]) -> RunRecord:
         # the exporters import onnx (about a second): only a run that finished pays for it
         from hub.round_export import register_candidate
@@ -379,7 +406,7 @@ class Rounds:
         return self._finish(
             run,
             "finished",
-            None,
+            self._auto_promote(run, record),
             version=record.version,
             participants=sorted(str(n) for n in summary.get("participants", run.participants)),
         )

@@ -21,17 +21,20 @@ def run_views(run: dict[str, Any]) -> list[View]:
     """A run's header line and its per-round table."""
     score = run.get("score_name") or "score"
     header = (
-        f"run {run['run_id']} ({run['model']}, {run['config']['strategy']}, flower {run['flower_run_id']}): "
+        f"run {run['run_id']} ({run['model']}, {run['config']['strategy']}, "
+        + ("secure aggregation, " if run["config"].get("secure_aggregation") else "")
+        + f"flower {run['flower_run_id']}): "
         f"{run['status']}"
         + (f" -> version {run['version']}" if run.get("version") else "")
         + (f" ({run['reason']})" if run.get("reason") else "")
     )
     rounds = Table(
-        ["ROUND", "NODES", "REJECTED", "LOSS", score.upper(), "BYTES_OUT", "BYTES_IN", "SECONDS"],
+        ["ROUND", "NODES", "FAILED", "REJECTED", "LOSS", score.upper(), "BYTES_OUT", "BYTES_IN", "SECONDS"],
         [
             [
                 r["round"],
                 r["participants"],
+                r.get("train_failures", 0),
                 len(r.get("rejected", [])),
                 _fixed(r.get("loss"), 4),
                 _fixed(r.get("score"), 4),
@@ -44,7 +47,32 @@ def run_views(run: dict[str, Any]) -> list[View]:
     )
     participants = run.get("participants") or []
     nodes = f"participants: {', '.join(str(n) for n in participants) if participants else '-'}"
-    return [header, nodes, rounds]
+    views: list[View] = [header, nodes, rounds]
+    failures = [(r["round"], f) for r in run.get("rounds", []) for f in r.get("failures", [])]
+    if failures:  # why each node took no part (nexus_wire/outcomes.py): its error reply, or no reply
+        views.append(
+            Table(
+                ["ROUND", "NODE", "STEP", "KIND", "REASON"],
+                [[n, f.get("node"), f.get("step"), f.get("kind"), f.get("reason")] for n, f in failures],
+            )
+        )
+    gate = gate_line(run)
+    if gate is not None:
+        views.append(gate)
+    return views
+
+
+def gate_line(run: dict[str, Any]) -> str | None:
+    """The promotion gate's comparison of the run's last round, or None when it has none."""
+    verdict = run.get("gate")
+    if not verdict:
+        return None
+    score = run.get("score_name") or "score"
+    return (
+        f"promotion gate ({score}, round {verdict['round']}, {verdict['nodes']} node(s)): candidate "
+        f"{verdict['candidate']:.4f} vs stable v{verdict['baseline_version']} {verdict['baseline']:.4f} "
+        f"({verdict['delta']:+.4f}): {verdict['verdict']}"
+    )
 
 
 def _fixed(value: float | None, digits: int) -> str | None:

@@ -95,6 +95,8 @@ class Promote(_Body):
     version: Version
     stage: Literal["canary", "stable"]
     percent: int | None = Field(None, ge=1, le=100)
+    #: promote a candidate the promotion gate found worse than the version it replaces (hub/promotion_gate.py)
+    force: bool = False
 
 
 class Assign(_Body):

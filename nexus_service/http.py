@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
+import re
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -296,3 +297,35 @@ class ReceiptMiddleware:
             await send(message)
 
         await self.app(scope, counting_receive, signing_send)
+
+
+#: a single byte range, the only form answered (``bytes=START-END``, ``START-``, ``-SUFFIX``)
+_BYTE_RANGE = re.compile(r"bytes=(\d{0,19})-(\d{0,19})")
+
+
+class RangeNotSatisfiable(ApiError):
+    """416: the range starts past the end (``Content-Range: bytes */SIZE`` says the size)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__(416, f"range not satisfiable: the file has {size} bytes", {"Content-Range": f"bytes */{size}"})
+
+
+def byte_range(header: str | None, size: int) -> tuple[int, int] | None:
+    """``(start, end)`` (end exclusive) of an RFC 9110 ``Range`` header on a ``size``-byte body;
+    ``None`` for the whole body: no header, or one this server ignores as the RFC allows (not
+    bytes, several ranges, malformed). :class:`RangeNotSatisfiable` when it starts past the end."""
+    match = _BYTE_RANGE.fullmatch(header.strip()) if header else None
+    if match is None or match.group(1) == match.group(2) == "":
+        return None
+    first, last = match.group(1), match.group(2)
+    if first == "":  # the last N bytes
+        suffix = int(last)
+        if suffix == 0:
+            raise RangeNotSatisfiable(size)
+        return max(0, size - suffix), size
+    start = int(first)
+    if last != "" and int(last) < start:
+        return None  # invalid: ignored
+    if start >= size:
+        raise RangeNotSatisfiable(size)
+    return start, size if last == "" else min(size, int(last) + 1)

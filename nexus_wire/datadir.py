@@ -247,6 +247,10 @@ class HubDataDir:
         return self.root / "hub.sqlite3"
 
     @property
+    def blobs(self) -> Path:  # folder: the bundle archives by sha256 (hub/blobs/files.py), when no --blobs is given
+        return self.root / "blobs"
+
+    @property
     def rounds(self) -> Path:  # folder of run folders (RunDir), when no --rounds-dir is given
         return self.root / "rounds"
 

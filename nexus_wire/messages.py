@@ -30,6 +30,10 @@ RECEIPTS_RECORD, RECEIPTS_FIELD = "nexus-receipts", "receipts"
 #: types are "category.action", and the ClientApp answers this one with ``@app.query(RECEIPTS_ACTION)``
 RECEIPTS_ACTION = "receipts"
 RECEIPTS_MESSAGE = f"query.{RECEIPTS_ACTION}"
+#: the last round's evaluate message also carries the run's base (the stable version) as this
+#: array record, and each node answers its metrics on it beside the candidate's, each key with
+#: this prefix (one metric record: Flower's strategies average every key of a reply's records)
+BASELINE_ARRAYS, BASELINE_PREFIX = "baseline-arrays", "baseline-"
 #: keys Flower's strategy writes into a round's config record itself
 SERVER_ROUND, PROXIMAL_MU = "server-round", "proximal-mu"
 

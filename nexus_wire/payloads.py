@@ -16,6 +16,10 @@ EVALUATION_METRICS, NODE_TAGS = "evaluation-metrics", "node-tags"
 #: acknowledges the hub's receipts for earlier replies; gets no receipt of its own
 RECEIPT_ACK = "receipt-ack"
 ERROR = "error"
+# The replies of a SecAgg+ round (federated/secure_aggregation.py), one kind per stage: public
+# keys, key shares encrypted to the other nodes, the masked update, the shares that unmask the sum
+SECAGG_PUBLIC_KEYS, SECAGG_KEY_SHARES = "secagg-public-keys", "secagg-key-shares"
+MASKED_UPDATE, SECAGG_UNMASK_SHARES = "masked-update", "secagg-unmask-shares"
 #: not a payload: the kind of the refusal a node's app guard logs for a Flower app the hub did not sign
 FLOWER_APP = "flower-app"
 #: not a payload: the kind of the refusal a node logs for a hub receipt that does not match its entry

@@ -16,14 +16,23 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, get_args, get_origin
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, create_model
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    create_model,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from nexus_wire.names import MODEL_NAME, anchored
 
 #: a model family's name; which families exist is the registry's to say (models/families.py)
 Model = Annotated[str, StringConstraints(pattern=anchored(MODEL_NAME))]
-Strategy = Literal["fedavg", "fedprox", "fedadam", "fedtrimmedavg", "krum"]
+Strategy = Literal["fedavgm", "fedavg", "fedprox", "fedadam", "fedtrimmedavg", "krum"]
 Compression = Literal["int8", "fp16", "none"]
 STRATEGIES: tuple[str, ...] = get_args(Strategy)
 #: the characters of a node selection, "region=1,2;tier=gold" (federated/settings.py parses it)
@@ -52,7 +61,8 @@ class RunConfig(BaseModel):
 
     model: Annotated[Model, Key("model", api=True, help="the model family trained")] = "funnel"
     rounds: Annotated[int, Field(ge=1, le=1000), Key("num-rounds", api=True, help="federated rounds")] = 3
-    strategy: Annotated[Strategy, Key("strategy", api=True, help="how the updates are aggregated")] = "fedavg"
+    #: FedAvg with server momentum: it closes the gap to central training (docs/federated.md, "The gap")
+    strategy: Annotated[Strategy, Key("strategy", api=True, help="how the updates are aggregated")] = "fedavgm"
     min_nodes: Annotated[
         int, Field(ge=1, le=100_000), Key("min-nodes", api=True, help="nodes a round needs (Flower waits for them)")
     ] = 2
@@ -71,7 +81,12 @@ class RunConfig(BaseModel):
             join=";",
         ),
     ] = ""
-    local_epochs: Annotated[int, Field(ge=1, le=1000), Key("local-epochs", api=True, help="local epochs per round")] = 1
+    #: 0: the family's default (its task's ``federated_local_epochs``)
+    local_epochs: Annotated[
+        int,
+        Field(ge=0, le=1000),
+        Key("local-epochs", api=True, help="local epochs per round (0: the model family's default)"),
+    ] = 0
     compression: Annotated[Compression, Key("compression", api=True, help="update encoding")] = "int8"
     timeout_s: Annotated[
         float,
@@ -86,6 +101,10 @@ class RunConfig(BaseModel):
     #: 0: the family's default learning rate
     lr: Annotated[float, Field(ge=0, le=100.0, allow_inf_nan=False), Key("lr")] = 0.0
     proximal_mu: Annotated[float, Field(ge=0, le=1e6, allow_inf_nan=False), Key("proximal-mu")] = 0.01
+    #: fedavgm: the share of the last round's step the server adds to this round's average update
+    server_momentum: Annotated[
+        float, Field(ge=0, lt=1, allow_inf_nan=False), Key("server-momentum", help="fedavgm's server momentum")
+    ] = 0.5
     max_update_norm: Annotated[float, Field(gt=0, le=1e12, allow_inf_nan=False), Key("max-update-norm")] = 1e4
     #: numpy's legacy seeds end at 2**32 - 1 (and Flower's config ints at 2**63 - 1)
     seed: Annotated[int, Field(ge=0, le=2**32 - 1), Key("seed", help="seed of data splits, shuffles and noise")] = 0
@@ -96,6 +115,37 @@ class RunConfig(BaseModel):
     #: differential privacy of each node's update (federated/audit_mod.py): 0 = off
     dp_noise_multiplier: Annotated[float, Field(ge=0, le=1e3, allow_inf_nan=False), Key("dp-noise-multiplier")] = 0.0
     dp_clipping_norm: Annotated[float, Field(gt=0, le=1e12, allow_inf_nan=False), Key("dp-clipping-norm")] = 1.0
+    #: Flower's SecAgg+ (federated/secure_aggregation.py): the hub sees only the sum of the updates
+    secure_aggregation: Annotated[
+        bool,
+        Key(
+            "secure-aggregation",
+            api=True,
+            help="SecAgg+: the hub sees only the sum of the updates (needs --min-nodes >= 3; not with krum, "
+            "fedtrimmedavg)",
+        ),
+    ] = False
+    #: the hub's promotion gate (hub/promotion_gate.py) after the run: promote the candidate
+    #: to stable only when it beat the stable version on the nodes' evaluation data by the margin
+    auto_promote: Annotated[
+        bool,
+        Key(
+            None,
+            api=True,
+            help="promote the candidate to stable if the promotion gate finds it better than the stable "
+            "version by --promote-margin",
+        ),
+    ] = False
+    promote_margin: Annotated[
+        float,
+        Field(ge=0, le=1, allow_inf_nan=False),
+        Key(None, api=True, help="how much better (on the run's score) --auto-promote needs the candidate to be"),
+    ] = 0.002
+
+    @model_validator(mode="after")
+    def _combination(self) -> RunConfig:
+        _refuse_combination(self)
+        return self
 
     @property
     def dp_enabled(self) -> bool:
@@ -110,7 +160,9 @@ class RunConfig(BaseModel):
             return cls.model_validate({names[k]: v for k, v in config.items() if k in names})
         except ValidationError as exc:
             first = exc.errors()[0]
-            key = KEYS[str(first["loc"][0])].flower if first["loc"] else None
+            if not first["loc"]:  # a combination of keys (combination_problem)
+                raise ValueError(f"run config: {first['msg']}") from None
+            key = KEYS[str(first["loc"][0])].flower
             raise ValueError(f"run config {key}={first.get('input')!r}: {first['msg']}") from None
 
     def to_flower(self) -> dict[str, Any]:
@@ -130,6 +182,29 @@ class RunConfig(BaseModel):
     def api_view(self) -> dict[str, Any]:
         """The API keys but the model (a run's record holds that on its own): a run's ``config``."""
         return {name: getattr(self, name) for name in API_FIELDS if name != "model"}
+
+
+#: strategies that need every update on its own, which secure aggregation never shows the hub
+NEEDS_EACH_UPDATE = ("krum", "fedtrimmedavg")
+#: SecAgg+ masks a node's update with pairwise masks of the others: with two nodes, each knows the other's
+SECURE_MIN_NODES = 3
+
+
+def combination_problem(config: Any) -> str | None:
+    """Why these keys cannot go together (``config`` has the fields of :class:`RunConfig`), or None."""
+    if not getattr(config, "secure_aggregation", False):
+        return None
+    if config.strategy in NEEDS_EACH_UPDATE:
+        return f"secure aggregation shows the hub only the sum of the updates; {config.strategy} needs each one"
+    if config.min_nodes < SECURE_MIN_NODES:
+        return f"secure aggregation needs min_nodes >= {SECURE_MIN_NODES} (got {config.min_nodes})"
+    return None
+
+
+def _refuse_combination(config: Any) -> None:
+    problem = combination_problem(config)
+    if problem is not None:
+        raise PydanticCustomError("combination", "{problem}", {"problem": problem})
 
 
 def _key(name: str) -> Key:
@@ -153,7 +228,13 @@ def api_model(name: str, models: Sequence[str]) -> type[BaseModel]:
 
     fields: dict[str, Any] = {n: (RunConfig.model_fields[n].annotation, RunConfig.model_fields[n]) for n in API_FIELDS}
     fields["model"] = (Annotated[str, AfterValidator(known)], Field())
-    return create_model(name, __config__=ConfigDict(extra="forbid"), **fields)
+
+    def combination(body: Any) -> Any:
+        _refuse_combination(body)
+        return body
+
+    validators: dict[str, Any] = {"combination": model_validator(mode="after")(combination)}
+    return create_model(name, __config__=ConfigDict(extra="forbid"), __validators__=validators, **fields)
 
 
 def flower_key(name: str) -> str:
@@ -171,7 +252,9 @@ def add_flags(parser: argparse.ArgumentParser, names: Iterable[str], **overrides
         field, key = RunConfig.model_fields[name], KEYS[name]
         flag = key.flag or "--" + name.replace("_", "-")
         kwargs: dict[str, Any] = {"dest": name, "help": key.help}
-        if get_origin(field.annotation) is Literal:
+        if field.annotation is bool:
+            kwargs["action"] = "store_true"
+        elif get_origin(field.annotation) is Literal:
             kwargs["choices"] = get_args(field.annotation)
         else:
             kwargs["type"], kwargs["metavar"] = field.annotation, flag[2:].replace("-", "_").upper()

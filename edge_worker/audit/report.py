@@ -24,7 +24,7 @@ from edge_worker.audit.log import ERASURE, HUB_KEY, REFUSAL, RETENTION, SEND, Au
 from edge_worker.audit.verify import verify
 from nexus_wire.datadir import EdgeDataDir
 from nexus_wire.heads import utc_now
-from nexus_wire.payloads import FLOWER_APP
+from nexus_wire.payloads import FLOWER_APP, FLOWER_CHANNEL, MASKED_UPDATE, MODEL_UPDATE
 
 FORMAT = "nexus-audit-report/1"
 #: column names taken as a row's creation time, in order of preference
@@ -182,6 +182,39 @@ def refused_apps(refusals: list[Entry]) -> dict[str, Any]:
     return {"count": len(apps), "fabs": sorted({str(e.summary.get("fab_sha256")) for e in apps}), "recent": recent}
 
 
+def secure_aggregation(sends: list[Entry]) -> dict[str, Any]:
+    """Which Flower runs sent their updates masked by SecAgg+ (the hub saw only their sum) and
+    which sent them as they are: per run, the masked updates, the protocol's threshold and size,
+    and the replies per stage (federated/secure_aggregation.py)."""
+    runs: dict[Any, dict[str, Any]] = {}
+    unmasked: dict[Any, int] = {}
+    for entry in sends:
+        if entry.channel != FLOWER_CHANNEL:
+            continue
+        run = entry.summary.get("run")
+        if entry.kind == MODEL_UPDATE:
+            unmasked[run] = unmasked.get(run, 0) + 1
+        protocol = entry.summary.get("secure_aggregation")
+        if not isinstance(protocol, dict):
+            continue
+        view = runs.setdefault(
+            run,
+            {"run": run, "protocol": protocol.get("protocol"), "masked_updates": 0, "bytes": 0, "stages": {}},
+        )
+        view["bytes"] += entry.bytes
+        view["masked_updates"] += entry.kind == MASKED_UPDATE
+        view["stages"][entry.kind] = view["stages"].get(entry.kind, 0) + 1
+        if "threshold" in protocol:  # the setup stage: the round's parameters
+            view.update(nodes=protocol.get("sample_num"), threshold=protocol.get("threshold"))
+        view.setdefault("first", entry.time)
+        view["last"] = entry.time
+    return {
+        "used": bool(runs),
+        "runs": list(runs.values())[-_RECENT:],
+        "unmasked_runs": [{"run": run, "updates": n} for run, n in unmasked.items()][-_RECENT:],
+    }
+
+
 def _rows(entry: Entry) -> dict[str, int]:
     rows = entry.summary.get("rows")
     return {str(k): n for k, n in rows.items() if isinstance(n, int)} if isinstance(rows, dict) else {}
@@ -222,6 +255,7 @@ def build_report(
     report["privacy_budget"] = dp_budget.read_summary(data_dir)
     report["refusals"] = _section(by_event[REFUSAL])
     report["refused_apps"] = refused_apps(by_event[REFUSAL])
+    report["secure_aggregation"] = secure_aggregation([e for e in entries if e.event == SEND])
     report["erasures"] = {**_section(by_event[ERASURE]), "rows_deleted": _rows_deleted(by_event[ERASURE])}
     report["retention"] = {
         **_section(retention_runs),
@@ -315,6 +349,33 @@ td,th{border:1px solid #ddd;padding:.25em .6em;text-align:left;vertical-align:to
 th{background:#f3f3f3}.ok{color:#11692e;font-weight:bold}.bad{color:#a11;font-weight:bold}
 .chart text{font:12px system-ui,sans-serif;fill:#222}code{font-size:.85em;word-break:break-all}
 """
+
+
+def _secure_html(secure: dict[str, Any]) -> str:
+    runs = secure["runs"]
+    lead = (
+        f"<p>{len(runs)} Flower runs sent their updates masked (SecAgg+): the hub could read only their sum.</p>"
+        if secure["used"]
+        else "<p>No Flower run used secure aggregation on this node.</p>"
+    )
+    masked = _table(
+        ["run", "nodes", "threshold", "masked updates", "bytes", "replies per stage", "first", "last"],
+        [
+            (
+                r["run"],
+                r.get("nodes"),
+                r.get("threshold"),
+                r["masked_updates"],
+                r["bytes"],
+                _counts(r["stages"]),
+                r.get("first"),
+                r.get("last"),
+            )
+            for r in runs
+        ],
+    )
+    unmasked = _table(["run", "unmasked updates"], [(r["run"], r["updates"]) for r in secure["unmasked_runs"]])
+    return f"{lead}{masked}<p>Runs whose updates left unmasked (the hub saw each one):</p>{unmasked}"
 
 
 def render_html(report: dict[str, Any]) -> str:
@@ -435,6 +496,8 @@ def render_html(report: dict[str, Any]) -> str:
                 for r in report["retention"]["recent"]
             ],
         ),
+        "<h2>8. Secure aggregation</h2>",
+        _secure_html(report["secure_aggregation"]),
     ]
     return (
         f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>Nexus Edge privacy audit</title>'

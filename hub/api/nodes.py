@@ -18,7 +18,7 @@ from starlette.routing import Route
 from hub import audit_heads, schemas
 from hub.auth import AuthError, Principal, hash_secret, new_secret
 from hub.registry import NotFound
-from hub.state import JSON_BODY_LIMIT, Hub, endpoint, public, store_call
+from hub.state import JSON_BODY_LIMIT, Hub, NodeWrite, endpoint, node_write, public, spend_failure, store_call
 from hub.store.base import NodeRecord
 from nexus_service.http import parse_body, sign_receipt_for
 from nexus_service.rate_limit import client_address
@@ -26,6 +26,8 @@ from nexus_wire.heads import canonical_json
 from nexus_wire.signed_assignments import sign_document
 
 log = logging.getLogger("nexus.hub")
+#: what a heartbeat's store write hands back: the stored heartbeat and a newly seen regression
+Tracked = tuple[dict[str, Any], dict[str, Any] | None]
 
 
 def node_view(node: NodeRecord, now: float, offline_after_s: float) -> dict[str, Any]:
@@ -48,7 +50,7 @@ async def enroll(request: Request, hub: Hub) -> Response:
     hub.enroll_failures.check(address)  # an address that guessed too often: 429 before it guesses again
     tags = await store_call(hub.store, hub.store.take_enroll_token, hash_secret(body.token), hub.clock())
     if tags is None:
-        hub.enroll_failures.spend(address)
+        await spend_failure(hub, hub.enroll_failures, address)
         raise AuthError(401, "enrollment token is unknown, used or expired")
     node_id = "n-" + uuid.uuid4().hex[:16]
     secret = new_secret()
@@ -68,17 +70,24 @@ async def enroll(request: Request, hub: Hub) -> Response:
     )
 
 
-@endpoint("node")
-async def heartbeat(request: Request, hub: Hub, principal: Principal) -> Response:
-    body = await parse_body(request, schemas.Heartbeat, JSON_BODY_LIMIT)
-    assert principal.node is not None
-    now = hub.clock()
-    # principal.node was read from the store for this request: it holds the last heartbeat.
-    # Inline: checking a consistency proof is a few dozen hashes, less than a hop to a thread.
-    beat, regression = audit_heads.track(principal.node.heartbeat, body.model_dump(), now)
+@node_write
+async def heartbeat(request: Request, hub: Hub, write: NodeWrite) -> Response:
+    body = (await write.body(schemas.Heartbeat, JSON_BODY_LIMIT)).model_dump()
+    node_id, now = write.credential.node_id, hub.clock()
+
+    # the store hands in the node's stored heartbeat: it holds the head to check this one's
+    # proof against. Inline: checking a consistency proof is a few dozen hashes, less than a
+    # hop to a thread.
+    def track(previous: dict[str, Any] | None) -> tuple[dict[str, Any], Tracked]:
+        beat, regression = audit_heads.track(previous, body, now)
+        return beat, (beat, regression)
+
+    status, tracked = await hub.store.heartbeat_node(node_id, write.credential.secret_hash, now, track)
+    await write.settle(status)
+    assert tracked is not None
+    beat, regression = tracked
     if regression is not None:
-        log.warning("node %s: %s", principal.node.node_id, audit_heads.describe(regression))
-    await store_call(hub.store, hub.store.record_heartbeat, principal.node.node_id, now, beat)
+        log.warning("node %s: %s", node_id, audit_heads.describe(regression))
     # "superlink": where this node's SuperNode joins (edges started with --superlink auto);
     # "audit_held": the head the node's next heartbeat proves consistency from
     return JSONResponse(

@@ -1,10 +1,8 @@
-"""Federated rounds (operator token): start, list, show and stop runs on the hub's SuperLink,
-and the watcher the app's lifespan runs; paths and JSON shapes in docs/federated.md."""
+"""Federated rounds (operator token): start, list, show and stop runs on the hub's SuperLink;
+paths and JSON shapes in docs/federated.md. The replica that drives rounds runs the watcher
+and answers starts and stops; the others forward those to it (hub/driver.py)."""
 
 from __future__ import annotations
-
-import asyncio
-from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -12,15 +10,19 @@ from starlette.routing import Route
 
 from hub import schemas
 from hub.auth import Principal
-from hub.rounds import Rounds, run_view
+from hub.driver import forward_to_driver
+from hub.rounds import run_view
 from hub.state import JSON_BODY_LIMIT, Hub, endpoint, store_call
-from nexus_service.http import offload, parse_body
+from nexus_service.http import offload, read_body, validate_json
 from nexus_wire.runconfig import RunConfig
 
 
 @endpoint("admin")
 async def start_run(request: Request, hub: Hub, principal: Principal) -> Response:
-    body = await parse_body(request, schemas.StartRun, JSON_BODY_LIMIT)
+    raw = await read_body(request, JSON_BODY_LIMIT)
+    body = validate_json(raw, schemas.StartRun)
+    if (forwarded := await forward_to_driver(request, hub, raw)) is not None:
+        return forwarded  # another replica drives rounds (hub/driver.py)
     # submitting is a `flwr run` process: seconds, always off the event loop
     run = await offload(hub.rounds.start, RunConfig(**body.model_dump()))
     return JSONResponse(run_view(run), status_code=201)
@@ -38,6 +40,8 @@ async def show_run(request: Request, hub: Hub, principal: Principal) -> Response
 
 @endpoint("admin")
 async def stop_run(request: Request, hub: Hub, principal: Principal) -> Response:
+    if (forwarded := await forward_to_driver(request, hub)) is not None:
+        return forwarded
     return JSONResponse(run_view(await offload(hub.rounds.stop, request.path_params["run_id"])))
 
 
@@ -48,23 +52,3 @@ def routes() -> list[Route]:
         Route("/v1/rounds/{run_id}", show_run),
         Route("/v1/rounds/{run_id}/stop", stop_run, methods=["POST"]),
     ]
-
-
-async def start_watcher(rounds: Rounds) -> Callable[[], Awaitable[None]]:
-    """Start the managed SuperLink and the watcher; returns the coroutine that stops both."""
-    await offload(rounds.open)
-    task = asyncio.create_task(_watch(rounds), name="nexus-rounds-watch") if rounds.link is not None else None
-
-    async def stop() -> None:
-        if task is not None:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-        await offload(rounds.close)
-
-    return stop
-
-
-async def _watch(rounds: Rounds) -> None:
-    while True:
-        await offload(rounds.tick)
-        await asyncio.sleep(rounds.settings.rounds_watch_interval_s)

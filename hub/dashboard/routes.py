@@ -15,7 +15,7 @@ import hmac
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
 
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from pydantic import ValidationError
@@ -27,9 +27,10 @@ from starlette.staticfiles import StaticFiles
 from hub.auth import AuthError
 from hub.dashboard.session import SESSION_TTL_S, Session, Sessions
 from hub.dashboard.views import funnels_view, models_view, nbytes, nodes_view, number, privacy_view, rounds_view
+from hub.driver import forward_to_driver
 from hub.registry import DEFAULT_CANARY_PERCENT
 from hub.schemas import StartRun
-from hub.state import Hub, store_call
+from hub.state import Hub, spend_failure, store_call
 from models.errors import NexusError
 from nexus_service.http import offload, read_body
 from nexus_service.rate_limit import RateLimited, client_address
@@ -162,7 +163,7 @@ class Dashboard:
         except AuthError:
             principal = None
         if principal is None or principal.role != "admin":
-            self.hub.auth_failures.spend(address)
+            await spend_failure(self.hub, self.hub.auth_failures, address)
             return self.render(
                 request,
                 "login.html",
@@ -228,8 +229,10 @@ class Dashboard:
             if stage not in ("stable", "canary"):
                 raise FormError(f"unknown stage {stage!r}")
             percent = int(form["percent"]) if form.get("percent") else None
+            # the promotion gate refuses a worse candidate unless the operator confirmed "promote anyway"
+            force = form.get("force") == "1"
             action = await store_call(
-                self.hub.store, self.hub.registry.promote, model, form.get("version", ""), stage, percent
+                self.hub.store, self.hub.registry.promote, model, form.get("version", ""), stage, percent, force
             )
         except (NexusError, ValueError) as exc:
             return self.back(request, "models", f"{model}: {exc}", ok=False)
@@ -266,7 +269,16 @@ class Dashboard:
             families=self.hub.rounds.families.names(),
         )
 
+    async def _forwarded(self, request: Request) -> Response | None:
+        """The answer of the replica that drives rounds, when this one does not (hub/driver.py)."""
+        try:  # the form the page wrapper read, sent on as it came
+            return await forward_to_driver(request, self.hub, urlencode(request.state.form).encode())
+        except NexusError as exc:
+            return self.back(request, "rounds", str(exc), ok=False)
+
     async def start_round(self, request: Request, session: Session) -> Response:
+        if (forwarded := await self._forwarded(request)) is not None:
+            return forwarded
         form = {k: v for k, v in request.state.form.items() if k in StartRun.model_fields and v.strip()}
         try:
             config = RunConfig(**StartRun.model_validate(form).model_dump())
@@ -284,6 +296,8 @@ class Dashboard:
         )
 
     async def stop_round(self, request: Request, session: Session) -> Response:
+        if (forwarded := await self._forwarded(request)) is not None:
+            return forwarded
         try:
             run = await offload(self.hub.rounds.stop, request.path_params["run_id"])
         except NexusError as exc:

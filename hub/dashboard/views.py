@@ -14,6 +14,7 @@ from hub.bayes import withheld_rule
 from hub.registry import resolve
 from hub.state import Hub
 from hub.store.base import ACTIVE_RUN_STATUSES
+from nexus_wire.outcomes import LABELS
 
 #: charted on the models page, in this order (manifest metric names of both families)
 SCORE_METRICS = ("roc_auc", "macro_f1", "micro_f1", "accuracy", "log_loss")
@@ -230,6 +231,12 @@ def rounds_view(hub: Hub) -> list[dict[str, Any]]:
                 "active": run.status in ACTIVE_RUN_STATUSES,
                 "created_iso": iso(run.created_at),
                 "updated_ago": ago(run.updated_at, hub.clock()),
+                # why each node asked took no part, per round (nexus_wire/outcomes.py)
+                "failures": [
+                    {**f, "round": r.get("round"), "label": LABELS.get(f.get("kind", ""), f.get("kind"))}
+                    for r in rounds
+                    for f in r.get("failures") or []
+                ],
                 "bytes_in": sum(r.get("bytes_in") or 0 for r in rounds),
                 "bytes_out": sum(r.get("bytes_out") or 0 for r in rounds),
                 "quality": {

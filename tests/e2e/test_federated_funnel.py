@@ -57,13 +57,34 @@ def test_two_rounds_on_three_edges_survive_a_hub_kill_then_promote(federation: F
     hub, admin, edges = fed.hub, fed.admin, fed.edges
     operator = ["--hub", hub.url, "--data-dir", str(hub.data_dir)]
     wait_for(lambda: all(e.served() == "1" for e in edges), timeout=60, what="edges serving version 1 from the hub")
-    for region, edge in zip(REGIONS, edges):
+    for region, edge in zip(REGIONS[:2], edges[:2]):
         _feed(edge, region)
     # the hub's own Flower connection: are all three SuperNodes (children of the edges) in?
     link = SuperLink(SuperLinkConfig(hub.data_dir / "flower", port=fed.superlink_port))
     wait_for(
         lambda: len(link.online_nodes()) == 3, timeout=90, what="three SuperNodes registered with the hub's SuperLink"
     )
+
+    # an honest run: the third edge holds no labelled outcomes yet, so 2 of 3 train, fewer than
+    # --min-nodes: the run fails, says why per node, registers nothing, and --wait exits non-zero
+    start = ["hub", "rounds", "start", "--model", "funnel", "--min-nodes", "3", "--timeout", "60", "--wait"]
+    failed = _nexus(*start, "--rounds", "1", "--json", *operator, timeout=300)
+    assert failed.returncode != 0, failed.stdout[-2000:]
+    run = json.loads(failed.stdout)
+    reason = "round 1: 2 of 3 node(s) trained, fewer than min-nodes 3 (1 no data)"
+    assert (run["status"], run["reason"], run["version"]) == ("failed", reason, None) and reason in failed.stderr
+    [r] = run["rounds"]
+    region_of = {n["node_id"]: n["tags"].get("region") for n in admin.nodes()}
+    assert (
+        r["failed"]
+        and r["participants"] == 2
+        and [(region_of.get(f["node"]), f["kind"]) for f in r["failures"]] == [("3", "no-data")]
+    )
+    assert r["failures"][0]["reason"] == "the local store holds no labelled funnel examples"
+    shown_failed = _nexus("hub", "rounds", "show", run["run_id"], *operator, timeout=30).stdout
+    assert "failed" in shown_failed and "no-data" in shown_failed and r["failures"][0]["node"] in shown_failed
+    assert [v["version"] for v in admin.show("funnel")["versions"]] == ["1"]
+    _feed(edges[2], REGIONS[2])
 
     started = time.monotonic()
     cli = subprocess.Popen(
@@ -90,7 +111,12 @@ def test_two_rounds_on_three_edges_survive_a_hub_kill_then_promote(federation: F
     )
     # SIGKILL the hub once round 1 is in its store; a new hub process on the same data dir
     # adopts the SuperLink (still running the ServerApp) and resumes watching the run
-    wait_for(lambda: any(r["rounds_done"] >= 1 for r in admin.runs()), timeout=120, what="round 1 recorded by the hub")
+    failed_id = run["run_id"]
+    wait_for(
+        lambda: any(r["rounds_done"] >= 1 and r["run_id"] != failed_id for r in admin.runs()),
+        timeout=120,
+        what="round 1 recorded by the hub",
+    )
     hub.kill()
     fed.hub = hub = HubProcess(hub.data_dir, int(hub.url.rsplit(":", 1)[1]), *fed.hub_args())
     stdout, stderr = cli.communicate(timeout=400)
@@ -113,7 +139,7 @@ def test_two_rounds_on_three_edges_survive_a_hub_kill_then_promote(federation: F
     assert f"participants: {', '.join(enrolled)}" in shown_run.stdout, shown_run.stdout
 
     listed = json.loads(_nexus("hub", "rounds", "list", "--json", *operator, timeout=30).stdout)
-    assert listed[0]["run_id"] == run["run_id"]
+    assert [r["run_id"] for r in listed] == [run["run_id"], failed_id]
     shown = json.loads(_nexus("hub", "models", "show", "funnel", "--json", *operator, timeout=30).stdout)
     candidate = next(v for v in shown["versions"] if v["version"] == version)
     assert candidate["stage"] == "candidate" and candidate["parent_version"] == "1"
@@ -121,8 +147,16 @@ def test_two_rounds_on_three_edges_survive_a_hub_kill_then_promote(federation: F
     assert candidate["provenance"]["federated"]["rounds"] == 2
     assert all(e.served() == "1" for e in edges), "a candidate must not reach the edges before promotion"
 
-    promoted = _nexus("hub", "models", "promote", "funnel", version, "--stage", "stable", *operator, timeout=30)
+    # the promotion gate: candidate and v1 on the same three nodes' held-out rows in round 2
+    gate = run["gate"]
+    assert candidate["gate"] == gate and (gate["round"], gate["nodes"], gate["baseline_version"]) == (2, 3, "1")
+    promote = ["hub", "models", "promote", "funnel", version, "--stage", "stable", *operator]
+    promoted = _nexus(*promote, timeout=30)
+    if gate["verdict"] == "worse":  # refused, naming the comparison; the operator may insist
+        assert promoted.returncode != 0 and "worse than v1" in promoted.stderr and "--force" in promoted.stderr
+        promoted = _nexus(*promote, "--force", timeout=30)
     assert promoted.returncode == 0, promoted.stderr
+    assert f"promotion gate: funnel v{version} {gate['candidate']:.4f} vs v1 {gate['baseline']:.4f}" in promoted.stdout
     t0 = time.monotonic()
     wait_for(
         lambda: all(e.served() == version for e in edges),
@@ -140,5 +174,6 @@ def test_two_rounds_on_three_edges_survive_a_hub_kill_then_promote(federation: F
             f"loss {r['loss']:.4f}, roc_auc {r['score']:.4f}"
             for r in run["rounds"]
         )
+        + f"; gate {gate['candidate']:.4f} vs v1 {gate['baseline']:.4f} ({gate['verdict']})"
         + f"; version {version} on all 3 edges {reached:.1f} s after promotion"
     )

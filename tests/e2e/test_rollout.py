@@ -94,7 +94,8 @@ def test_assign_to_one_region_then_rollback_then_restart(cluster) -> None:
 
     # a bundle with one flipped byte in the hub's storage: region 3 refuses it, visibly
     store = open_store(f"sqlite:///{hub.data_dir / 'hub.sqlite3'}")
-    store_forged(store, edges[2].root, "90", load_signing_key(HubDataDir(hub.data_dir).signing_key), flip=True)
+    key = load_signing_key(HubDataDir(hub.data_dir).signing_key)
+    store_forged(store, hub.data_dir, edges[2].root, "90", key, flip=True)
     store.close()
     admin.assign("funnel", "90", {"region": "3"})
     wait_for(

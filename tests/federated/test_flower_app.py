@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edge_worker.audit import SEND, AuditReader, verify
+from edge_worker.audit.report import build_report
 from edge_worker.store import LocalStore
 from edge_worker.supernode import SuperNode, SuperNodeConfig
 from hub.apps import write_signed_apps
@@ -20,6 +22,7 @@ from hub.superlink import SuperLink, SuperLinkConfig, flower_app_dir, server_app
 from hub.superlink_keeper import SuperLinkKeeper
 from nexus_service.keyfiles import load_or_create_key
 from nexus_tools.processes import free_port
+from nexus_wire.datadir import EdgeDataDir
 from nexus_wire.runconfig import RunConfig
 from tests.support.env import need
 from tests.support.federated import flower_finished, funnel_spec, trust_hub_apps
@@ -121,7 +124,7 @@ def test_two_rounds_on_real_supernodes(cluster_factory, tmp_path: Path) -> None:
     assert cluster.wait_finished(run_id, timeout=240) == "finished:completed"
 
     summary = _summary(out)
-    assert summary["status"] == "finished" and summary["model"] == "funnel" and summary["strategy"] == "fedavg"
+    assert summary["status"] == "finished" and summary["model"] == "funnel" and summary["strategy"] == "fedavgm"
     assert [r["round"] for r in summary["rounds"]] == [1, 2]
     for r in summary["rounds"]:
         assert r["participants"] == 2 and r["eval_nodes"] == 2 and r["rejected"] == []
@@ -156,3 +159,49 @@ def test_a_killed_node_does_not_stall_the_round(cluster_factory, tmp_path: Path)
     assert last["participants"] == 2 and last["eval_nodes"] == 2
     # the train and evaluate steps each waited at most the reply timeout for the dead node
     assert last["duration_s"] < 2 * timeout + 30
+
+
+def _sent_replies(edge_dir: Path) -> int:
+    """Replies the SuperNode has delivered to the SuperLink (Flower logs each one it pushed)."""
+    log = EdgeDataDir(edge_dir).supernode_log
+    return log.read_text(errors="replace").count("Sent successfully") if log.exists() else 0
+
+
+@pytest.mark.slow
+def test_secure_aggregation_survives_a_node_killed_mid_round(cluster_factory, tmp_path: Path) -> None:
+    """SecAgg+ on four real SuperNodes; one is SIGKILLed once its encrypted key shares reached the
+    SuperLink, so the others masked their updates against it and the hub must rebuild its masks
+    from their shares (threshold 3 of 4) to unmask the sum."""
+    cluster = cluster_factory([1, 2, 3, 4])
+    out = tmp_path / "out" / "final.npz"
+    settings = RunConfig(
+        rounds=1, min_nodes=3, timeout_s=15.0, base=str(cluster.spec_path), output_path=str(out), lr=0.01
+    )
+    started = time.monotonic()
+    run_id = cluster.link.submit(settings.model_copy(update={"secure_aggregation": True}))
+    victim = tmp_path / "edge4"
+    deadline = time.monotonic() + 120
+    # its node-config, public-keys and key-shares replies delivered: 3 (the audit entry comes first)
+    while not (
+        any(e.kind == "secagg-key-shares" for e in AuditReader(victim).entries(SEND)) and _sent_replies(victim) >= 3
+    ):
+        assert time.monotonic() < deadline, f"node 4 never shared its keys; logs in {tmp_path}"
+        time.sleep(0.02)
+    cluster.nodes[4].stop(kill=True)
+
+    assert cluster.wait_finished(run_id, timeout=240) == "finished:completed"
+    elapsed = time.monotonic() - started
+    [r] = _summary(out)["rounds"]
+    protocol = r["secure_aggregation"]
+    assert r["participants"] == 3 and r["nodes"] == [nexus_id(n) for n in (1, 2, 3)] and r["train_failures"] == 1
+    assert protocol["summed"] == r["nodes"] and protocol["sampled"] == [nexus_id(n) for n in (1, 2, 3, 4)]
+    assert [(d["node"], d["stage"]) for d in protocol["dropped"]] == [(nexus_id(4), "collect_masked_vectors")]
+    with np.load(out) as arrays:
+        assert all(np.all(np.isfinite(arrays[k])) for k in arrays.files)
+    assert "masked-update" not in [e.kind for e in AuditReader(victim).entries(SEND)]
+    for region in (1, 2, 3):
+        edge = tmp_path / f"edge{region}"
+        kinds = [e.kind for e in AuditReader(edge).entries(SEND)]
+        assert kinds.count("masked-update") == 1 and "model-update" not in kinds
+        assert verify(edge).ok and build_report(edge)["secure_aggregation"]["used"]
+    print(f"secure round with a node killed: {elapsed:.1f}s, stages {protocol['stage_s']}")

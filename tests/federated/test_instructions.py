@@ -90,4 +90,4 @@ def test_the_clientapp_answers_a_bad_instruction_with_its_one_line_error() -> No
     config: dict[str, Any] = {**TrainInstruction(spec.to_json(), 1, 0.0, 0, "int8").to_config(), "lr": "fast"}
     content = RecordDict({ARRAYS: ArrayRecord(), CONFIG: ConfigRecord(config)})
     [reply] = grid.send_and_receive([grid.create_message(content, "train", 1, "g")])
-    assert reply.error.reason == "NexusError: train instruction lr='fast': expected a finite number"
+    assert reply.error.reason == "error: NexusError: train instruction lr='fast': expected a finite number"

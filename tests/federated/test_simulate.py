@@ -46,6 +46,12 @@ def test_simulate_funnel_by_region_reports_three_arms(tmp_path: Path, capsys: py
         assert 0.5 < report[arm]["partition_mean"] <= 1.0
     assert len(report["per_round"]) == 4 and all(r["participants"] == 3 for r in report["per_round"])
     assert report["bytes_per_update"]["mean"] > 0
+    # the defaults a hub run uses: FedAvg with server momentum, the family's local epochs
+    assert report["strategy"] == "fedavgm" and report["server_momentum"] == 0.5 and report["local_epochs"] == 3
+    gap = report["gap"]
+    assert gap["central"] == report["central"]["pooled"] and gap["federated"] == report["federated"]["pooled"]
+    assert gap["local_only"] == report["local_only"]["pooled"]
+    assert gap["gap"] == pytest.approx(gap["central"] - gap["federated"])
 
 
 def test_simulate_rejects_a_bad_partition(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -58,7 +64,8 @@ def test_federated_funnel_matches_central_on_online_shoppers(capsys: pytest.Capt
     data = shared_data("online-shoppers", "sessions.csv")
     report = _simulate(capsys, "--model", "funnel", "--data", str(data), "--partition", "region")
     central, federated, local = (report[a]["pooled"] for a in ("central", "federated", "local_only"))
-    assert abs(central - federated) <= 0.01
+    # issue 17's target at the default rounds (20): within 0.002 ROC-AUC of central training
+    assert report["rounds"] == 20 and abs(report["gap"]["gap"]) <= 0.002, report["gap"]
     assert federated > local and federated > report["local_only"]["partition_mean"]
 
 

@@ -370,3 +370,41 @@ def test_funnels_page_charts_thompson_weights_over_time(tmp_path: Path) -> None:
         assert "Sample ratio not checked (Thompson moves the shares)" in _text(page)
     finally:
         hub.stop()
+
+
+def test_a_failed_run_and_the_promotion_gate_on_the_pages(hub: RunningHub, tmp_path: Path) -> None:
+    from models.bundle import read_manifest, write_manifest
+
+    hub.admin.push(make_bundle(tmp_path, "funnel", "1", b"a"))
+    hub.admin.promote("funnel", "1", "stable")
+    candidate = make_bundle(tmp_path, "funnel", "2", b"b")
+    manifest = read_manifest(candidate)
+    gate = {"round": 2, "nodes": 3, "candidate": 0.7, "baseline": 0.75, "baseline_version": "1", "delta": -0.05,
+            "verdict": "worse"}  # fmt: skip
+    manifest["provenance"] = {"federated": {"run_id": "r-gate", "gate": gate}}
+    write_manifest(candidate, manifest)
+    hub.admin.push(candidate)
+    now = time.time()
+    reason = "round 1: 2 of 3 node(s) trained, fewer than min-nodes 3 (1 no data)"
+    hub.store.put_run(RunRecord("r-bad", "funnel", "failed", {"rounds": 2}, "1", now, now, now + 600, reason=reason))
+    failure = {"node": "n-0123456789abcdef", "step": "train", "kind": "no-data", "reason": "no labelled rows"}
+    hub.store.put_round("r-bad", 1, {"round": 1, "participants": 2, "train_failures": 1, "failures": [failure]})
+
+    client = _login(hub)
+    rounds = _text(client.get("/dashboard/rounds").text)
+    assert "failed" in rounds and reason in rounds and "Nodes that took no part (1)" in rounds
+    assert "n-0123456789abcdef train no data no labelled rows" in rounds
+    page = client.get("/dashboard/models").text
+    assert "worse 0.7 vs v1 0.75 (-0.0500, round 2, 3 node(s), run r-gate" in _text(page)
+    assert "Promote anyway" in page and 'name="force" value="1"' in page
+    csrf = _csrf(page)
+    form = {"csrf": csrf, "version": "2", "stage": "stable"}
+    refused = client.post("/dashboard/models/funnel/promote", data=form, follow_redirects=True)
+    assert "funnel v2 is worse than v1 on the nodes&#39; evaluation data" in refused.text
+    assert hub.admin.show("funnel")["stable"] == "1"
+    forced = client.post(
+        "/dashboard/models/funnel/promote",
+        data={**form, "force": "1"},
+        follow_redirects=True,
+    )
+    assert "funnel v2 promoted to stable" in forced.text and hub.admin.show("funnel")["stable"] == "2"

@@ -4,6 +4,7 @@ in process (LocalGrid), so no Flower polling. A fresh ``Rounds`` plays a restart
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,8 +14,10 @@ import pytest
 from edge_worker.store import LocalStore
 from federated.client_app import app as client_app
 from federated.local_grid import LocalGrid
+from federated.round_outcome import RunFailed
 from federated.server_app import load_base, run_rounds
 from hub.archive import pack
+from hub.registry import Conflict
 from hub.rounds import Rounds
 from hub.settings import HubSettings
 from hub.state import build_hub
@@ -106,11 +109,17 @@ def test_watch_copies_rounds_survives_a_restart_and_registers_a_candidate(hub_ro
     assert (
         fed["run_id"] == run.run_id
         and fed["rounds"] == 2
-        and fed["strategy"] == "fedavg"
+        and fed["strategy"] == "fedavgm"  # the default
         and fed["participants"] == done.participants
     )
     assert fed["dp"]["enabled"] is False
     assert version["metrics"]["federated_held_out"]["numpy"]["roc_auc"] == per_round[-1]["score"]
+    # the promotion gate: in the last round the same nodes scored the base (v1) beside the candidate
+    gate = restarted.show(run.run_id)["gate"]
+    assert per_round[0]["baseline_score"] is None and 0 <= per_round[-1]["baseline_score"] <= 1
+    assert gate == version["gate"] == fed["gate"]
+    assert (gate["round"], gate["nodes"], gate["baseline_version"]) == (2, 3, "1")
+    assert (gate["candidate"], gate["baseline"]) == (per_round[-1]["score"], per_round[-1]["baseline_score"])
     hub_eval = version["metrics"]["hub_eval"]
     assert set(hub_eval) == {"onnx", "onnx-int8", "tflite"} and all(
         m["n"] == 120 and 0 <= m["roc_auc"] <= 1 for m in hub_eval.values()
@@ -121,7 +130,7 @@ def test_watch_copies_rounds_survives_a_restart_and_registers_a_candidate(hub_ro
     out.mkdir()
     from hub.archive import unpack
 
-    unpack(hub.store.read_archive("funnel", "2"), out)
+    unpack(hub.registry.read_archive("funnel", "2"), out)
     manifest = verify_bundle(out).manifest
     measured = manifest["tolerance"]["measured_on_random_inputs"]
     assert measured["onnx-int8"] <= manifest["tolerance"]["max_abs_diff"]["onnx-int8"] and measured["tflite"] <= 1e-5
@@ -131,6 +140,75 @@ def test_watch_copies_rounds_survives_a_restart_and_registers_a_candidate(hub_ro
 
     again = register_candidate(hub.registry, done, rounds.run_dir(run.run_id), _summary(rounds, run.run_id), eval_csv)
     assert again.version == "2" and [v.version for v in hub.store.list_versions("funnel")] == ["1", "2"]
+
+
+def test_a_run_with_too_few_trainers_fails_says_why_and_registers_nothing(hub_rounds, tmp_path: Path) -> None:
+    rounds, hub = hub_rounds
+    run = rounds.prepare(RunConfig(model="funnel", rounds=2, min_nodes=3))
+    configs = _edges(tmp_path)
+    configs[3]["data-dir"] = str(tmp_path / "no-outcomes")  # an edge whose store holds no labelled rows
+    with pytest.raises(RunFailed, match=r"round 1: 2 of 3 node\(s\) trained, fewer than min-nodes 3 \(1 no data\)"):
+        _federate(rounds, run.run_id, configs)
+    rounds.tick()
+    failed = rounds.store.get_run(run.run_id)
+    assert failed.status == "failed" and failed.version is None
+    assert failed.reason == "round 1: 2 of 3 node(s) trained, fewer than min-nodes 3 (1 no data)"
+    [r] = rounds.show(run.run_id)["rounds"]
+    assert r["failed"] and r["participants"] == 2 and r["train_failures"] == 1
+    # the node's reason, as its error reply said it: no path, no data
+    assert r["failures"] == [
+        {"node": "3", "step": "train", "kind": "no-data", "reason": "the local store holds no labelled funnel examples"}
+    ]
+    assert [v.version for v in hub.store.list_versions("funnel")] == ["1"]
+    assert not (rounds.run_dir(run.run_id) / "final.npz").exists()
+
+
+def _finished_run(rounds: Rounds, config: RunConfig, score: float, baseline: float) -> str:
+    """A run whose ServerApp finished (the base's weights as the aggregate) with the last round's
+    candidate and stable scores as given."""
+    from models.export.onnx_graphs import read_initializers
+
+    run = rounds.prepare(config)
+    folder = rounds.run_dir(run.run_id)
+    with open(folder / "final.npz", "wb") as fh:
+        np.savez(fh, **read_initializers(folder / "base" / "model.onnx"))
+    last = {"round": 1, "participants": 3, "nodes": ["1", "2", "3"], "eval_nodes": 3, "loss": 0.5}
+    summary = {
+        "status": "finished",
+        "rounds": [{**last, "score": score, "baseline_score": baseline}],
+        "participants": ["1", "2", "3"],
+    }
+    (folder / "final.json").write_text(json.dumps(summary), encoding="utf-8")
+    rounds.tick()
+    return run.run_id
+
+
+def test_the_promotion_gate_refuses_a_worse_candidate_and_auto_promotes_only_by_the_margin(hub_rounds) -> None:
+    rounds, hub = hub_rounds
+    hub.registry.promote("funnel", "1", "stable")  # what each run starts from and is compared with
+    auto = RunConfig(model="funnel", rounds=1, min_nodes=3, auto_promote=True, promote_margin=0.01)
+    worse = rounds.store.get_run(_finished_run(rounds, auto, score=0.70, baseline=0.75))
+    assert worse.status == "finished" and worse.version == "2"
+    assert worse.reason == "not auto-promoted: 0.7000 vs v1 0.7500 (-0.0500), needs +0.01"
+    with pytest.raises(Conflict, match=r"funnel v2 is worse than v1 .*0.7000 vs 0.7500.*--force"):
+        hub.registry.promote("funnel", "2", "stable")
+    with pytest.raises(Conflict, match="worse than v1"):
+        hub.registry.promote("funnel", "2", "canary", 10)
+    assert hub.registry.show("funnel")["stable"] == "1"
+    assert hub.registry.promote("funnel", "2", "stable", force=True).version == "2"
+    hub.registry.rollback("funnel")  # v1 stable again
+
+    # better, but by less than the margin: registered, not promoted; by the margin: promoted
+    slightly = rounds.store.get_run(_finished_run(rounds, auto, score=0.755, baseline=0.75))
+    assert slightly.reason.startswith("not auto-promoted: 0.7550 vs v1 0.7500 (+0.0050)")
+    assert hub.registry.show("funnel")["stable"] == "1"
+    better = rounds.store.get_run(_finished_run(rounds, auto, score=0.80, baseline=0.75))
+    assert better.reason == "auto-promoted to stable: 0.8000 vs v1 0.7500 (+0.0500)"
+    assert hub.registry.show("funnel")["stable"] == better.version == "4"
+    # without --auto-promote nothing is promoted, and a better candidate promotes without --force
+    plain = rounds.store.get_run(_finished_run(rounds, RunConfig(model="funnel", rounds=1), score=0.9, baseline=0.8))
+    assert plain.base_version == "4" and plain.reason is None and hub.registry.show("funnel")["stable"] == "4"
+    assert hub.registry.promote("funnel", plain.version, "stable").version == "5"
 
 
 def _summary(rounds: Rounds, run_id: str) -> dict:

@@ -5,17 +5,21 @@ records what reaches it, so a test can show a Control call never does."""
 from __future__ import annotations
 
 import http.client
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from flwr.proto.fleet_pb2 import PullMessagesResponse
+from flwr.proto.message_pb2 import Message as ProtoMessage
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from hub.fleet_gateway import create_app
+from hub.fleet_gateway import PullHold, create_app
 from hub.rounds import connect, keeper
 from hub.settings import HubSettings
 from nexus_tools.processes import ServerThread, free_port
@@ -178,6 +182,56 @@ def test_a_superlink_that_is_down_is_a_502() -> None:
     finally:
         server.stop()
     assert answer.status_code == 502 and "not reachable" in answer.json()["error"]
+
+
+class Mailbox:
+    """A stand-in SuperLink whose pull answer is empty until a message is dropped in."""
+
+    def __init__(self) -> None:
+        self.pulls: list[bytes] = []
+        self.waiting = b""
+
+        async def pull(request: Request) -> Response:
+            self.pulls.append(await request.body())
+            answer, self.waiting = self.waiting, b""
+            return Response(answer, media_type="application/protobuf")
+
+        self.server = ServerThread(Starlette(routes=[Route("/v1/fleet/pull-messages", pull, methods=["POST"])])).start()
+
+    def drop(self) -> None:
+        self.waiting = PullMessagesResponse(messages_list=[ProtoMessage()]).SerializeToString()
+
+
+@pytest.fixture
+def mailbox() -> Iterator[Mailbox]:
+    box = Mailbox()
+    yield box
+    box.server.stop()
+
+
+def test_an_empty_pull_is_held_until_a_message_arrives(mailbox: Mailbox) -> None:
+    server = ServerThread(create_app(mailbox.server.url, verify=False, hold=PullHold(hold_s=10.0))).start()
+    try:
+        threading.Timer(1.0, mailbox.drop).start()
+        started = time.monotonic()
+        answer = httpx.post(server.url + "/v1/fleet/pull-messages", content=b"\x08\x01", timeout=15)
+        waited = time.monotonic() - started
+    finally:
+        server.stop()
+    assert answer.status_code == 200 and len(PullMessagesResponse.FromString(answer.content).messages_list) == 1
+    # answered when the message came (not after the hold), having asked again with the same body
+    assert 0.9 < waited < 5.0 and len(mailbox.pulls) > 1 and set(mailbox.pulls) == {b"\x08\x01"}
+
+
+def test_a_hold_ends_with_the_empty_answer(mailbox: Mailbox) -> None:
+    server = ServerThread(create_app(mailbox.server.url, verify=False, hold=PullHold(hold_s=0.5))).start()
+    try:
+        started = time.monotonic()
+        answer = httpx.post(server.url + "/v1/fleet/pull-messages", content=b"\x08\x01", timeout=15)
+        waited = time.monotonic() - started
+    finally:
+        server.stop()
+    assert answer.status_code == 200 and answer.content == b"" and 0.4 < waited < 5.0
 
 
 def _flag(cmd: list[str], name: str) -> str:
