@@ -21,7 +21,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 
-from edge_worker import federation, funnels, oip_grpc, own_models, routes, sync
+from edge_worker import federation, funnels, heap, oip_grpc, own_models, routes, sync
 from edge_worker.audit import AuditLog, PrivacyBudget
 from edge_worker.batcher import MicroBatcher, Overloaded
 from edge_worker.hub_link import HubLink
@@ -45,8 +45,12 @@ GRPC_GRACE_S = 5.0
 DESCRIPTION = "Nexus Edge inference node: emotion and funnel models, Open Inference Protocol v2, local labelled store."
 
 
-def create_app(settings: EdgeSettings, families: Families = FAMILIES) -> Starlette:
-    """The node's app, serving ``settings.models`` of the families in ``families``."""
+def create_app(settings: EdgeSettings, families: Families = FAMILIES, *, settle_heap: bool = False) -> Starlette:
+    """The node's app, serving ``settings.models`` of the families in ``families``.
+
+    ``settle_heap``: once started, freeze the process's heap out of the cyclic GC
+    (:mod:`edge_worker.heap`); for a server process of its own only, as freezing is process-wide.
+    """
     served = {m: families.get(m) for m in settings.models}  # an unknown name: a NexusError naming the known
     private_dir(settings.data_dir)  # raw inputs, keys and the audit log: the owner's alone
     own_models.prepare(settings)  # with a hub: its own repository, seeded before the first sync
@@ -108,6 +112,8 @@ def create_app(settings: EdgeSettings, families: Families = FAMILIES) -> Starlet
                 state.tasks.append(asyncio.create_task(federation.run(state, hub), name="nexus-supernode"))
         for task in state.tasks:
             task.add_done_callback(_report_exit)
+        if settle_heap:  # everything start-up made is alive from here on
+            heap.settle()
         try:
             yield
         finally:
@@ -148,8 +154,9 @@ def create_app(settings: EdgeSettings, families: Families = FAMILIES) -> Starlet
 
 
 def create_app_from_env() -> Starlette:
-    """uvicorn factory (``edge_worker.app:create_app_from_env``) for ``--workers`` > 1."""
-    return create_app(EdgeSettings.from_env())
+    """uvicorn factory (``edge_worker.app:create_app_from_env``): each server process's app."""
+    settings = EdgeSettings.from_env()
+    return create_app(settings, settle_heap=settings.gc_tuning)
 
 
 def _sample_queue_depth(metrics: Registry, batchers: dict[str, MicroBatcher]) -> None:

@@ -20,7 +20,7 @@ import numpy as np
 
 from edge_worker.batcher import BatchResult
 from edge_worker.metrics import Registry
-from models.bundle import BundleError, list_versions, version_key
+from models.bundle import Bundle, BundleError, list_versions, read_manifest, version_key
 from models.errors import NexusError
 from models.families import FAMILIES, Families, load_predictor
 from models.predictor import Predictor
@@ -48,7 +48,7 @@ class ModelRepository:
         self,
         root: Path,
         models: Sequence[str],
-        backends: dict[str, str],
+        backends: dict[str, str | None],
         pins: dict[str, str | None],
         threads: int,
         metrics: Registry,
@@ -149,10 +149,12 @@ class ModelRepository:
         log.error("refusing %s version %s, keeping %s: %s", name, version, self._current_version(name), exc)
 
     def _load(self, name: str, version: str) -> Predictor:
-        # load_predictor verifies every file's sha256 before opening anything
-        predictor = load_predictor(
-            self.root / name / version, self._backends[name], self._threads, families=self._families
-        )
+        folder = self.root / name / version
+        # no backend set: the one the bundle names (the accurate tier ships no fp32 ONNX). The
+        # manifest read here only picks an artifact: load_predictor verifies it, and every file's
+        # sha256, before opening anything
+        backend = self._backends.get(name) or Bundle(folder, read_manifest(folder)).default_backend
+        predictor = load_predictor(folder, backend, self._threads, families=self._families)
         manifest = predictor.bundle.manifest
         if manifest.get("family") != name or predictor.version != version:
             raise BundleError(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from edge_worker.schemas import (
     InferResponse,
     ItemsRequest,
     Live,
+    ModelIndex,
     ModelMetadata,
     ModelReady,
     Ready,
@@ -37,10 +38,14 @@ from edge_worker.schemas import (
     feedback_request,
     items_request,
     outcome_request,
+    route_query,
 )
+from edge_worker.settings import EdgeSettings
 from edge_worker.state import EdgeState
 from edge_worker.store import LocalStore
-from models.family import Family
+from models.errors import NexusError
+from models.families import Families
+from models.family import Family, Serving
 from nexus_service.http import ApiError, describe, parse_body
 from nexus_service.rate_limit import TokenBuckets, client_address
 from nexus_service.request_metrics import metrics_response
@@ -56,19 +61,52 @@ def _state(request: Request) -> EdgeState:
 
 
 # --- application API ---------------------------------------------------------------------
-# Built per served family from its record (models.family.Serving): the scoring route, and
-# the local-store route that collects the family's labelled examples.
+# Built per /v1 route from the served families' records (models.family.Serving): the scoring
+# route, and the local-store route that collects the family's labelled examples. Families
+# whose Serving names the same path (the emotion tiers: emotion, emotion-accurate) share one
+# route: ``?model=`` picks which answers, the route's default (:func:`route_models`) otherwise,
+# and their store route is registered once (one table feeds every tier's training).
 
 Handler = Callable[[Request], Awaitable[Response]]
 
 
-def _scorer(family: Family, body: type[ItemsRequest]) -> Handler:
-    name, serving = family.name, family.serving
+def route_models(settings: EdgeSettings, families: Families) -> dict[str, tuple[str, ...]]:
+    """/v1 path -> the served models answering it, the one that answers without ``?model=`` first:
+    the one ``settings.default_models`` names there, else the first of ``settings.models``."""
+    by_path: dict[str, list[str]] = {}
+    for name in settings.models:
+        by_path.setdefault(families.get(name).serving.path, []).append(name)
+    shared: dict[str, tuple[str, ...]] = {}
+    for path, names in by_path.items():
+        default = next((name for name in settings.default_models if name in names), names[0])
+        shared[path] = (default, *(name for name in names if name != default))
+    return shared
+
+
+def _request_shape(serving: Serving) -> tuple[Any, ...]:
+    """What a shared route's one request body and answer rest on: its families must agree on it."""
+    return serving.one, serving.many, serving.max_items, serving.answer, serving.store_route, dict(serving.limits)
+
+
+def _scorer(path: str, families: Sequence[Family], body: type[ItemsRequest], query: type[BaseModel]) -> Handler:
+    default = families[0].name
+    servings = {family.name: family.serving for family in families}
+    listed = ", ".join([f"{default} (default)", *list(servings)[1:]])
+
+    def pick(request: Request) -> str:
+        try:
+            parsed: Any = query.model_validate(dict(request.query_params))
+        except ValidationError as exc:
+            raise ApiError(422, f"{describe(exc)}; {path} serves {listed}") from None
+        return parsed.model or default
 
     async def score(request: Request) -> Response:
         state = _state(request)
+        # no query string at all (the common call): no parsing on the hot path
+        name = pick(request) if request.scope.get("query_string") else default
         parsed = await parse_body(request, body, state.settings.max_body_bytes)
         result = await state.batchers[name].submit(parsed.items())
+        serving = servings[name]
         answers = [serving.answer_json(row) for row in result.rows]
         return FastJSONResponse({"model": name, "model_version": result.source.version, serving.answer: answers})
 
@@ -126,16 +164,32 @@ STORE_ROUTES = {
 }
 
 
-def family_operations(family: Family, limits: Mapping[str, int]) -> list[tuple[Operation, Any]]:
-    """The scoring route of a served family, and its local-store route if it has one."""
-    serving, unavailable = family.serving, {503: ErrorResponse}
+def family_operations(group: Sequence[Family], limits: Mapping[str, int]) -> list[tuple[Operation, Any]]:
+    """The scoring route of the served families sharing one path (the default first), and its
+    local-store route if it has one."""
+    family, serving, unavailable = group[0], group[0].serving, {503: ErrorResponse}
+    for other in group[1:]:
+        if _request_shape(other.serving) != _request_shape(serving):
+            raise NexusError(
+                f"models {family.name} and {other.name} share {serving.path} but not its request, answer and store"
+                " fields (models.family.Serving): give one of them a path of its own"
+            )
+    names = [member.name for member in group]
     request = items_request(family, limits)
+    query = route_query(family, names)
+    summary = serving.summary if len(names) == 1 else f"{serving.summary} (?model= picks {', '.join(names)})"
     table: list[tuple[Operation, Any]] = [
         (
             Operation(
-                "post", serving.path, serving.summary, "inference", request, {200: answer_model(family), **unavailable}
+                "post",
+                serving.path,
+                summary,
+                "inference",
+                request,
+                {200: answer_model(family, names), **unavailable},
+                query=query,
             ),
-            _scorer(family, request),
+            _scorer(serving.path, group, request, query),
         )
     ]
     if serving.store_route is not None:
@@ -238,6 +292,27 @@ async def ready(request: Request) -> Response:
     return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
 
 
+async def model_index(request: Request) -> Response:
+    """Every model this node serves: loaded version, readiness, tier, and the /v1 route it answers."""
+    state = _state(request)
+    entries = []
+    for path, names in route_models(state.settings, state.families).items():
+        for name in names:
+            served = state.repository.get(name)
+            entries.append(
+                {
+                    "name": name,
+                    "version": None if served is None else served.version,
+                    "ready": served is not None,
+                    "tier": None if served is None else served.predictor.bundle.tier,
+                    "route": path,
+                    "route_default": name == names[0],
+                }
+            )
+    order = {name: i for i, name in enumerate(state.repository.models)}
+    return JSONResponse({"models": sorted(entries, key=lambda entry: order[entry["name"]])})
+
+
 # The /versions/{version} forms (tritonclient's, given a model_version) take only the loaded version.
 
 
@@ -248,8 +323,12 @@ async def model_metadata(request: Request) -> Response:
 
 
 async def model_ready(request: Request) -> Response:
-    name = request.path_params["name"]
-    is_ready = oip.model_ready(_state(request), name, request.path_params.get("version"))
+    state, name, version = _state(request), request.path_params["name"], request.path_params.get("version")
+    is_ready = oip.model_ready(state, name, version)
+    served = state.repository.get(name)
+    if not is_ready and version and served is not None:
+        # another version than the loaded one never becomes ready here: not found, not "try later"
+        raise ApiError(404, f"model {name!r} serves version {served.version}, not {version!r}")
     return JSONResponse({"name": name, "ready": is_ready}, status_code=200 if is_ready else 503)
 
 
@@ -281,9 +360,17 @@ def operations(state: EdgeState) -> list[tuple[Operation, Any]]:
     name = {"name": {"type": "string", "minLength": 1, "maxLength": 64}}
     visitor = {"visitor_id": {"type": "string", "pattern": _VISITOR_ID}}
     unavailable = {503: ErrorResponse}
-    # the routes of the served families, scoring ones first
-    served = [family_operations(state.families.get(m), state.limits[m]) for m in state.repository.models]
-    table = [ops[0] for ops in served] + [op for ops in served for op in ops[1:]]
+    # the routes of the served families, scoring ones first; a store route once, for the first route naming it
+    served = [
+        family_operations([state.families.get(m) for m in names], state.limits[names[0]])
+        for names in route_models(state.settings, state.families).values()
+    ]
+    table = [ops[0] for ops in served]
+    stores: dict[str, tuple[Operation, Any]] = {}
+    for ops in served:
+        for op in ops[1:]:
+            stores.setdefault(op[0].path, op)
+    table += stores.values()
     table += [
         (
             Operation(
@@ -338,6 +425,19 @@ def operations(state: EdgeState) -> list[tuple[Operation, Any]]:
             ready,
         ),
     ]
+    table.append(
+        (
+            Operation(
+                "get",
+                "/v2/models",
+                "the models this node serves: loaded version, readiness, tier, /v1 route",
+                "v2",
+                None,
+                {200: ModelIndex},
+            ),
+            model_index,
+        )
+    )
     version = {**name, "version": {"type": "string", "minLength": 1, "maxLength": 64}}
     for params, base, which in (
         (name, "/v2/models/{name}", ""),

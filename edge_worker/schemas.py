@@ -9,9 +9,9 @@ so the published schema states the limits the node enforces.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import GenericAlias
-from typing import Annotated, Any, ClassVar, Self
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, create_model, model_validator
 
@@ -59,16 +59,29 @@ def items_request(family: Family, limits: Mapping[str, int]) -> type[ItemsReques
     return model
 
 
-def answer_model(family: Family) -> type[BaseModel]:
-    """The family's /v1 answer (documentation only: the handler builds a plain dict)."""
+def answer_model(family: Family, names: Sequence[str] = ()) -> type[BaseModel]:
+    """The family's /v1 answer (documentation only: the handler builds a plain dict); ``names``:
+    every model answering the route, when several families share it."""
     serving = family.serving
     entries = Field(description=serving.answer_doc) if serving.answer_doc else Field()
+    which: dict[str, Any] = {"enum": list(names)} if len(names) > 1 else {"const": family.name}
     fields: dict[str, Any] = {
-        "model": (str, Field(json_schema_extra={"const": family.name})),
+        "model": (str, Field(description="the model that answered", json_schema_extra=which)),
         "model_version": (str, Field()),
         serving.answer: (GenericAlias(list, (serving.answer_type,)), entries),
     }
     return create_model(f"{_title(family)}Response", **fields)
+
+
+def route_query(family: Family, names: Sequence[str]) -> type[BaseModel]:
+    """A /v1 scoring route's query: ``?model=`` picks which of the models serving it answers."""
+    listed = ", ".join(f"{name} (default)" if i == 0 else name for i, name in enumerate(names))
+    served: Any = Literal[tuple(names)]  # the served names, known once the node's settings are
+    return create_model(
+        f"{_title(family)}Query",
+        __config__=ConfigDict(extra="forbid"),
+        model=(served | None, Field(None, description=f"the model that answers: {listed}")),
+    )
 
 
 def feedback_request(text: Any) -> type[BaseModel]:
@@ -135,6 +148,22 @@ class TensorMetadata(BaseModel):
     name: str
     datatype: str
     shape: list[int]
+
+
+class ModelEntry(BaseModel):
+    name: str
+    #: the version loaded, if any
+    version: str | None
+    ready: bool
+    #: the manifest's tier (emotion: fast or accurate), once loaded
+    tier: str | None
+    #: the /v1 route it answers, and whether it answers it without ``?model=``
+    route: str
+    route_default: bool
+
+
+class ModelIndex(BaseModel):
+    models: list[ModelEntry]
 
 
 class ModelMetadata(BaseModel):

@@ -21,6 +21,10 @@ from nexus_service.serving import ServerLimits
 from nexus_wire.datadir import EdgeDataDir
 
 ENV_PREFIX = "NEXUS_"
+#: what a node serves unless told otherwise: the fast emotion tier and the funnel. The accurate
+#: tier (``emotion-accurate``) is opt-in: each worker would load its encoder at start-up whether or
+#: not a request ever asks for it (its cost: docs/benchmarks.md, "Edge: the two emotion tiers")
+DEFAULT_MODELS = ("emotion", "funnel")
 # the artifact names of models.bundle.ARTIFACTS
 Backend = Literal["onnx", "onnx-int8", "tflite"]
 
@@ -38,14 +42,24 @@ class EdgeSettings(BaseModel):
     models_dir: Path = DEFAULT_REPOSITORY
     data_dir: Path = Field(default_factory=default_data_dir)
     #: model names served from ``models_dir`` (a name is also the bundle's family); validated
-    #: against the registry in the validation context's "families" (default: the shipped ones)
-    models: tuple[str, ...] = FAMILIES.names()
-    #: the artifact each model runs: ONNX fp32, ONNX int8 or TFLite (LiteRT)
+    #: against the registry in the validation context's "families" (default: the shipped ones).
+    #: Models whose families share a /v1 route (the emotion tiers) answer it by ``?model=``;
+    #: without it, the first of them listed here answers (or the one ``default_models`` names)
+    models: tuple[str, ...] = DEFAULT_MODELS
+    #: models that answer their shared /v1 route without ``?model=``, one per route (default: the
+    #: first of ``models`` serving it; e.g. ``emotion-accurate`` for the accurate tier on /v1/emotion)
+    default_models: tuple[str, ...] = ()
+    #: the artifact each model runs: ONNX fp32 (faster than int8 for this model on x86: docs/benchmarks.md),
+    #: ONNX int8 or TFLite (LiteRT)
     emotion_backend: Backend = "onnx"
+    #: the artifact each model runs; unset: the bundle's ``default_backend`` (the accurate tier's: ONNX int8)
+    emotion_accurate_backend: Backend | None = None
     #: the artifact each model runs: ONNX fp32, ONNX int8 or TFLite (LiteRT)
     funnel_backend: Backend = "onnx"
     #: pin a version instead of serving the newest one
     emotion_version: str | None = None
+    #: pin a version instead of serving the newest one
+    emotion_accurate_version: str | None = None
     #: pin a version instead of serving the newest one
     funnel_version: str | None = None
     #: intra-op threads per model runner
@@ -67,6 +81,9 @@ class EdgeSettings(BaseModel):
     max_body_bytes: int = Field(1_000_000, ge=256)
     #: requests per model waiting for or in inference, per worker; beyond: 429 with ``Retry-After``
     max_queued_requests: int = Field(128, ge=1, le=1_000_000)
+    #: once a server process has started, freeze its heap out of the cyclic GC and raise the young
+    #: generation's threshold (edge_worker/heap.py: full collections of the start-up heap made the p99)
+    gc_tuning: bool = True
 
     #: open connections per worker process (nexus_service/serving.py); beyond: 503 with ``Retry-After``
     max_connections: int = Field(256, ge=1, le=1_000_000)
@@ -136,7 +153,7 @@ class EdgeSettings(BaseModel):
         # the SuperNode child runs in the data dir: a relative path would name another folder there
         return None if value is None else value.absolute()
 
-    @field_validator("models", mode="before")
+    @field_validator("models", "default_models", mode="before")
     @classmethod
     def _split_models(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -152,6 +169,19 @@ class EdgeSettings(BaseModel):
             known = ", ".join(families.names())
             raise ValueError(f"models must be a non-empty subset of {known}; got {', '.join(value) or 'none'}")
         return value
+
+    @model_validator(mode="after")
+    def _defaults_are_served(self, info: ValidationInfo) -> EdgeSettings:
+        families: Families = (info.context or {}).get("families", FAMILIES)
+        routes: dict[str, str] = {}
+        for name in self.default_models:
+            if name not in self.models:
+                raise ValueError(f"default_models: {name!r} is not one of the served models ({', '.join(self.models)})")
+            path = families.get(name).serving.path
+            if path in routes:
+                raise ValueError(f"default_models: {routes[path]} and {name} both claim {path}; name one per route")
+            routes[path] = name
+        return self
 
     @model_validator(mode="after")
     def _one_free_grpc_port(self) -> EdgeSettings:
@@ -174,9 +204,9 @@ class EdgeSettings(BaseModel):
             return self.inference_threads
         return max(1, len(os.sched_getaffinity(0)) // self.workers)
 
-    def backend(self, model: str) -> str:
-        """``<model>_backend``; a family without a setting of its own serves ONNX."""
-        return self._own(f"{model}_backend", "onnx")
+    def backend(self, model: str) -> str | None:
+        """``<model>_backend``; None (unset, or a family without a setting of its own): the bundle's default."""
+        return self._own(f"{model}_backend", None)
 
     def pinned_version(self, model: str) -> str | None:
         """``<model>_version``; a family without a setting of its own serves its newest version."""
@@ -187,6 +217,7 @@ class EdgeSettings(BaseModel):
         return {name: self._own(name, default) for name, default in defaults.items()}
 
     def _own(self, name: str, default: Any) -> Any:
+        name = name.replace("-", "_")  # emotion-accurate's settings are emotion_accurate_*
         return getattr(self, name) if name in type(self).model_fields else default
 
     @classmethod

@@ -30,6 +30,8 @@ SIGNATURE = "signature.json"
 #: backend name -> artifact file name inside a bundle
 ARTIFACTS = {"onnx": "model.onnx", "onnx-int8": "model.int8.onnx", "tflite": "model.tflite"}
 BACKENDS = tuple(ARTIFACTS)
+#: a manifest without ``tier`` is the fast tier (every bundle written before the accurate tier existed)
+DEFAULT_TIER = "fast"
 #: the committed default bundles: models/bundles/<family>/<version>/
 DEFAULT_REPOSITORY = Path(__file__).resolve().parent / "bundles"
 _CHUNK = 1 << 20
@@ -61,9 +63,34 @@ class Bundle:
     def version(self) -> str:
         return self.manifest["version"]
 
+    @property
+    def tier(self) -> str:
+        """The manifest's ``tier`` (emotion: ``fast`` or ``accurate``); bundles written before tiers are fast."""
+        tier = self.manifest.get("tier", DEFAULT_TIER)
+        return tier if isinstance(tier, str) else DEFAULT_TIER
+
+    @property
+    def backends(self) -> tuple[str, ...]:
+        """The backends whose artifact this bundle lists (a bundle may ship a subset of ``BACKENDS``)."""
+        files = self.manifest.get("files", {})
+        return tuple(backend for backend, name in ARTIFACTS.items() if name in files)
+
+    @property
+    def default_backend(self) -> str:
+        """The manifest's ``default_backend``, else ONNX fp32 (what every bundle before subsets shipped)."""
+        default = self.manifest.get("default_backend")
+        return default if isinstance(default, str) and default in self.backends else "onnx"
+
     def artifact(self, backend: str) -> Path:
         if backend not in ARTIFACTS:
             raise BundleError(f"unknown backend {backend!r}; expected one of {', '.join(BACKENDS)}")
+        if backend not in self.backends:
+            why = self.manifest.get("missing_backends", {})
+            reason = f": {why[backend]}" if isinstance(why, dict) and isinstance(why.get(backend), str) else ""
+            raise BundleError(
+                f"{self.name} version {self.version} has no {backend} artifact"
+                f" (it ships {', '.join(self.backends) or 'none'}){reason}"
+            )
         return self.path / ARTIFACTS[backend]
 
 

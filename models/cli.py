@@ -3,22 +3,53 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 from pathlib import Path
 
-from models.bundle import BACKENDS, DEFAULT_REPOSITORY, MANIFEST, SIGNATURE, Bundle, newest_bundle, verify_bundle
+from models.bundle import (
+    BACKENDS,
+    DEFAULT_REPOSITORY,
+    DEFAULT_TIER,
+    MANIFEST,
+    SIGNATURE,
+    Bundle,
+    newest_bundle,
+    verify_bundle,
+)
+from models.errors import NexusError
 from models.families import FAMILIES
 from models.family import Pipeline
 from models.metrics import headline
 from models.output import Table, View, emit
+
+#: the emotion family's tiers; the fast one is the family itself, another is the family ``<family>-<tier>``
+TIERS = (DEFAULT_TIER, "accurate")
 
 
 def _pipeline(family: str) -> Pipeline:
     return FAMILIES.get(family).pipeline()
 
 
+def tier_family(family: str, tier: str) -> str:
+    """The registry name of ``family``'s ``tier``: ``emotion`` + ``accurate`` -> ``emotion-accurate``."""
+    if tier == DEFAULT_TIER:
+        return family
+    name = f"{family}-{tier}"
+    if name not in FAMILIES:
+        raise NexusError(f"model family {family!r} has no {tier!r} tier")
+    return name
+
+
 def resolve_bundle(family: str, bundle: str | None, repository: Path = DEFAULT_REPOSITORY) -> Path:
     """An explicit bundle dir, or the newest version of ``family`` in ``repository``."""
     return Path(bundle) if bundle else newest_bundle(repository, family)
+
+
+def _served_metrics(bundle: Bundle) -> dict:
+    """The metrics of the backend the bundle is served with, where they are per backend (else all of them)."""
+    metrics = bundle.manifest.get("metrics", {})
+    served = metrics.get(bundle.default_backend) if isinstance(metrics, dict) else None
+    return {bundle.default_backend: served} if isinstance(served, dict) else metrics
 
 
 def _bundle_table(bundle: Bundle) -> Table:
@@ -35,7 +66,7 @@ def _bundle_table(bundle: Bundle) -> Table:
                 len(files),
                 size,
                 signed,
-                headline(bundle.manifest.get("metrics", {})),
+                headline(_served_metrics(bundle)),
             ]
         ],
     )
@@ -43,7 +74,20 @@ def _bundle_table(bundle: Bundle) -> Table:
 
 def _train(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else DEFAULT_REPOSITORY
-    bundle = _pipeline(args.family).train(Path(args.data), out, seed=args.seed, show_progress=not args.quiet)
+    name = tier_family(args.family, args.tier)
+    pipeline = _pipeline(name)
+    extra = {}
+    if args.checkpoint:
+        # only a fine-tuned family's pipeline reads a training run from disk
+        if "checkpoint" not in inspect.signature(pipeline.train).parameters:
+            raise NexusError(f"--checkpoint: {name} is not trained from a fine-tuning checkpoint")
+        extra["checkpoint"] = Path(args.checkpoint)
+    if args.teacher:
+        # only the fast emotion tier distils from a teacher's scores
+        if "teacher" not in inspect.signature(pipeline.train).parameters:
+            raise NexusError(f"--teacher: {name} does not distil from a teacher")
+        extra["teacher"] = Path(args.teacher)
+    bundle = pipeline.train(Path(args.data), out, seed=args.seed, show_progress=not args.quiet, **extra)
     summary = {
         "model": bundle.name,
         "version": bundle.version,
@@ -56,9 +100,9 @@ def _train(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     bundle_dir = resolve_bundle(args.family, args.bundle)
-    result = _pipeline(args.family).evaluate(
-        bundle_dir, Path(args.data), backend=args.backend, show_progress=not args.json
-    )
+    # no --backend: the one the bundle says it is served with (an accurate bundle ships no fp32 ONNX)
+    backend = args.backend or verify_bundle(bundle_dir).default_backend
+    result = _pipeline(args.family).evaluate(bundle_dir, Path(args.data), backend=backend, show_progress=not args.json)
     # one row of the scalar results; per-label scores (a mapping) get a table of their own
     scalars = {k: v for k, v in result.items() if not isinstance(v, dict)}
     views: list[View] = [Table(list(map(str.upper, scalars)), [list(scalars.values())])]
@@ -85,6 +129,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument(
         "--out", help=f"model repository to write <family>/<version>/ into (default: {DEFAULT_REPOSITORY})"
     )
+    train.add_argument(
+        "--tier",
+        choices=TIERS,
+        default=DEFAULT_TIER,
+        help="emotion: fast (hashed n-gram bag, numpy) or accurate (fine-tuned MiniLM; needs the 'train' extra)",
+    )
+    train.add_argument(
+        "--checkpoint",
+        metavar="DIR",
+        help="accurate tier: export from the fine-tuned run in DIR (an empty DIR: fine-tune and save it there;"
+        " default: fine-tune into ~/.cache/nexus/checkpoints/)",
+    )
+    train.add_argument(
+        "--teacher",
+        metavar="NPZ",
+        help="fast tier: distil from a teacher's train.tsv scores ('scores': float32 [rows, labels], row order;"
+        " default: no teacher, hard labels only)",
+    )
     train.add_argument("--seed", type=int, default=0, help="seed of the split, initialisation and batches")
     train.add_argument("--quiet", action="store_true", help="no progress on stderr")
     train.add_argument("--json", action="store_true", help="one line of JSON (with every metric), not a table")
@@ -93,7 +155,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     ev = msub.add_parser("eval", help="evaluate a bundle's exported artifact on a data file")
     ev.add_argument("family", choices=FAMILIES.names(), help="the model family of the bundle")
     ev.add_argument("--data", required=True, help="a labelled data file (funnel: sessions CSV; emotion: TSV)")
-    ev.add_argument("--backend", choices=BACKENDS, default="onnx", help="the bundle artifact to run")
+    ev.add_argument("--backend", choices=BACKENDS, help="the bundle artifact to run (default: the bundle's default)")
     ev.add_argument("--bundle", help="bundle folder (default: the newest shipped version)")
     ev.add_argument("--json", action="store_true", help="one line of JSON, not tables")
     ev.set_defaults(func=_eval)

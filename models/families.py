@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from models.bundle import BundleError, verify_bundle
 from models.emotion.family import EMOTION
+from models.emotion_accurate.family import EMOTION_ACCURATE
 from models.errors import NexusError
 from models.family import Family
 from models.funnel.family import FUNNEL
@@ -61,7 +62,7 @@ class Families:
         return len(self._families)
 
 
-FAMILIES = Families([EMOTION, FUNNEL])
+FAMILIES = Families([EMOTION, EMOTION_ACCURATE, FUNNEL])
 
 
 def get(name: str) -> Family:

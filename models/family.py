@@ -33,8 +33,12 @@ class Pipeline(Protocol):
         """The CLI's ``nexus models eval`` report: ``model``, ``model_version``, ``backend``, ``n`` and the score."""
         ...
 
-    def export(self, weights: Weights, folder: Path) -> None:
-        """Write the artifacts of every backend (``models.bundle.ARTIFACTS``) from fp32 weights."""
+    def export(self, weights: Weights, folder: Path, base: Path | None = None) -> None:
+        """Write the artifacts of its backends (``models.bundle.ARTIFACTS``) from fp32 weights.
+
+        ``base``: the bundle a federated run started from; a family whose weights are only
+        part of the model (emotion-accurate: the head) takes the rest from it.
+        """
         ...
 
 

@@ -79,6 +79,10 @@ class SimulationData:
 
 class Task(Protocol):
     default_lr: float
+    #: a node's local epochs and learning rate each round when the run does not say (run config
+    #: ``local-epochs`` 0, ``lr`` 0); ``default_lr`` is the central trainer's
+    federated_local_epochs: int
+    federated_lr: float
     #: epochs of the simulation's central and local-only arms (the family's central default)
     central_epochs: int
     #: the simulation's defaults: partition ("region", "iid", "dirichlet:ALPHA") and federated rounds

@@ -137,8 +137,11 @@ def _operation(method: str, path: str, op: Mapping[str, Any]) -> Iterator[str]:
     yield ""
     for param in op.get("parameters", []):
         limits = constraints_of(param.get("schema", {}))
-        yield f"- {param.get('in', 'path')} parameter `{param['name']}`: {type_of(param.get('schema', {}))}" + (
-            f" ({limits})" if limits else ""
+        about = param.get("schema", {}).get("description")
+        yield (
+            f"- {param.get('in', 'path')} parameter `{param['name']}`: {type_of(param.get('schema', {}))}"
+            + (f" ({limits})" if limits else "")
+            + (f": {about}" if about else "")
         )
     if "requestBody" in op:
         yield f"- request body: {_body(op['requestBody']['content'])}"

@@ -6,7 +6,9 @@ SuperNode) run as child processes on free 127.0.0.1 ports. The edges get the shi
 models from the hub, answer an app's traffic (nexus_tools/traffic.py), keep funnel
 outcomes and feedback as local training data, and assign visitors to an experiment with a
 known truth (B converts better). Two federated rounds train the funnel model on the edges'
-data; the result is promoted and the demo waits until every edge serves it. Every node
+data; the result is promoted only through the hub's promotion gate (``auto_promote``: better
+than the stable version on the same nodes' evaluation data), and the demo then waits until
+every edge serves it; a candidate the gate holds back is reported with why. Every node
 stops on exit, on error and on Ctrl-C (edges first, so their SuperNodes sign off, then the
 hub, which stops its SuperLink).
 
@@ -42,7 +44,7 @@ from models.bundle import DEFAULT_REPOSITORY, list_versions, newest_bundle, read
 from models.errors import NexusError
 from nexus_service.processes import descendants, reap
 from nexus_tools.examples import SESSION
-from nexus_tools.processes import ServerProcess, edge_argv, free_port
+from nexus_tools.processes import ServerProcess, edge_argv, free_port, nexus_argv
 from nexus_tools.traffic import (
     Example,
     Outcome,
@@ -141,8 +143,8 @@ class Cluster:
         self.hub_dir = root / "hub"
         self.superlink_port = free_port()
         port = free_port()
-        argv = [sys.executable, "-m", "nexus_cli", "hub", "serve", "--data-dir", str(self.hub_dir), "--port", str(port),
-                "--poll-interval", str(HUB_POLL_S), "--superlink-port", str(self.superlink_port)]  # fmt: skip
+        argv = nexus_argv("hub", "serve", "--data-dir", str(self.hub_dir), "--port", str(port),
+                          "--poll-interval", str(HUB_POLL_S), "--superlink-port", str(self.superlink_port))  # fmt: skip
         self.hub = ServerProcess("hub", argv, port, ready_path="/healthz")
         self.edges: list[Edge] = []
         self._starting: list[Future[ServerProcess]] = []
@@ -420,9 +422,11 @@ def _run(options: Options, stages: Stages, cluster: Cluster, stack: contextlib.E
         " visitors walk the funnel meanwhile"
     )
     started = time.monotonic()
+    # promoted only if the gate finds it better than the stable version it started from (hub/promotion_gate.py)
     run = admin.start_run(
-        {"model": "funnel", "rounds": 2, "min_nodes": len(REGIONS), "timeout_s": 90, "deadline_s": 600}
-    )
+        {"model": "funnel", "rounds": 2, "min_nodes": len(REGIONS), "timeout_s": 90, "deadline_s": 600,
+         "auto_promote": True, "promote_margin": 0.0}
+    )  # fmt: skip
     walkers = start_jobs(
         [functools.partial(_visitors, recorder, e, i, options) for i, e in enumerate(cluster.edges)], stop
     )
@@ -437,12 +441,16 @@ def _run(options: Options, stages: Stages, cluster: Cluster, stack: contextlib.E
         sent.merge(tally)
     stages(f"{sum(sent.assigned.values())} visitors through the funnel")
 
-    admin.promote("funnel", version, "stable")
+    promoted = str(run.get("reason") or "").startswith("auto-promoted")
+    served = version if promoted else run["base_version"]
     probe = work.outcomes[0][0].session
     wait_until(
-        lambda: all(_serves(e, version, probe) for e in cluster.edges), 60, f"every edge to serve funnel v{version}"
+        lambda: all(_serves(e, served, probe) for e in cluster.edges), 60, f"every edge to serve funnel v{served}"
     )
-    stages(f"funnel v{version} promoted to stable and served by every edge")
+    if promoted:
+        stages(f"funnel v{version} {run['reason']} by the promotion gate; served by every edge")
+    else:
+        stages(f"funnel v{version} held back by the promotion gate ({run.get('reason')}); edges keep v{served}")
     # the app's traffic now gets the new version's answers
     gather(
         start_jobs(
@@ -493,7 +501,11 @@ def _run(options: Options, stages: Stages, cluster: Cluster, stack: contextlib.E
             "name": "funnel",
             "base_version": run["base_version"],
             "version": version,
-            "stage": "stable",
+            "stage": "stable" if promoted else "candidate",
+            "promoted": promoted,
+            # the promotion gate's comparison and decision
+            "gate": run.get("gate"),
+            "decision": run.get("reason"),
             "served_by": sum(1 for e in edges if version in e["answers"].get("funnel", {})),
         },
     }
@@ -559,7 +571,7 @@ def summary_text(s: dict[str, Any]) -> list[str]:
             f"  region {e['region']}  {'intact' if a['ok'] else 'NOT INTACT'}, {a['entries']} entries; {sends}"
         )
     m, hub = s["model"], s["hub"]
-    lines += ["", f"new model: funnel v{m['version']} (stable, parent v{m['base_version']})"
+    lines += ["", f"new model: funnel v{m['version']} ({m['stage']}, parent v{m['base_version']}: {m['decision']})"
                   f" served by {m['served_by']}/{len(s['edges'])} edges",
               f"dashboard: {hub['dashboard']} (log in with the admin token in {hub['admin_token_file']})"]  # fmt: skip
     if not s["keep"]:

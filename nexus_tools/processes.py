@@ -23,6 +23,25 @@ from starlette.applications import Starlette
 
 from models.errors import NexusError
 
+#: the folder this code was imported from (it holds nexus_cli.py and the packages)
+CODE_ROOT = Path(__file__).resolve().parents[1]
+
+
+def nexus_argv(*args: str) -> list[str]:
+    """``python -P -m nexus_cli ARGS``: ``-P`` leaves the working directory off the child's
+    ``sys.path``, so a folder named like one of our packages there (a ``hub/`` of the user's)
+    cannot shadow it; :func:`child_env` puts this code's own root in its place."""
+    return [sys.executable, "-P", "-m", "nexus_cli", *args]
+
+
+def child_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a child that runs this code: ``env`` over ours, with
+    :data:`CODE_ROOT` first on ``PYTHONPATH`` (the child imports what the parent runs, from
+    a checkout as from an install)."""
+    merged = {**os.environ, **(env or {})}
+    merged["PYTHONPATH"] = os.pathsep.join(p for p in (str(CODE_ROOT), merged.get("PYTHONPATH", "")) if p)
+    return merged
+
 
 def free_port() -> int:
     """A port free on loopback right now (the OS picks it)."""
@@ -40,9 +59,7 @@ def edge_argv(
     log_level: str = "warning",
 ) -> list[str]:
     argv = [
-        sys.executable,
-        "-m",
-        "nexus_cli",
+        *nexus_argv(),
         "edge",
         "serve",
         "--host",
@@ -78,7 +95,7 @@ class ServerProcess:
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.ready_path = ready_path
-        self.env = {**os.environ, **(env or {})}
+        self.env = child_env(env)
         self._proc: subprocess.Popen[bytes] | None = None
         self._log = tempfile.TemporaryFile()  # noqa: SIM115  (the child writes it until stop() closes it)
 

@@ -8,6 +8,7 @@ stable across processes, platforms and Python versions, unlike ``hash()``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import unicodedata
@@ -38,8 +39,9 @@ DEFAULT_SPEC: dict[str, Any] = {
 }
 
 _WEIGHTINGS = ("1/n", "1/sqrt(n)")
-#: entries per memo (words, word n-grams); full memos are cleared, bounding memory to ~20 MB
-_CACHE_LIMIT = 1 << 15
+#: LRU entries per featurizer: words and token windows (packed ids; about 35 MB together when full)
+WORD_CACHE = 1 << 15
+WINDOW_CACHE = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -116,49 +118,86 @@ def padded_length(n: int, min_length: int) -> int:
 
 
 class Featurizer:
-    """Builds ``(ids, weights)`` for texts; memoises per-word ids (Zipf makes the cache hit).
+    """Builds ``(ids, weights)`` for texts.
 
-    Safe to share between threads: the memos are plain dicts whose cached lists are never
-    mutated, so a concurrent clear only costs a recomputation.
+    The ids at a token depend only on the window of the last ``word_ngrams[1]`` tokens (its
+    word and char n-gram ids, then the word n-grams ending at it), so they are memoised per
+    window, as packed bytes, in a bounded LRU (``functools.lru_cache``: hits never leave C, and
+    it is safe to share between threads); Zipf makes the windows of common words hit. A text's
+    ids are then one ``bytes.join`` and a batch's one ``numpy.frombuffer``: no Python int per
+    id on the hot path. Same ids, order and weights as the reference loop this replaced
+    (``tests/models/test_featurizer_identity.py`` compares them on real texts).
     """
 
     def __init__(self, spec: dict[str, Any]) -> None:
         self.spec = FeaturizerSpec.from_dict(spec)
         self._token_re = re.compile(self.spec.token_pattern)
-        self._word_cache: dict[str, list[int]] = {}
-        self._gram_cache: dict[str, int] = {}
         self._sqrt = self.spec.weighting == "1/sqrt(n)"
+        self._window = self.spec.word_ngrams[1]
         self._longer = range(max(self.spec.word_ngrams[0], 2), self.spec.word_ngrams[1] + 1)
+        self._mask = self.spec.buckets - 1
+        #: packed ids: 4 bytes each while every bucket fits (it always does in practice)
+        self._packed = np.dtype("<u4") if self.spec.buckets <= 1 << 32 else np.dtype("<u8")
+        self._prefix = {kind: hashlib.blake2b(f"{kind}\x1f".encode(), digest_size=8) for kind in ("w", "c")}
+        self._word = functools.lru_cache(maxsize=WORD_CACHE)(self._word_ids)
+        self._position = functools.lru_cache(maxsize=WINDOW_CACHE)(self._window_ids)
+        #: (ids, width) -> a row of weights; at most max_ids x a few widths
+        self._rows = functools.lru_cache(maxsize=4096)(self._weight_row)
 
     def tokens(self, text: str) -> list[str]:
-        text = unicodedata.normalize("NFKC", text).lower()
         cut = self.spec.max_token_chars  # bounds the char n-grams of URLs and key mashing
-        return [tok[:cut] for tok in self._token_re.findall(text)[: self.spec.max_tokens]]
+        return [tok[:cut] for tok in self._raw_tokens(text)]
 
-    def _word_ids(self, word: str) -> list[int]:
-        """The word's unigram id followed by its boundary-marked char n-gram ids."""
-        ids = self._word_cache.get(word)
-        if ids is not None:
-            return ids
+    def _raw_tokens(self, text: str) -> list[str]:
+        """Tokens before the ``max_token_chars`` cut, which the memoised functions make on a miss."""
+        text = unicodedata.normalize("NFKC", text).lower()
+        return self._token_re.findall(text)[: self.spec.max_tokens]
+
+    def _hash(self, kind: str, gram: str) -> int:
+        """:func:`bucket_of`, from a BLAKE2b state that has already absorbed ``kind \\x1f`` (cheaper to copy)."""
+        state = self._prefix[kind].copy()
+        state.update(gram.encode())
+        return int.from_bytes(state.digest(), "little") & self._mask
+
+    def _pack(self, ids: list[int]) -> bytes:
+        return np.array(ids, dtype=self._packed).tobytes()
+
+    def _word_ids(self, word: str) -> bytes:
+        """The word's unigram id followed by its boundary-marked char n-gram ids, packed."""
         spec = self.spec
-        ids = [bucket_of("w", word, spec.buckets)] if spec.word_ngrams[0] == 1 else []
+        word = word[: spec.max_token_chars]
+        ids = [self._hash("w", word)] if spec.word_ngrams[0] == 1 else []
         lo, hi = spec.char_ngrams
         if hi:
             marked = spec.char_boundary[0] + word + spec.char_boundary[1]
             for n in range(lo, min(hi, len(marked)) + 1):
-                ids.extend(bucket_of("c", marked[i : i + n], spec.buckets) for i in range(len(marked) - n + 1))
-        if len(self._word_cache) >= _CACHE_LIMIT:
-            self._word_cache.clear()
-        self._word_cache[word] = ids
-        return ids
+                ids.extend(self._hash("c", marked[i : i + n]) for i in range(len(marked) - n + 1))
+        return self._pack(ids)
 
-    def _gram_id(self, gram: str) -> int:
-        found = self._gram_cache.get(gram)
-        if found is None:
-            if len(self._gram_cache) >= _CACHE_LIMIT:
-                self._gram_cache.clear()
-            found = self._gram_cache[gram] = bucket_of("w", gram, self.spec.buckets)
-        return found
+    def _window_ids(self, window: tuple[str, ...]) -> bytes:
+        """The ids at the window's last token: its word ids, then the word n-grams ending at it."""
+        cut = [tok[: self.spec.max_token_chars] for tok in window]
+        grams = [self._hash("w", " ".join(cut[-n:])) for n in self._longer if len(cut) >= n]
+        return self._word(window[-1]) + self._pack(grams)
+
+    def _ids(self, text: str) -> bytes:
+        """One text's packed ids in text order (repeats kept: the bag sums them), cut after ``max_ids``."""
+        toks = self._raw_tokens(text)
+        if not toks:
+            return b""
+        if self._window == 1:
+            packed = b"".join(map(self._word, toks))
+        elif self._window == 2:
+            packed = self._word(toks[0]) + b"".join(map(self._position, zip(toks, toks[1:])))
+        else:
+            k = self._window
+            packed = b"".join(map(self._position, (tuple(toks[max(0, i + 1 - k) : i + 1]) for i in range(len(toks)))))
+        return packed[: self.spec.max_ids * self._packed.itemsize]
+
+    def _weight_row(self, n: int, width: int) -> bytes:
+        """A row of ``width`` float32 weights: 1/n or 1/sqrt(n) (computed in float64) for the n ids, 0 after."""
+        weight = np.float32(1.0 / (np.sqrt(np.float64(n)) if self._sqrt else np.float64(n))) if n else np.float32(0)
+        return weight.tobytes() * n + bytes(4 * (width - n))
 
     def features(self, text: str) -> tuple[np.ndarray, np.ndarray]:
         """Ids of one text in text order (repeats kept: the bag sums them) and their weights.
@@ -167,25 +206,8 @@ class Featurizer:
         it; cut after ``max_ids`` so a long text keeps its beginning. Every id weighs 1/n
         or 1/sqrt(n) for the n ids kept; an empty text has no ids.
         """
-        toks = self.tokens(text)
-        raw: list[int] = []
-        # Cache look-ups inlined: this loop is the serving hot path (a list-comprehension
-        # variant measured slower).
-        word_cache, gram_cache = self._word_cache, self._gram_cache
-        for i, tok in enumerate(toks):
-            cached = word_cache.get(tok)
-            raw.extend(cached if cached is not None else self._word_ids(tok))
-            for n in self._longer:
-                if i + 1 >= n:
-                    gram = " ".join(toks[i + 1 - n : i + 1])
-                    found = gram_cache.get(gram)
-                    raw.append(found if found is not None else self._gram_id(gram))
-        del raw[self.spec.max_ids :]
-        ids = np.array(raw, dtype=np.int64)
-        if not raw:
-            return ids, np.zeros(0, np.float32)
-        weight = 1.0 / (np.sqrt(len(raw)) if self._sqrt else len(raw))
-        return ids, np.full(len(raw), weight, dtype=np.float32)
+        ids = np.frombuffer(self._ids(text), self._packed).astype(np.int64)
+        return ids, np.frombuffer(self._rows(len(ids), len(ids)), np.float32).copy()
 
     def batch(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """``ids`` int64 [B, L] and ``weights`` float32 [B, L]; padding is id 0 with weight 0.
@@ -193,11 +215,13 @@ class Featurizer:
         L is the longest text's id count rounded up to a power of two (at least
         ``min_length``, at most ``max_ids`` rounded up likewise).
         """
-        feats = [self.features(t) for t in texts]
-        width = padded_length(max((len(i) for i, _ in feats), default=0), self.spec.min_length)
-        ids = np.zeros((len(feats), width), dtype=np.int64)
-        weights = np.zeros((len(feats), width), dtype=np.float32)
-        for row, (i, w) in enumerate(feats):
-            ids[row, : len(i)] = i
-            weights[row, : len(w)] = w
-        return ids, weights
+        packed = [self._ids(t) for t in texts]
+        size = self._packed.itemsize
+        counts = [len(row) // size for row in packed]
+        width = padded_length(max(counts, default=0), self.spec.min_length)
+        # padded rows joined as bytes: a handful of numpy calls per batch, whatever its size
+        full = width * size
+        ids = np.frombuffer(b"".join([row + bytes(full - len(row)) for row in packed]), self._packed)
+        weights = np.frombuffer(b"".join([self._rows(n, width) for n in counts]), np.float32)
+        shape = (len(packed), width)
+        return ids.reshape(shape).astype(np.int64), weights.reshape(shape).copy()

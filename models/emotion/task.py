@@ -27,9 +27,13 @@ class FeedbackStore(Protocol):
 
 class EmotionTask:
     default_lr = 0.01
+    #: with FedAvgM (momentum 0.5), 10 rounds of 2 local epochs at this rate bring the
+    #: Dirichlet(0.5) split within 0.01 macro-F1 of central (docs/federated.md, "The gap")
+    federated_local_epochs = 2
+    federated_lr = 0.03
     central_epochs = 5
     simulation_partition = "dirichlet:0.5"
-    simulation_rounds = 5
+    simulation_rounds = 10
 
     def init_weights(self, spec: ModelSpec, seed: int) -> Weights:
         return emotion_train.init_weights(spec.shape, seed)

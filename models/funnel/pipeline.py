@@ -37,8 +37,8 @@ TOLERANCE = {"onnx-int8": 2e-2, "tflite": 1e-5}
 _EVAL_BATCH = 1024
 
 
-def export(weights: dict[str, np.ndarray], folder: Path) -> None:
-    """Write the three artifacts of a bundle (fp32 ONNX, int8 ONNX, TFLite) from MLP weights."""
+def export(weights: dict[str, np.ndarray], folder: Path, base: Path | None = None) -> None:
+    """Write the three artifacts of a bundle (fp32 ONNX, int8 ONNX, TFLite) from MLP weights; ``base``: unused."""
     layers = [(weights[f"w{i}"], weights[f"b{i}"]) for i in range(len(weights) // 2)]
     save(funnel_onnx(layers, int8=False), folder / ARTIFACTS["onnx"])
     save(funnel_onnx(layers, int8=True), folder / ARTIFACTS["onnx-int8"])

@@ -91,11 +91,19 @@ def test_demo_runs_the_whole_system_and_reports_real_figures() -> None:
     # three edges, each answered with both models; the funnel from v1 and, after promotion, the new version
     fed, model = s["federated"], s["model"]
     version = fed["version"]
-    assert model["version"] == version and version != fed["base_version"] and model["served_by"] == 3
+    assert model["version"] == version and version != fed["base_version"]
+    # promoted only through the gate: candidate and stable compared on the same nodes in the last round
+    gate = model["gate"]
+    assert gate["round"] == 2 and gate["nodes"] == 3 and gate["baseline_version"] == fed["base_version"]
+    assert model["promoted"] == (gate["delta"] > 0) and model["decision"].startswith(
+        "auto-promoted" if model["promoted"] else "not auto-promoted"
+    )
+    assert model["served_by"] == (3 if model["promoted"] else 0)
     assert [e["region"] for e in s["edges"]] == [1, 2, 3]
     for edge in s["edges"]:
         assert edge["node_id"] and edge["status"] == "online"
-        assert edge["answers"]["emotion"] and set(edge["answers"]["funnel"]) == {fed["base_version"], version}
+        served = {fed["base_version"], version} if model["promoted"] else {fed["base_version"]}
+        assert edge["answers"]["emotion"] and set(edge["answers"]["funnel"]) == served
         # the log verifies while the node runs, and both Flower updates and evaluations were receipted
         audit = edge["audit"]
         assert audit["ok"], audit["message"]

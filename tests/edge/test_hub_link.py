@@ -86,6 +86,7 @@ def test_the_layouts_keep_the_file_names_on_disk(tmp_path: Path) -> None:
         "admin_token": "admin.token",
         "admin_token_next": "admin.token.next",
         "store": "hub.sqlite3",
+        "blobs": "blobs",
         "rounds": "rounds",
         "flower": "flower",
     }

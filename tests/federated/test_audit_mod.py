@@ -17,6 +17,7 @@ from federated.digest import describe
 from federated.local_grid import LocalGrid
 from federated.server_app import run_rounds
 from models.families import FAMILIES
+from nexus_wire.outcomes import DP_BUDGET, failure_reason
 from nexus_wire.runconfig import RunConfig
 from tests.support.federated import funnel_spec, node_with_outcomes
 
@@ -61,7 +62,9 @@ def test_a_node_stops_taking_part_once_its_budget_is_spent(tmp_path: Path) -> No
     refusals = list(reader.entries(REFUSAL))
     assert len(refusals) == 2 and all("privacy budget exhausted" in e.reason for e in refusals)
     errors = [e for e in reader.entries(SEND) if e.kind == "error"]
-    assert len(errors) == 2 and errors[0].summary["reason"] == refusals[0].reason  # what the server was told
+    # what the server was told: the refusal, of kind "dp-budget" (nexus_wire/outcomes.py)
+    assert len(errors) == 2 and errors[0].summary["reason"] == failure_reason(DP_BUDGET, refusals[0].reason)
+    assert [f["kind"] for r in result.rounds for f in r.failures] == [DP_BUDGET, DP_BUDGET]
     assert verify(a).ok
 
     report = build_report(a)

@@ -87,6 +87,8 @@ def _sigmoid(z: np.ndarray) -> np.ndarray:
 
 class SentimentTask:
     default_lr = 2.0
+    federated_local_epochs = 1
+    federated_lr = 2.0
     central_epochs = 100
     simulation_partition = "iid"
     simulation_rounds = 3
@@ -180,7 +182,7 @@ def _tflite_graph(w: np.ndarray, b: np.ndarray) -> bytes:
 
 
 class SentimentPipeline:
-    def export(self, weights: Weights, folder: Path) -> None:
+    def export(self, weights: Weights, folder: Path, base: Path | None = None) -> None:
         w, b = weights["w0"], weights["b0"]
         save(_onnx_graph(w, b, int8=False), folder / ARTIFACTS["onnx"])
         save(_onnx_graph(w, b, int8=True), folder / ARTIFACTS["onnx-int8"])
@@ -299,9 +301,12 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_the_registry_names_its_families_and_refuses_unknown_ones(families: Families) -> None:
-    assert FAMILIES.names() == ("emotion", "funnel")
-    assert families.names() == ("emotion", "funnel", NAME) and families.get(NAME) is SENTIMENT
-    with pytest.raises(UnknownFamily, match=r"unknown model family 'churn' \(expected one of emotion, funnel\)"):
+    # the emotion family's two tiers, fast (``emotion``) and accurate, then the funnel
+    assert FAMILIES.names() == ("emotion", "emotion-accurate", "funnel")
+    assert families.names() == ("emotion", "emotion-accurate", "funnel", NAME) and families.get(NAME) is SENTIMENT
+    with pytest.raises(
+        UnknownFamily, match=r"unknown model family 'churn' \(expected one of emotion, emotion-accurate, funnel\)"
+    ):
         FAMILIES.get("churn")
     with pytest.raises(ValueError, match="two model families"):
         families.with_family(SENTIMENT)
@@ -323,7 +328,7 @@ def test_a_bundle_loads_only_with_a_registry_that_knows_its_family(families: Fam
 
 def test_the_edge_serves_the_toy_family(tmp_path: Path, families: Families, repository: Path) -> None:
     values = {"models_dir": repository, "data_dir": tmp_path / "data", "models": NAME}
-    with pytest.raises(ValidationError, match="non-empty subset of emotion, funnel"):
+    with pytest.raises(ValidationError, match="non-empty subset of emotion, emotion-accurate, funnel"):
         EdgeSettings.model_validate(values)
     settings = EdgeSettings.model_validate(values, context={"families": families})
     texts = ["good great fine", "awful late bad", "love it"]
@@ -395,7 +400,7 @@ def test_the_hub_exports_a_federated_update_of_the_toy_family(
 
         out = tmp_path / "candidate"
         out.mkdir()
-        unpack(hub.store.read_archive(NAME, "2"), out)
+        unpack(hub.registry.read_archive(NAME, "2"), out)
         base = load_predictor(repository / NAME / "1", families=families).predict(["good"])
         moved = load_predictor(out, families=families).predict(["good"])
         assert moved[0] > base[0]  # the update's bias, through the exported artifact

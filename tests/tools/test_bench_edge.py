@@ -31,7 +31,15 @@ def test_an_httpx_smoke_run_reports_every_figure_but_no_ratio_and_says_it_is_inv
     report = bench_edge(
         duration=1.0, connections=4, workers=1, generator="httpx", models_dir=BUNDLES, show_progress=False
     )
-    for key in ("echo_rps", "emotion_rps", "funnel_rps", "emotion_nobatch_rps", "grpc_echo_rps", "grpc_emotion_rps"):
+    for key in (
+        "echo_rps",
+        "emotion_rps",
+        "funnel_rps",
+        "emotion_nobatch_rps",
+        "emotion_nogc_rps",
+        "grpc_echo_rps",
+        "grpc_emotion_rps",
+    ):
         assert report[key] > 0, report
     for key in ("echo_p50_ms", "echo_p99_ms", "emotion_p50_ms", "emotion_p99_ms", "funnel_p99_ms"):
         assert key in report
@@ -39,8 +47,14 @@ def test_an_httpx_smoke_run_reports_every_figure_but_no_ratio_and_says_it_is_inv
     assert report["emotion_errors"] == 0 and report["funnel_errors"] == 0 and report["grpc_emotion_errors"] == 0
     # the figures measure the generator: the report says so and holds no ratio that could pass for a result
     assert report["valid"] is False and "measure the generator" in str(report["invalid_reason"])
-    for ratio in ("ratio", "batching_gain", "grpc_ratio", "grpc_vs_http_emotion"):
+    for ratio in ("ratio", "batching_gain", "gc_gain", "nogc_ratio", "grpc_ratio", "grpc_vs_http_emotion"):
         assert report[ratio] is None
+    assert report["edge_start_s"] > 0 and report["edge_rss_mib"] > 50  # the edge's processes, models loaded
+    # the accurate tier is measured where the repository holds it, and the report says when it is not
+    if report["accurate_note"] is None:
+        assert report["emotion_accurate_rps"] > 0 and report["emotion_accurate_errors"] == 0
+    else:
+        assert report["accurate_note"] == f"not measured: no emotion-accurate bundle in {BUNDLES}"
     print_report(report, as_json=True)
     assert json.loads(capsys.readouterr().out)["valid"] is False
     print_report(report, as_json=False)

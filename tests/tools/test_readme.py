@@ -153,7 +153,7 @@ def _run_the_section(tmp_path: Path) -> None:
     assert proc.returncode == 0, f"a README command failed (exit {proc.returncode}):\n{out[-6000:]}"
     assert '{"ready":true}' in out and '"probabilities"' in out and '"model":"emotion"' in out.replace(" ", "")
     assert "201 " * 40 in out  # every labelled session stored
-    assert re.search(r"run r-\w+ \(funnel, fedavg, flower \d+\): finished -> version 3", out), out[-4000:]
+    assert re.search(r"run r-\w+ \(funnel, fedavgm, flower \d+\): finished -> version 3", out), out[-4000:]
     assert re.search(r"model funnel: stable version 3", out)
     assert "experiment checkout (running, thompson)" in out
     assert (clone / "trained" / "funnel" / "1").is_dir() and (clone / "openapi.json").stat().st_size > 1000
