@@ -20,9 +20,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from flwr.app import Message, RecordDict
+from flwr.app import Message
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
+
+from federated.delegating_grid import DelegatingGrid
 
 #: seconds between two pulls while replies are outstanding (a pull of nothing is one small request)
 POLL_S = 0.05
@@ -61,32 +62,11 @@ def trace_path(output_path: str) -> Path:
     return Path(output_path).with_suffix(".trace.json")
 
 
-class PollingGrid(Grid):
+class PollingGrid(DelegatingGrid):
     def __init__(self, inner: Grid, poll_s: float = POLL_S, trace: MessageTrace | None = None) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.poll_s = poll_s
         self.trace = trace if trace is not None else MessageTrace()
-
-    def set_run(self, run: Run) -> None:
-        self.inner.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        return self.inner.run
-
-    def create_message(
-        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None
-    ) -> Message:
-        return self.inner.create_message(content, message_type, dst_node_id, group_id, ttl)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self.inner.get_node_ids()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self.inner.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self.inner.pull_messages(message_ids)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         """Flower's contract: push, then pull until every reply is in or ``timeout`` passed."""

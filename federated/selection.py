@@ -15,8 +15,8 @@ from logging import INFO, WARNING
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore import log
-from flwr.supercore.run import Run
 
+from federated.delegating_grid import DelegatingGrid
 from federated.receipts import ReceiptBook
 from federated.settings import parse_select
 from nexus_wire.datadir import NODE_CONFIG_NEXUS_NODE
@@ -24,36 +24,15 @@ from nexus_wire.messages import NODE_CONFIG
 from nexus_wire.names import NODE_ID, fullmatch
 
 
-class SelectedGrid(Grid):
+class SelectedGrid(DelegatingGrid):
     """A Grid that shows the strategy only ``node_ids``; everything else goes to ``inner``."""
 
     def __init__(self, inner: Grid, node_ids: Iterable[int]) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.node_ids = list(node_ids)
-
-    def set_run(self, run: Run) -> None:
-        self.inner.set_run(run)
-
-    @property
-    def run(self) -> Run:
-        return self.inner.run
-
-    def create_message(
-        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl: float | None = None
-    ) -> Message:
-        return self.inner.create_message(content, message_type, dst_node_id, group_id, ttl)
 
     def get_node_ids(self) -> Iterable[int]:
         return list(self.node_ids)
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self.inner.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self.inner.pull_messages(message_ids)
-
-    def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
-        return self.inner.send_and_receive(messages, timeout=timeout)
 
 
 def node_configs(grid: Grid, timeout: float, receipts: ReceiptBook | None = None) -> dict[int, dict[str, str]]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -30,3 +31,11 @@ def hub(hub_store: Store, tmp_path: Path, request: pytest.FixtureRequest) -> Ite
     running = RunningHub(tmp_path / "hub", hub_store, **(marker.kwargs if marker else {}))
     yield running
     running.stop()
+
+
+@pytest.fixture(scope="session")
+def tiny_accurate(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """One tiny accurate-tier bundle for the session (tests/support/accurate.py; needs the 'train' extra)."""
+    from tests.support.accurate import build
+
+    return build(tmp_path_factory.mktemp("tiny-accurate"))

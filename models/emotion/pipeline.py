@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -34,7 +34,7 @@ from models.emotion import train as trainer
 from models.emotion.data import read_labels, read_tsv
 from models.emotion.featurizer import DEFAULT_SPEC, Featurizer
 from models.emotion.graphs import emotion_onnx, emotion_tflite
-from models.emotion.model import EmotionPredictor, load
+from models.emotion.model import load
 from models.errors import DataError
 from models.export.onnx_graphs import save
 from models.metrics import f1_per_class
@@ -55,7 +55,16 @@ def export(weights: dict[str, np.ndarray], folder: Path, base: Path | None = Non
     (folder / ARTIFACTS["tflite"]).write_bytes(emotion_tflite(e, w, b))
 
 
-def predict_all(predictor: EmotionPredictor, texts: Sequence[str], progress: Progress | None = None) -> np.ndarray:
+class TextScorer(Protocol):
+    """What ``predict_all`` needs of a predictor: either emotion tier's."""
+
+    @property
+    def labels(self) -> list[str]: ...
+
+    def predict(self, texts: Sequence[str]) -> np.ndarray: ...
+
+
+def predict_all(predictor: TextScorer, texts: Sequence[str], progress: Progress | None = None) -> np.ndarray:
     """Scores of many texts, batched by similar length so little of each batch is padding."""
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     scores = np.zeros((len(texts), len(predictor.labels)), np.float32)
@@ -67,7 +76,7 @@ def predict_all(predictor: EmotionPredictor, texts: Sequence[str], progress: Pro
     return scores
 
 
-def _label_f1(labels: list[str], per_label: np.ndarray) -> dict[str, float]:
+def label_f1(labels: list[str], per_label: np.ndarray) -> dict[str, float]:
     return {name: round(float(f), 4) for name, f in zip(labels, per_label)}
 
 
@@ -86,10 +95,10 @@ def _measure(
         cross_fit, cross_per_label = trainer.cross_fit_f1(s, truth, seed)
         metrics[backend] = {
             "macro_f1": round(float(per_label.mean()), 4),
-            "f1": _label_f1(labels, per_label),
+            "f1": label_f1(labels, per_label),
             # a second estimate: thresholds tuned on one half of dev, scored on the other, swapped
             "macro_f1_cross_fit": round(cross_fit, 4),
-            "f1_cross_fit": _label_f1(labels, cross_per_label),
+            "f1_cross_fit": label_f1(labels, cross_per_label),
         }
     metrics["quantization_cost_macro_f1"] = round(metrics["onnx"]["macro_f1"] - metrics["onnx-int8"]["macro_f1"], 4)
     deviation = {b: float(np.max(np.abs(scores[b] - scores[REFERENCE_BACKEND]))) for b in TOLERANCE}
@@ -246,5 +255,5 @@ def evaluate(bundle_dir: Path, data: Path, backend: str = "onnx", show_progress:
         "backend": backend,
         "n": len(dataset.texts),
         "macro_f1": round(float(per_label.mean()), 4),
-        "f1": _label_f1(predictor.labels, per_label),
+        "f1": label_f1(predictor.labels, per_label),
     }

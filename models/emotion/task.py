@@ -62,15 +62,26 @@ class EmotionTask:
         return emotion_train.predict_scores(weights, *data.inputs)
 
     def metrics(self, scores: np.ndarray, labels: np.ndarray, seed: int) -> dict[str, float]:
-        y = np.asarray(labels, dtype=np.float64)
-        f1, _ = emotion_train.cross_fit_f1(scores, labels, seed) if len(y) >= 2 else (0.0, None)
-        return {"loss": log_loss(y, scores), SCORE_NAME: f1}
+        return metrics(scores, labels, seed)
 
     def simulation_data(self, data: Path, eval_data: Path | None) -> SimulationData:
-        labels = emotion_data.read_labels(Path(data).parent / "labels.txt")
-        eval_path = eval_data if eval_data is not None else Path(data).parent / "dev.tsv"
-        train = emotion_data.read_tsv(data, len(labels))
-        held = emotion_data.read_tsv(eval_path, len(labels))
+        labels, train, held = simulation_sets(data, eval_data)
         shape = {"buckets": int(DEFAULT_SPEC["buckets"]), "dim": SIMULATION_DIM, "n_labels": len(labels)}
         spec = ModelSpec(NAME, dict(DEFAULT_SPEC), tuple(labels), shape)
         return SimulationData(spec, train.texts, train.labels, None, held.texts, held.labels, None)
+
+
+def metrics(scores: np.ndarray, labels: np.ndarray, seed: int) -> dict[str, float]:
+    """Log loss and cross-fit macro-F1 (thresholds tuned on one half, scored on the other): both emotion tiers'."""
+    y = np.asarray(labels, dtype=np.float64)
+    f1, _ = emotion_train.cross_fit_f1(scores, labels, seed) if len(y) >= 2 else (0.0, None)
+    return {"loss": log_loss(y, scores), SCORE_NAME: f1}
+
+
+def simulation_sets(
+    data: Path, eval_data: Path | None
+) -> tuple[list[str], emotion_data.EmotionData, emotion_data.EmotionData]:
+    """Labels, train and held-out sets of a GoEmotions-layout folder (held out: ``eval_data``, else dev.tsv)."""
+    labels = emotion_data.read_labels(Path(data).parent / "labels.txt")
+    eval_path = eval_data if eval_data is not None else Path(data).parent / "dev.tsv"
+    return labels, emotion_data.read_tsv(data, len(labels)), emotion_data.read_tsv(eval_path, len(labels))

@@ -30,6 +30,7 @@ from models.build import git_revision, manifest_header, staged_bundle, target_ve
 from models.bundle import ARTIFACTS, DEFAULT_REPOSITORY, Bundle, BundleError, sha256_file, verify_bundle, write_manifest
 from models.emotion import train as thresholds
 from models.emotion.data import read_labels, read_tsv
+from models.emotion.pipeline import label_f1, predict_all
 from models.emotion_accurate import NAME, TIER
 from models.emotion_accurate.model import AccuratePredictor, load
 from models.emotion_accurate.tokens import TOKENIZER_FILE, TokenSpec
@@ -58,7 +59,6 @@ QUANTIZATION_BUDGET = 0.01
 #: interpreter with litert-torch (tflite_export.py says why it is not this one)
 TFLITE_PYTHON_ENV = "NEXUS_TFLITE_PYTHON"
 LATENCY_TEXTS = 200
-_EVAL_BATCH = 256
 
 
 def _data_files(data: Path) -> dict[str, Any]:
@@ -66,18 +66,6 @@ def _data_files(data: Path) -> dict[str, Any]:
         name: {"file": f"{data.name}/{name}", "sha256": sha256_file(data / name)}
         for name in ("labels.txt", "train.tsv", "dev.tsv")
     }
-
-
-def predict_all(predictor: AccuratePredictor, texts: Sequence[str], progress: Progress | None = None) -> np.ndarray:
-    """Scores of many texts; the predictor sorts each chunk by length itself."""
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    scores = np.zeros((len(texts), len(predictor.labels)), np.float32)
-    for start in range(0, len(order), _EVAL_BATCH):
-        rows = order[start : start + _EVAL_BATCH]
-        scores[rows] = predictor.predict([texts[i] for i in rows])
-        if progress is not None:
-            progress.update(len(rows))
-    return scores
 
 
 def single_text_p50_ms(predictor: AccuratePredictor, texts: Sequence[str]) -> float:
@@ -89,10 +77,6 @@ def single_text_p50_ms(predictor: AccuratePredictor, texts: Sequence[str]) -> fl
         predictor.predict([text])
         times.append(time.perf_counter() - started)
     return round(float(np.median(times)) * 1000, 3)
-
-
-def _label_f1(labels: list[str], per_label: np.ndarray) -> dict[str, float]:
-    return {name: round(float(f), 4) for name, f in zip(labels, per_label)}
 
 
 def _tflite_python() -> str | None:
@@ -318,7 +302,7 @@ def _measure(
         per_label = f1_per_class(dev.labels, scores[backend] >= cut)
         metrics[backend] = {
             "macro_f1": round(float(per_label.mean()), 4),
-            "f1": _label_f1(labels, per_label),
+            "f1": label_f1(labels, per_label),
             "single_text_p50_ms": single_text_p50_ms(predictor, dev.texts[:LATENCY_TEXTS]),
             "shipped": backend in manifest["backends"],
         }
@@ -359,7 +343,7 @@ def evaluate(
         "backend": backend,
         "n": len(dataset.texts),
         "macro_f1": round(float(per_label.mean()), 4),
-        "f1": _label_f1(predictor.labels, per_label),
+        "f1": label_f1(predictor.labels, per_label),
     }
 
 

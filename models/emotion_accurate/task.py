@@ -23,12 +23,10 @@ from typing import Protocol
 import numpy as np
 
 from models.bundle import ARTIFACTS, DEFAULT_REPOSITORY, BundleError, newest_bundle, verify_bundle
-from models.emotion import data as emotion_data
-from models.emotion import train as emotion_train
-from models.emotion_accurate import HEAD_B, HEAD_W, NAME, SCORE_NAME
+from models.emotion import task as emotion_task
+from models.emotion_accurate import HEAD_B, HEAD_W, NAME
 from models.emotion_accurate.model import AccuratePredictor
 from models.errors import NexusError
-from models.metrics import log_loss
 from models.runtime import open_runner
 from models.task import Examples, ModelSpec, SimulationData, TrainOutput, Weights, random_split
 
@@ -277,16 +275,11 @@ class AccurateTask:
         return sigmoid(features @ np.asarray(weights[HEAD_W], np.float32) + np.asarray(weights[HEAD_B], np.float32))
 
     def metrics(self, scores: np.ndarray, labels: np.ndarray, seed: int) -> dict[str, float]:
-        y = np.asarray(labels, dtype=np.float64)
-        f1, _ = emotion_train.cross_fit_f1(scores, labels, seed) if len(y) >= 2 else (0.0, None)
-        return {"loss": log_loss(y, scores), SCORE_NAME: f1}
+        return emotion_task.metrics(scores, labels, seed)
 
     def simulation_data(self, data: Path, eval_data: Path | None) -> SimulationData:
         """GoEmotions-layout TSVs; the base is the newest accurate bundle of the first repository that has one."""
-        labels = emotion_data.read_labels(Path(data).parent / "labels.txt")
-        eval_path = eval_data if eval_data is not None else Path(data).parent / "dev.tsv"
-        train = emotion_data.read_tsv(data, len(labels))
-        held = emotion_data.read_tsv(eval_path, len(labels))
+        labels, train, held = emotion_task.simulation_sets(data, eval_data)
         spec = spec_of(self._newest_base())
         if list(spec.labels) != list(labels):
             raise NexusError(f"the base bundle's labels {list(spec.labels)} are not {data}'s {labels}")

