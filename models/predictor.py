@@ -31,6 +31,27 @@ class BundlePredictor:
         return self.bundle.version
 
 
+class LabelledPredictor(BundlePredictor):
+    """A predictor of per-label scores with a decision threshold per label (both emotion tiers);
+    a subclass sets ``_labels`` and ``_thresholds`` from its manifest before ``__init__``."""
+
+    _labels: list[str]
+    _thresholds: np.ndarray
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self._labels)
+
+    @property
+    def thresholds(self) -> np.ndarray:
+        """Per-label decision thresholds (float64 [C], in ``labels`` order): positive when score >= threshold."""
+        return self._thresholds.copy()
+
+    def predict(self, texts: Sequence[str]) -> np.ndarray:
+        """float32 [B, C] scores of a batch of texts."""
+        raise NotImplementedError
+
+
 class Predictor(Protocol):
     bundle: Bundle
     backend: str

@@ -10,11 +10,11 @@ import numpy as np
 from models.bundle import Bundle, BundleError, verify_bundle
 from models.emotion.featurizer import Featurizer
 from models.errors import NexusError
-from models.predictor import BundlePredictor
+from models.predictor import LabelledPredictor
 from models.runtime import Runner, open_runner
 
 
-class EmotionPredictor(BundlePredictor):
+class EmotionPredictor(LabelledPredictor):
     """Scores [B, labels] for a batch of texts; ``thresholds`` turn them into label sets."""
 
     def __init__(self, bundle: Bundle, runner: Runner) -> None:
@@ -30,15 +30,6 @@ class EmotionPredictor(BundlePredictor):
                 f"{bundle.path}: emotion manifest lacks or garbles labels/thresholds/featurizer ({exc!r})"
             ) from None
         super().__init__(bundle, runner)
-
-    @property
-    def labels(self) -> list[str]:
-        return list(self._labels)
-
-    @property
-    def thresholds(self) -> np.ndarray:
-        """Per-label decision thresholds (float64 [C], in ``labels`` order): positive when score >= threshold."""
-        return self._thresholds.copy()
 
     def predict(self, texts: Sequence[str]) -> np.ndarray:
         """float32 [B, C] sigmoid scores; the batch is padded to one power-of-two length."""

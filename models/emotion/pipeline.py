@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -38,6 +38,7 @@ from models.emotion.model import load
 from models.errors import DataError
 from models.export.onnx_graphs import save
 from models.metrics import f1_per_class
+from models.predictor import LabelledPredictor
 from models.progress import Progress
 
 #: the backend the others are compared with (tolerance); thresholds are shared by all backends
@@ -55,16 +56,7 @@ def export(weights: dict[str, np.ndarray], folder: Path, base: Path | None = Non
     (folder / ARTIFACTS["tflite"]).write_bytes(emotion_tflite(e, w, b))
 
 
-class TextScorer(Protocol):
-    """What ``predict_all`` needs of a predictor: either emotion tier's."""
-
-    @property
-    def labels(self) -> list[str]: ...
-
-    def predict(self, texts: Sequence[str]) -> np.ndarray: ...
-
-
-def predict_all(predictor: TextScorer, texts: Sequence[str], progress: Progress | None = None) -> np.ndarray:
+def predict_all(predictor: LabelledPredictor, texts: Sequence[str], progress: Progress | None = None) -> np.ndarray:
     """Scores of many texts, batched by similar length so little of each batch is padding."""
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
     scores = np.zeros((len(texts), len(predictor.labels)), np.float32)
@@ -243,16 +235,22 @@ def _teacher_record(teacher: Path | None) -> dict[str, Any] | None:
 
 def evaluate(bundle_dir: Path, data: Path, backend: str = "onnx", show_progress: bool = True) -> dict[str, Any]:
     """Macro-F1 of a bundle's exported artifact on a GoEmotions-layout TSV, with its own thresholds."""
-    predictor = load(bundle_dir, backend)
+    return evaluation(load(bundle_dir, backend), Path(data), show_progress)
+
+
+def evaluation(predictor: LabelledPredictor, data: Path, show_progress: bool, **extra: Any) -> dict[str, Any]:
+    """The ``nexus models eval`` report of either emotion tier's loaded artifact on ``data``
+    (``extra`` fields follow the model's version)."""
     dataset = read_tsv(Path(data), len(predictor.labels))
-    progress = Progress(f"emotion eval ({backend})", len(dataset.texts), enabled=show_progress)
+    progress = Progress(f"{predictor.name} eval ({predictor.backend})", len(dataset.texts), enabled=show_progress)
     scores = predict_all(predictor, dataset.texts, progress)
     progress.close()
     per_label = f1_per_class(dataset.labels, scores >= predictor.thresholds)
     return {
         "model": predictor.name,
         "model_version": predictor.version,
-        "backend": backend,
+        **extra,
+        "backend": predictor.backend,
         "n": len(dataset.texts),
         "macro_f1": round(float(per_label.mean()), 4),
         "f1": label_f1(predictor.labels, per_label),

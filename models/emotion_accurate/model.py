@@ -17,7 +17,7 @@ import numpy as np
 from models.bundle import Bundle, BundleError, verify_bundle
 from models.emotion_accurate.tokens import TextTokens, TokenSpec
 from models.errors import NexusError
-from models.predictor import BundlePredictor
+from models.predictor import LabelledPredictor
 from models.runtime import Runner, open_runner
 
 #: texts per model call; batches of similar length pad little, and 32 is past ORT's per-call overhead
@@ -41,7 +41,7 @@ class ArtifactIO:
         self.length: int | None = int(shape[1]) if shape else None
 
 
-class AccuratePredictor(BundlePredictor):
+class AccuratePredictor(LabelledPredictor):
     """Scores [B, labels] of a batch of texts; ``features`` gives the pooled encoder output [B, hidden]."""
 
     def __init__(self, bundle: Bundle, runner: Runner) -> None:
@@ -59,15 +59,6 @@ class AccuratePredictor(BundlePredictor):
                 f"{bundle.path}: accurate-tier manifest lacks or garbles labels/thresholds/featurizer/io ({exc!r})"
             ) from None
         super().__init__(bundle, runner)
-
-    @property
-    def labels(self) -> list[str]:
-        return list(self._labels)
-
-    @property
-    def thresholds(self) -> np.ndarray:
-        """Per-label decision thresholds (float64 [C], in ``labels`` order): positive when score >= threshold."""
-        return self._thresholds.copy()
 
     def predict(self, texts: Sequence[str]) -> np.ndarray:
         """float32 [B, C] sigmoid scores."""

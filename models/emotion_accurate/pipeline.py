@@ -30,7 +30,7 @@ from models.build import git_revision, manifest_header, staged_bundle, target_ve
 from models.bundle import ARTIFACTS, DEFAULT_REPOSITORY, Bundle, BundleError, sha256_file, verify_bundle, write_manifest
 from models.emotion import train as thresholds
 from models.emotion.data import read_labels, read_tsv
-from models.emotion.pipeline import label_f1, predict_all
+from models.emotion.pipeline import evaluation, label_f1, predict_all
 from models.emotion_accurate import NAME, TIER
 from models.emotion_accurate.model import AccuratePredictor, load
 from models.emotion_accurate.tokens import TOKENIZER_FILE, TokenSpec
@@ -331,20 +331,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Macro-F1 of one of a bundle's artifacts on a GoEmotions-layout TSV, with the bundle's thresholds."""
     predictor = load(bundle_dir, backend)
-    dataset = read_tsv(Path(data), len(predictor.labels))
-    progress = Progress(f"{NAME} eval ({backend})", len(dataset.texts), enabled=show_progress)
-    scores = predict_all(predictor, dataset.texts, progress)
-    progress.close()
-    per_label = f1_per_class(dataset.labels, scores >= predictor.thresholds)
-    return {
-        "model": predictor.name,
-        "model_version": predictor.version,
-        "tier": predictor.bundle.tier,
-        "backend": backend,
-        "n": len(dataset.texts),
-        "macro_f1": round(float(per_label.mean()), 4),
-        "f1": label_f1(predictor.labels, per_label),
-    }
+    return evaluation(predictor, Path(data), show_progress, tier=predictor.bundle.tier)
 
 
 def export(weights: Weights, folder: Path, base: Path | None = None) -> None:

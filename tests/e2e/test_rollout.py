@@ -9,50 +9,30 @@ identity and serves the hub's version again.
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import onnx
 import pytest
-from onnx import numpy_helper
 
 from hub.client import OperatorClient
 from hub.store import open_store
-from models.bundle import DEFAULT_REPOSITORY, list_versions, read_manifest, write_manifest
+from models.bundle import read_manifest
 from nexus_service.keyfiles import load_signing_key
 from nexus_tools.processes import free_port
 from nexus_wire.datadir import HubDataDir
 from tests.support.hub import store_forged
 from tests.support.processes import EdgeProcess, HubProcess, wait_for
+from tests.support.replicas import funnel_bundles
 
 POLL_S = 0.5
 #: hub poll interval 0.5 s; the budget covers a download, verification and a model load on a busy 2-core box
 ROLLOUT_BUDGET_S = 20.0
 
 
-def _bundles(tmp: Path) -> tuple[Path, Path]:
-    """The shipped funnel bundle, and a copy with a changed output bias as the next version."""
-    version = list_versions(DEFAULT_REPOSITORY, "funnel")[-1]
-    old = tmp / "bundles" / "old"
-    shutil.copytree(DEFAULT_REPOSITORY / "funnel" / version, old)
-    new = tmp / "bundles" / "new"
-    shutil.copytree(old, new)
-    (new / "signature.json").unlink(missing_ok=True)
-    model = onnx.load(new / "model.onnx")
-    bias = model.graph.initializer[-1]
-    bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) + 0.5, bias.name))
-    onnx.save(model, new / "model.onnx")
-    manifest = read_manifest(new)
-    body = {k: v for k, v in manifest.items() if k not in ("files", "format")}
-    write_manifest(new, {**body, "version": str(int(version) + 1), "parent_version": version})
-    return old, new
-
-
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[tuple[HubProcess, OperatorClient, list[EdgeProcess], tuple[Path, Path]]]:
-    bundles = _bundles(tmp_path)
+    bundles = funnel_bundles(tmp_path)
     hub = HubProcess(tmp_path / "hub", free_port(), "--no-superlink", "--poll-interval", str(POLL_S))
     admin = OperatorClient(hub.url, (tmp_path / "hub" / "admin.token").read_text().strip())
     edges: list[EdgeProcess] = []
